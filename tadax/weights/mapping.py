@@ -91,6 +91,15 @@ def _resolve_leaf(path: Path, ndim: int) -> Path:
     return path[:-1] + ("scale" if ndim == 1 else "kernel",)
 
 
+def flax_path(key: str, ndim: int) -> Optional[Path]:
+    """Full Flax path `(collection, module..., leaf)` of a torch key holding an `ndim`-rank tensor."""
+    mapped = torch_key_to_flax(key)
+    if mapped is None:
+        return None
+    collection, path = mapped
+    return (collection,) + _resolve_leaf(path, ndim)
+
+
 def torch_to_flax_array(value: np.ndarray, leaf: str, target_shape: Tuple[int, ...]) -> np.ndarray:
     """Re-lays a PyTorch tensor (its Flax leaf name given) into the layout of `target_shape`."""
     value = np.asarray(value)
@@ -171,11 +180,9 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], target: Mapping, source:
     filled: Dict[Path, np.ndarray] = {}
     unused, bad = [], []
     for key, value in state_dict.items():
-        mapped = torch_key_to_flax(key)
-        if mapped is None:
+        full = flax_path(key, np.ndim(value))
+        if full is None:
             continue
-        collection, path = mapped
-        full = (collection,) + _resolve_leaf(path, np.ndim(value))
         if full not in targets:
             unused.append(key)
             continue
