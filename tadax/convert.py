@@ -31,7 +31,7 @@ import numpy as np
 from tadax import checkpoint_io, torch_reader
 from tadax.models import build_model, default_model_config
 from tadax.weights import mapping, pretrained
-from tadax.weights.infer import infer_model_config
+from tadax.weights.infer import ArchitectureError, infer_model_config
 
 
 class ConversionError(ValueError):
@@ -117,7 +117,7 @@ def map_pretrained(kind: str, state_dict: Mapping[str, np.ndarray],
     if kind == "clip":
         sd, dropped = pretrained.from_openai_clip(state_dict, model_cfg.tubelet_size)
     elif kind == "clip_hf":
-        sd, dropped = pretrained.from_hf_clip(state_dict, model_cfg.tubelet_size)
+        sd, dropped = pretrained.from_hf_clip(state_dict, model_cfg.tubelet_size, source)
     elif kind == "convnext":
         sd, dropped = pretrained.from_convnext(state_dict, model_cfg.stem_t_kernel)
     else:
@@ -206,7 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return _run(args)
     except (ConversionError, mapping.WeightMismatchError, checkpoint_io.CheckpointError,
-            torch_reader.CheckpointFormatError) as e:
+            torch_reader.CheckpointFormatError, ArchitectureError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

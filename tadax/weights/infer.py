@@ -9,6 +9,10 @@ import numpy as np
 from tadax.models import default_model_config
 
 
+class ArchitectureError(ValueError):
+    """The weights do not describe a model we can build (message says what to set)."""
+
+
 def _count(state_dict: Mapping[str, np.ndarray], pattern: str) -> int:
     found = {m.group(1) for k in state_dict for m in [re.match(pattern, k)] if m}
     return len(found)
@@ -61,4 +65,20 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> ml_
         raise ValueError("not a TAdaFormer or TAdaConvNeXtV2 state dict: it has neither "
                          "'backbone.class_embedding' nor 'backbone.downsample_layers.0.0.weight'")
     fields.update(overrides)
-    return default_model_config(arch, **fields)
+    cfg = default_model_config(arch, **fields)
+    _check_routing_heads(cfg)
+    return cfg
+
+
+def _check_routing_heads(cfg: ml_collections.ConfigDict) -> None:
+    """The routing attention's head width, which no weight shape shows, must divide its width."""
+    if cfg.family == "tadaformer":
+        widths = [cfg.width // cfg.reduction // cfg.rf_ratio]
+    else:
+        widths = [d // cfg.rf_ratio for d in cfg.dims]
+    bad = [w for w in widths if w % cfg.rf_head_dim]
+    if bad:
+        raise ArchitectureError(
+            f"routing-function widths {bad} are not multiples of rf_head_dim={cfg.rf_head_dim} "
+            f"(the {cfg.arch} default); the weights cannot tell the head width, so give it: "
+            f"--set rf_head_dim=N (the original's VIDEO.BACKBONE.BRANCH.HEAD_DIM)")

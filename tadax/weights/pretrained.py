@@ -13,6 +13,8 @@ from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from tadax.weights.mapping import WeightMismatchError
+
 # Parameters that no image checkpoint holds: they keep their fresh
 # initialisation (TAdaFormer's zero-initialised branches, ConvNeXt's routing
 # functions and temporal aggregation norms, the video head).
@@ -21,8 +23,8 @@ NEW_PARAMETERS = {
     "tadaconvnextv2": re.compile(r"(^|/)(dwconv_rf|norm_avgpool|head)/"),
 }
 
-_CLIP_DROPPED = re.compile(r"^(proj|text_.*|logit_scale|visual_projection\..*|text_projection\..*"
-                           r"|.*position_ids)$")
+_CLIP_DROPPED = re.compile(r"^(proj|text_model\..*|logit_scale|visual_projection\..*"
+                           r"|text_projection\..*|.*position_ids)$")
 
 
 def _inflate_centre(kernel_2d: np.ndarray, taps: int) -> np.ndarray:
@@ -72,7 +74,7 @@ _HF_RENAMES = [
 _HF_QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
-def from_hf_clip(state_dict: Mapping[str, np.ndarray], tubelet_size: int
+def from_hf_clip(state_dict: Mapping[str, np.ndarray], tubelet_size: int, source: str
                  ) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """Hugging Face CLIP (`vision_model.*`, safetensors layout) -> TAdaFormer backbone keys.
 
@@ -81,12 +83,12 @@ def from_hf_clip(state_dict: Mapping[str, np.ndarray], tubelet_size: int
     """
     out: Dict[str, np.ndarray] = {}
     dropped: List[str] = []
+    unknown: List[str] = []
     qkv: Dict[Tuple[str, str], Dict[str, np.ndarray]] = {}
     for key, value in state_dict.items():
-        if not key.startswith("vision_model.") or _CLIP_DROPPED.match(key):
-            dropped.append(key)
-            continue
-        name = key[len("vision_model."):]
+        # CLIPModel files prefix the tower with 'vision_model.'; CLIPVisionModel
+        # files of recent transformers releases do not.
+        name = key[len("vision_model."):] if key.startswith("vision_model.") else key
         if _CLIP_DROPPED.match(name):
             dropped.append(key)
             continue
@@ -99,14 +101,18 @@ def from_hf_clip(state_dict: Mapping[str, np.ndarray], tubelet_size: int
                 name = re.sub(pattern, repl, name)
                 break
         else:
-            raise KeyError(f"unrecognised Hugging Face CLIP key {key!r}")
+            unknown.append(key)
+            continue
         value = _f32(value)
         if name == "conv1.weight":
             value = _inflate_centre(value, tubelet_size)
         out["backbone." + name] = value
+    if unknown:
+        raise WeightMismatchError(source, unused=unknown)
     for (layer, leaf), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise KeyError(f"layer {layer}: q/k/v {leaf} incomplete, have {sorted(parts)}")
+            raise WeightMismatchError(source, missing=[
+                f"encoder.layers.{layer}.self_attn.{p}_proj.{leaf}" for p in "qkv" if p not in parts])
         out[f"backbone.layers.{layer}.attn.in_proj_{leaf}"] = np.concatenate(
             [parts["q"], parts["k"], parts["v"]], axis=0)
     return out, dropped
