@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from conftest import require, shared_dir
-from configs import common
+from configs import rules
 from tadax.models import build_model, default_model_config
 from tadax.train import optim
 from tadax.weights import mapping
@@ -98,7 +98,7 @@ def check(params, opt, expected, weight_decay):
 
 def test_tadaformer_b16_layer_wise_groups():
     cfg = ml_collections.ConfigDict()
-    common.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
+    rules.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
     expected = expected_from_manifest(
         "tadaformer_b16_k400", lambda n, s: upstream_layer_wise(n, s, 12, 0.7))
     params = real_params("tadaformer_b16", num_classes=400)
@@ -113,7 +113,7 @@ def test_tadaformer_b16_layer_wise_groups():
 
 def test_tadaformer_ssv2_double_tada_groups():
     cfg = ml_collections.ConfigDict()
-    common.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
+    rules.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
     expected = expected_from_manifest(
         "tadaformer_b16_ssv2", lambda n, s: upstream_layer_wise(n, s, 12, 0.7))
     params = real_params("tadaformer_b16", num_classes=174, temp_enhance=True, double_tada=True)
@@ -122,7 +122,7 @@ def test_tadaformer_ssv2_double_tada_groups():
 
 def test_convnext_tiny_legacy_groups():
     cfg = ml_collections.ConfigDict()
-    common.convnext_rules(cfg)
+    rules.convnext_rules(cfg)
     expected = expected_from_manifest("tadaconvnextv2_tiny_k400", upstream_legacy)
     params = real_params("tadaconvnextv2_tiny", num_classes=400)
     check(params, cfg, expected, 0.02)
@@ -135,7 +135,7 @@ def test_convnext_tiny_legacy_groups():
 def opt_cfg(**kw):
     cfg = ml_collections.ConfigDict(dict(
         name="adamw", base_lr=1e-3, end_lr=1e-6, schedule="cosine_v2", cosine_after_warmup=True,
-        warmup_epochs=2.0, warmup_start_lr=1e-6, epochs=10.0, weight_decay=0.05,
+        warmup_epochs=2.0, warmup_start_lr=1e-6, weight_decay=0.05,
         b1=0.9, b2=0.999, eps=1e-8, lr_mults=[], wd_mults=[], no_decay_1d=False,
         layer_decay=ml_collections.ConfigDict(dict(rate=1.0, num_layers=0, layer_ids=[]))))
     cfg.update(kw)
@@ -143,7 +143,7 @@ def opt_cfg(**kw):
 
 
 def test_cosine_v2_after_warmup_schedule():
-    sched = optim.lr_schedule(opt_cfg(), steps_per_epoch=10)
+    sched = optim.lr_schedule(opt_cfg(), steps_per_epoch=10, epochs=10.0)
     assert float(sched(0)) == pytest.approx(1e-6)
     assert float(sched(10)) == pytest.approx((1e-6 + 1e-3) / 2, rel=1e-5)   # half-way warmup
     assert float(sched(20)) == pytest.approx(1e-3, rel=1e-6)                 # peak after warmup
@@ -152,8 +152,8 @@ def test_cosine_v2_after_warmup_schedule():
 
 
 def test_cosine_schedule_warms_up_to_the_cosine_value():
-    sched = optim.lr_schedule(opt_cfg(schedule="cosine", warmup_epochs=8, epochs=100),
-                              steps_per_epoch=4)
+    sched = optim.lr_schedule(opt_cfg(schedule="cosine", warmup_epochs=8), steps_per_epoch=4,
+                              epochs=100.0)
     at_warm = 1e-3 * (math.cos(math.pi * 8 / 100) + 1) / 2
     assert float(sched(0)) == pytest.approx(1e-6)
     assert float(sched(32)) == pytest.approx(at_warm, rel=1e-6)
@@ -166,8 +166,8 @@ def test_update_matches_torch_adamw_with_groups():
     """Two steps of our chain against AdamW written out per parameter."""
     params = {"a": {"kernel": jnp.array([[0.5, -1.0], [2.0, 0.1]])}, "head": {"bias": jnp.array([0.3, -0.2])}}
     cfg = opt_cfg(lr_mults=[("head", 10.0)], wd_mults=[("bias", 0.0)], warmup_epochs=0.0,
-                  schedule="cosine", epochs=1e9)
-    tx, _ = optim.build_optimizer(params, cfg, steps_per_epoch=1)
+                  schedule="cosine")
+    tx, _ = optim.build_optimizer(params, cfg, steps_per_epoch=1, epochs=1e9)
     state = tx.init(params)
     grads = [jax.tree_util.tree_map(lambda p: jnp.sin(p * (i + 1)), params) for i in range(2)]
     p = params

@@ -87,15 +87,17 @@ def multipliers(params: Any, cfg: ml_collections.ConfigDict) -> Tuple[Any, Any]:
             jax.tree_util.tree_map_with_path(wd_mult, params))
 
 
-def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> Callable:
+def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, epochs: float) -> Callable:
     """step -> base learning rate, per step as the original computes it per iteration.
 
     `cosine`: `base * (1 + cos(pi * e / E)) / 2`; `cosine_v2`: from `base` to
     `end_lr`, over `[warmup, E]` when `cosine_after_warmup` else `[0, E]`; both
     preceded by a linear warmup from `warmup_start_lr` to the schedule's value
-    at `warmup_epochs`. `e = step / steps_per_epoch`, `E = cfg.epochs`.
+    at `warmup_epochs`. `e = step / steps_per_epoch`, `E = epochs` (the run's length).
     """
-    base, end, epochs, warm = cfg.base_lr, cfg.end_lr, cfg.epochs, cfg.warmup_epochs
+    base, end, warm = cfg.base_lr, cfg.end_lr, cfg.warmup_epochs
+    if not 0 <= warm < epochs:
+        raise ValueError(f"warmup_epochs={warm} must be in [0, epochs={epochs})")
 
     if cfg.schedule == "cosine":
         def main(e):
@@ -131,13 +133,14 @@ def _add_decay_tree(weight_decay: float, mults: Any) -> optax.GradientTransforma
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build_optimizer(params: Any, cfg: ml_collections.ConfigDict, steps_per_epoch: int
-                    ) -> Tuple[optax.GradientTransformation, Callable]:
-    """(AdamW transformation, lr schedule) for a parameter tree and `config.optimizer`."""
+def build_optimizer(params: Any, cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+                    epochs: float) -> Tuple[optax.GradientTransformation, Callable]:
+    """(AdamW transformation, lr schedule) for a parameter tree, `config.optimizer` and
+    the run's length in epochs."""
     if cfg.name != "adamw":
         raise ValueError(f"unsupported optimizer {cfg.name!r}; the recipes use adamw")
     lr_mults, wd_mults = multipliers(params, cfg)
-    schedule = lr_schedule(cfg, steps_per_epoch)
+    schedule = lr_schedule(cfg, steps_per_epoch, epochs)
     tx = optax.chain(
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
         _add_decay_tree(cfg.weight_decay, wd_mults),
