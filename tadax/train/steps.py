@@ -102,7 +102,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                 lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"],
                 {"params": params, "batch_stats": stats})
         metrics = {"loss": loss, "accuracy": correct / labels.shape[0],
-                   "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+                   "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         return new_state, jax.tree_util.tree_map(lambda m: m.astype(jnp.float32), metrics)
 
     batch_spec = {"video": batch_sharding(mesh), "label": batch_sharding(mesh)}

@@ -1,0 +1,76 @@
+"""Multi-view aggregation and metrics on hand-made scores; the written report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tadax.train import evaluation
+
+
+def hand_made():
+    # 3 videos x 2 views, 4 classes. Video 0 (label 1): view 0 favours 2, view 1 strongly 1
+    # -> sum favours 1. Video 1 (label 3): both views favour 0 -> wrong, 3 second.
+    # Video 2 (label 2): views favour 2.
+    probs = np.array([
+        [0.1, 0.3, 0.5, 0.1], [0.0, 0.9, 0.1, 0.0],      # video 0
+        [0.6, 0.0, 0.1, 0.3], [0.5, 0.1, 0.0, 0.4],      # video 1
+        [0.2, 0.1, 0.7, 0.0], [0.1, 0.1, 0.8, 0.0],      # video 2
+    ])
+    labels = np.array([1, 1, 3, 3, 2, 2])
+    ids = np.array([10, 10, 11, 11, 12, 12])
+    order = np.array([3, 0, 5, 1, 4, 2])      # views arrive in any order
+    return probs[order], labels[order], ids[order]
+
+
+def test_views_are_summed_per_video():
+    probs, labels, ids = hand_made()
+    videos = evaluation.aggregate_views(probs, labels, ids)
+    np.testing.assert_array_equal(videos["video_id"], [10, 11, 12])
+    np.testing.assert_allclose(videos["scores"][0], [0.1, 1.2, 0.6, 0.1])
+    np.testing.assert_allclose(videos["scores"][1], [1.1, 0.1, 0.1, 0.7])
+    np.testing.assert_array_equal(videos["label"], [1, 3, 2])
+    np.testing.assert_array_equal(videos["num_views"], [2, 2, 2])
+
+
+def test_video_and_view_level_metrics():
+    probs, labels, ids = hand_made()
+    views = {"probs": probs, "label": labels, "video_id": ids, "view": np.zeros_like(ids)}
+    videos = evaluation.aggregate_views(probs, labels, ids)
+    result = evaluation.metrics(views, videos)
+    assert result["top1"] == pytest.approx(200 / 3)       # videos 10 and 12
+    assert result["view_top1"] == pytest.approx(50.0)     # views: 10/1, 12/0, 12/1
+    # top-2 would catch video 11; top-5 with 4 classes catches everything.
+    assert evaluation.topk_correct(videos["scores"], videos["label"], 2).tolist() == [True, True, True]
+    assert result["top5"] == 100.0
+    assert result["per_class_accuracy"] == [None, 100.0, 100.0, 0.0]
+    assert result["mean_class_accuracy"] == pytest.approx(200 / 3)
+    assert result["num_videos"] == 3 and result["num_views"] == 6
+
+
+def test_inconsistent_labels_are_refused():
+    probs, labels, ids = hand_made()
+    labels = labels.copy()
+    labels[0] = 0
+    with pytest.raises(ValueError, match="disagree"):
+        evaluation.aggregate_views(probs, labels, ids)
+
+
+def test_confusion_counts_true_rows_predicted_columns():
+    matrix = evaluation.confusion(np.array([1, 0, 2, 2]), np.array([1, 3, 2, 0]), 4)
+    assert matrix[1, 1] == 1 and matrix[3, 0] == 1 and matrix[2, 2] == 1 and matrix[0, 2] == 1
+    assert matrix.sum() == 4
+
+
+def test_report_files(tmp_path):
+    probs, labels, ids = hand_made()
+    views = {"probs": probs, "label": labels, "video_id": ids, "view": np.zeros_like(ids)}
+    videos = evaluation.aggregate_views(probs, labels, ids)
+    result = evaluation.metrics(views, videos)
+    evaluation.write_report(str(tmp_path), views, videos, result, ["a", "b", "c", "d"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["video_id"] for r in rows] == [10, 11, 12]
+    assert rows[1]["top5"][:2] == [0, 3] and rows[1]["label_name"] == "d"
+    assert rows[0]["top5_scores"][0] == pytest.approx(1.2)
+    assert json.loads((tmp_path / "metrics.json").read_text())["top1"] == pytest.approx(200 / 3)
+    assert (tmp_path / "confusion.png").stat().st_size > 5_000

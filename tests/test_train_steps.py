@@ -1,0 +1,105 @@
+"""Train step pieces in-process: gradient accumulation, label smoothing, sharding rules,
+pretrained-weight checks, EMA."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from tadax.train import sharding, state as state_lib, steps
+
+
+class TinyVideoNet(nn.Module):
+    """A BatchNorm-free stand-in: mean over time and space, dropout, linear head."""
+    classes: int = 5
+
+    @nn.compact
+    def __call__(self, video, train=False):
+        x = nn.Dense(8, name="embed")(video.mean(axis=(1, 2, 3)))
+        x = nn.Dropout(0.0)(x, deterministic=not train)
+        return nn.Dense(self.classes, name="head")(nn.gelu(x))
+
+
+def config(accum=1, ema=0.0):
+    return ml_collections.ConfigDict(dict(
+        seed=0,
+        model=dict(num_frames=2, image_size=4),
+        train=dict(grad_accum_steps=accum, label_smoothing=0.1, ema_decay=ema),
+        sharding=dict(rules=[("batch_stats", "replicate"), (".*", "fsdp")], fsdp_min_size=1),
+        mesh=dict(fsdp=1)))
+
+
+def run(accum, ema=0.0, n_steps=2):
+    cfg = config(accum, ema)
+    model = TinyVideoNet()
+    mesh = sharding.make_mesh(cfg.mesh)
+    tx = optax.adamw(1e-2)
+    schedule = lambda step: jnp.float32(1e-2)  # noqa: E731
+    _, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
+    st = state_lib.create_train_state(model, tx, cfg, shard)
+    step = steps.make_train_step(model, tx, schedule, cfg, mesh, shard)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n_steps):
+        batch = {"video": rng.normal(size=(8, 2, 4, 4, 3)).astype(np.float32),
+                 "label": rng.integers(0, 5, 8).astype(np.int32)}
+        st, m = step(st, sharding.global_batch(batch, mesh))
+        out.append(m)
+    return st, out
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    s1, m1 = run(accum=1)
+    s4, m4 = run(accum=4)
+    for a, b in zip(m1, m4):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
+    for x, y in zip(jax.tree_util.tree_leaves(s1["params"]), jax.tree_util.tree_leaves(s4["params"])):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert int(s4["step"]) == 2
+
+
+def test_ema_follows_the_weights():
+    st, _ = run(accum=1, ema=0.5, n_steps=1)
+    init, _ = run(accum=1, n_steps=0)
+    for e, p, p0 in zip(*(jax.tree_util.tree_leaves(t) for t in
+                          (st["ema"]["params"], st["params"], init["params"]))):
+        np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p, rtol=1e-6)
+
+
+def test_label_smoothing_matches_the_original_targets():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    s = 0.1
+    target = np.array([s / 3, 1 - s + s / 3, s / 3])    # label 1
+    want = -(target * jax.nn.log_softmax(logits)[0]).sum()
+    assert float(steps.cross_entropy(logits, jnp.array([1]), s)) == pytest.approx(float(want))
+
+
+def test_fsdp_rule_splits_the_largest_divisible_axis():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+    assert sharding._fsdp_spec((768, 3072), 4, 2 ** 16) == jax.sharding.PartitionSpec(None, "fsdp")
+    assert sharding._fsdp_spec((6, 10), 4, 1) == jax.sharding.PartitionSpec()      # none divisible
+    assert sharding._fsdp_spec((768,), 4, 2 ** 16) == jax.sharding.PartitionSpec()  # small
+    tree = {"batch_stats": {"m": jax.ShapeDtypeStruct((4096, 64), jnp.float32)},
+            "params": {"w": jax.ShapeDtypeStruct((4096, 64), jnp.float32)}}
+    out = sharding.tree_shardings(mesh, tree, [("batch_stats", "replicate"), (".*", "fsdp")], 1)
+    assert out["batch_stats"]["m"].spec == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError, match="no sharding rule"):
+        sharding.tree_shardings(mesh, tree, [("params", "fsdp")], 1)
+
+
+def test_pretrained_weights_that_do_not_fit_are_refused():
+    abstract = {"params": {"head": {"kernel": jax.ShapeDtypeStruct((8, 5), jnp.float32)},
+                           "embed": {"kernel": jax.ShapeDtypeStruct((3, 8), jnp.float32)}}}
+    loaded = {"params": {"head": {"kernel": np.zeros((8, 7))},
+                         "embed": {"kernel": np.zeros((3, 8))}, "extra": {"w": np.zeros(2)}}}
+    with pytest.raises(state_lib.InitError) as err:
+        state_lib.select_pretrained(loaded, abstract, fresh=r"^$")
+    assert "params/head/kernel: (8, 7) vs model (8, 5)" in str(err.value)
+    assert "params/extra/w" in str(err.value)
+    del loaded["params"]["extra"]
+    kept = state_lib.select_pretrained(loaded, abstract, fresh=r"^head/")
+    assert list(kept["params"]) == ["embed"]
