@@ -1,0 +1,105 @@
+"""Shapes, initialisation and options of the Flax models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tadax.models import build_model, default_model_config
+from tadax.models.layers import DropPath
+from tadax.weights.mapping import flatten
+
+TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(32, 64, 128, 256), rf_head_dim=16,
+                     image_size=64, num_frames=4, num_classes=5)
+
+
+def _init(cfg, seed=0):
+    model = build_model(cfg)
+    video = jnp.zeros((2, cfg.num_frames, cfg.image_size, cfg.image_size, 3))
+    init = jax.jit(lambda k: model.init({"params": k}, video))
+    return model, init(jax.random.PRNGKey(seed)), video
+
+
+@pytest.mark.parametrize("arch,frames", [("tadaformer_b16", 16), ("tadaformer_l14", 32),
+                                         ("tadaformer_l14", 64), ("tadaconvnextv2_base", 16)])
+def test_zoo_models_shapes(arch, frames):
+    cfg = default_model_config(arch, num_frames=frames, num_classes=174)
+    model = build_model(cfg)
+    video = jax.ShapeDtypeStruct((2, frames, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init({"params": jax.random.PRNGKey(0)}, x), video)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, video)
+    assert logits.shape == (2, 174)
+
+
+def test_tadaformer_initialisation_matches_the_original():
+    model, variables, video = _init(default_model_config("tadaformer_tiny", num_classes=5))
+    params = flatten(variables["params"])
+    for path, value in params.items():
+        name = "/".join(path)
+        if "tada_proj" in name or "bn_b" in name:
+            assert not np.any(value), f"{name} must start at zero"
+        elif name.endswith("mlp/c_fc/kernel"):
+            assert abs(float(np.std(value)) - 0.02) < 0.002, name
+    # zero tada_proj: the TAdaFormer branches add nothing at the start, in any mode.
+    out_eval = model.apply(variables, video + 1.0)
+    out_train, _ = model.apply(variables, video + 1.0, train=True, mutable=["batch_stats"],
+                               rngs={"dropout": jax.random.PRNGKey(0),
+                                     "drop_path": jax.random.PRNGKey(1)})
+    assert out_eval.shape == out_train.shape == (2, 5)
+
+
+def test_convnext_initialisation_matches_the_original():
+    _, variables, _ = _init(default_model_config("tadaconvnextv2_tiny", **TINY_CONVNEXT))
+    params = flatten(variables["params"])
+    for path, value in params.items():
+        name = "/".join(path)
+        if name.endswith(("dwconv_rf/b/kernel", "dwconv_rf/b_bias/kernel", "norm_avgpool/scale",
+                          "norm_avgpool/bias")):
+            assert not np.any(value), f"{name} must start at zero"
+        if name.endswith("gamma"):
+            np.testing.assert_allclose(value, 1e-6)
+        if name.endswith("pwconv1/kernel"):
+            assert abs(float(np.std(value)) - 0.02) < 0.003, name
+
+
+def test_drop_path_drops_whole_clips():
+    x = jnp.ones((4 * 3, 5, 2))  # 4 clips of 3 frames, frames of a clip contiguous
+    y = DropPath(0.5, frames_per_clip=3).apply({}, x, True,
+                                               rngs={"drop_path": jax.random.PRNGKey(3)})
+    per_clip = np.asarray(y).reshape(4, -1)
+    for clip in per_clip:
+        assert set(np.unique(clip)) <= {0.0, 2.0} and len(np.unique(clip)) == 1
+    assert np.array_equal(DropPath(0.5, 3).apply({}, x, False), x)
+
+
+def test_remat_gives_the_same_gradients():
+    cfg = default_model_config("tadaformer_tiny", num_classes=5)
+    model, variables, _ = _init(cfg)
+    video = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 32, 32, 3))
+    rngs = {"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+
+    def grad(m):
+        def loss(params):
+            out, _ = m.apply(dict(variables, params=params), video, train=True, rngs=rngs,
+                             mutable=["batch_stats"])
+            return jnp.mean(out ** 2)
+        return jax.jit(jax.grad(loss))(variables["params"])
+
+    base = grad(model)
+    remat = grad(build_model(default_model_config("tadaformer_tiny", num_classes=5, remat=True)))
+    for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(remat)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["tadaformer_tiny", "tadaconvnextv2_tiny"])
+def test_bfloat16_compute_keeps_float32_parameters(arch):
+    extra = TINY_CONVNEXT if arch == "tadaconvnextv2_tiny" else dict(num_classes=5)
+    cfg = default_model_config(arch, **extra)
+    model, variables, _ = _init(cfg)
+    video = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.num_frames, cfg.image_size,
+                                                      cfg.image_size, 3))
+    bf16 = build_model(default_model_config(arch, dtype="bfloat16", **extra))
+    forward = lambda m: jax.jit(lambda v, x: m.apply(v, x))(variables, video)  # noqa: E731
+    np.testing.assert_allclose(forward(bf16), forward(model), atol=0.05, rtol=0.05)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda p: p.dtype == jnp.float32, variables["params"]))
