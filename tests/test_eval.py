@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -74,3 +75,44 @@ def test_report_files(tmp_path):
     assert rows[0]["top5_scores"][0] == pytest.approx(1.2)
     assert json.loads((tmp_path / "metrics.json").read_text())["top1"] == pytest.approx(200 / 3)
     assert (tmp_path / "confusion.png").stat().st_size > 5_000
+
+
+def test_converted_fixture_checkpoint_end_to_end(tmp_path):
+    """A zoo-format fixture converted with the importer, loaded as eval.py loads it,
+    scored through the jitted eval step and aggregated over two views per video:
+    the scores are the original's probabilities."""
+    import ml_collections
+
+    from conftest import fixtures_dir, require
+    from tadax import convert
+    from tadax.train.sharding import make_mesh
+    from tadax.train.steps import make_eval_step
+
+    pyth = require(fixtures_dir() / "tadaformer_tiny_k400.pyth", "fixture checkpoint")
+    ref = np.load(fixtures_dir() / "tadaformer_tiny_k400.npz")
+    assert convert.main(["zoo", "--input", str(pyth), "--output", str(tmp_path / "ckpt")]) == 0
+    config = ml_collections.ConfigDict(dict(
+        mesh=dict(fsdp=1), sharding=dict(rules=[(".*", "fsdp")], fsdp_min_size=1)))
+    mesh = make_mesh(config.mesh)
+    model, variables, model_cfg = evaluation.load_model(str(tmp_path / "ckpt"), config, mesh)
+    step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
+    video = np.transpose(ref["video_ncthw"], (0, 2, 3, 4, 1))         # (2, T, H, W, 3)
+    labels = ref["labels"].astype(np.int32)
+    # Two views of each of the two clips, padded to a batch of 8 with a mask.
+    order = np.array([0, 1, 1, 0])
+    pad = 4
+    batch = {"video": np.concatenate([video[order], np.zeros((pad,) + video.shape[1:], np.float32)]),
+             "label": np.concatenate([labels[order], np.zeros(pad, np.int32)]),
+             "video_id": np.concatenate([order, np.zeros(pad, np.int64)]),
+             "view": np.array([0, 0, 1, 1] + [0] * pad),
+             "mask": np.array([1] * 4 + [0] * pad, bool)}
+    views = evaluation.run_views(step, variables, [batch], mesh)
+    assert len(views["label"]) == 4
+    np.testing.assert_allclose(views["probs"], ref["probs_eval"][order], atol=1e-4)
+    videos = evaluation.aggregate_views(views["probs"], views["label"], views["video_id"])
+    np.testing.assert_allclose(videos["scores"], 2 * ref["probs_eval"], atol=2e-4)
+    result = evaluation.metrics(views, videos)
+    want = (ref["probs_eval"].argmax(1) == labels).mean() * 100
+    assert result["top1"] == pytest.approx(want) and result["views_per_video"] == [2, 2]
+    evaluation.write_report(str(tmp_path / "report"), views, videos, result)
+    assert (tmp_path / "report" / "confusion.png").exists()

@@ -8,17 +8,40 @@ so the batch layout does not depend on the device count.
 
 import json
 import os
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from tadax.models import build_model
 from tadax.train import plots
-from tadax.train.sharding import global_batch
+from tadax.train.checkpointing import load_weights
+from tadax.train.sharding import global_batch, tree_shardings
+from tadax.train.state import abstract_variables, select_pretrained
 
 CONFUSION_MAX_CLASSES = 200
+
+
+def load_model(checkpoint: str, config: ml_collections.ConfigDict, mesh: Mesh,
+               use_ema: bool = False) -> Tuple[nn.Module, Dict[str, Any], ml_collections.ConfigDict]:
+    """(model, variables sharded by `config.sharding`, model config) of a checkpoint.
+
+    checkpoint: a converted directory (its stored model config is used) or a
+    training run (`config.model` is used). Weights that do not fit the model
+    are refused (`InitError`) before anything runs.
+    """
+    loaded, stored_cfg = load_weights(checkpoint, use_ema=use_ema)
+    model_cfg = stored_cfg if stored_cfg is not None else config.model
+    model = build_model(model_cfg)
+    abstract = abstract_variables(model, model_cfg)
+    variables = select_pretrained(loaded, abstract, fresh=r"^$")
+    shardings = tree_shardings(mesh, abstract, config.sharding.rules,
+                               config.sharding.fsdp_min_size)
+    return model, jax.device_put(variables, shardings), model_cfg
 
 
 def _all_hosts(local: np.ndarray) -> np.ndarray:

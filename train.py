@@ -1,0 +1,38 @@
+"""Train a TAdaConv V2 model: `python train.py --config configs/<recipe>.py [--config.a.b=v ...]`.
+
+With no arguments it trains the quick-start model on the synthetic temporal
+dataset. The same command runs on one CPU, several local devices or a
+multi-host TPU/GPU slice (`--distributed`, which calls
+`jax.distributed.initialize()`; pass the coordinator flags where the platform
+does not provide them). Rerunning a command resumes its run from the newest
+checkpoint in the run directory (`--workdir`, default `config.workdir`).
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tadax.train import cli
+from tadax.train.trainer import train_and_evaluate
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "quickstart.py"),
+    "Recipe config file (`path.py` or `path.py:arg`); fields overridable as --config.x.y=v.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory; default: the config's `workdir`.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save info lines out of the log
+    cli.initialize_distributed()
+    config = FLAGS.config
+    train_and_evaluate(config, FLAGS.workdir or config.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
