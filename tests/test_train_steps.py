@@ -1,6 +1,8 @@
 """Train step pieces in-process: gradient accumulation, label smoothing, sharding rules,
 pretrained-weight checks, EMA."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -103,3 +105,18 @@ def test_pretrained_weights_that_do_not_fit_are_refused():
     del loaded["params"]["extra"]
     kept = state_lib.select_pretrained(loaded, abstract, fresh=r"^head/")
     assert list(kept["params"]) == ["embed"]
+
+
+def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
+    from tadax.train.checkpointing import RunCheckpoints
+    cfg = ml_collections.ConfigDict(dict(keep=2, keep_best=1, best_metric="val/top1"))
+    ckpts = RunCheckpoints(str(tmp_path), cfg)
+    for step, top1 in zip(range(1, 6), [50.0, 90.0, 10.0, 20.0, 30.0]):
+        ckpts.save(step, {"w": np.full(3, step, np.float32)}, step, {"val/top1": top1})
+        ckpts.wait()
+    kept = sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit())
+    assert kept == [2, 4, 5]
+    state, position = ckpts.restore(5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    np.testing.assert_array_equal(state["w"], [5, 5, 5])
+    assert position == {"step": 5}
+    ckpts.close()
