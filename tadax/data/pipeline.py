@@ -1,0 +1,260 @@
+"""tf.data input pipelines: host-sharded, deterministic, restartable training and
+complete, padded evaluation over prepared TFRecord shards.
+
+Training (`build_train_iterator`): each host reads its own shard files (or
+every P-th record when there are fewer files than hosts). Epoch e shuffles the
+host's file order and then its records (buffer `shuffle_buffer`) with seeds
+from (seed, e); the clip with host ordinal g gets the stateless seed (seed,
+host, g) for its frame sampling and augmentation. Everything is therefore a
+function of (seed, host, g): a run resumed at step s skips the raw records of
+the first s batches (whole epochs without reading them) and yields exactly the
+batches an uninterrupted run yields from step s.
+
+Evaluation (`build_eval_iterator`): video i of the split (in shard order) goes
+to host i mod P; every view of every video appears exactly once over all
+hosts; all hosts yield the same number of batches, the last ones padded with
+`mask` False.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tadax.data import augment, records, sampling, views
+from tadax.data.mixup import mix_batch
+
+# Something-Something V2 classes that name a direction: (left version, right version).
+SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
+
+
+def resolve_data_dir(data_cfg) -> str:
+    """The folder of shards: `data_dir`, or the synthetic dataset (generated on first use)."""
+    if data_cfg.data_dir:
+        return os.path.expanduser(data_cfg.data_dir)
+    if data_cfg.dataset == "synthetic":
+        from tadax.data import synthetic
+        return synthetic.ensure_synthetic(data_cfg)
+    raise ValueError(f"data.data_dir is empty for dataset {data_cfg.dataset!r}: point it at the "
+                     "folder written by `python data/prepare.py`")
+
+
+def _split_name(data_cfg, split: str) -> str:
+    """'train' / 'val' resolve through the config's split names; anything else is used as is."""
+    return {"train": data_cfg.train_split, "val": data_cfg.val_split}.get(split, split)
+
+
+@functools.lru_cache(maxsize=64)
+def _records_per_file(path: str) -> int:
+    meta = os.path.join(os.path.dirname(path), "_meta", os.path.basename(path) + ".json")
+    if os.path.isfile(meta):
+        with open(meta) as f:
+            return int(json.load(f)["written"])
+    return records.count_records([path])
+
+
+def _files(data_cfg, split: str) -> List[str]:
+    return records.shard_files(resolve_data_dir(data_cfg), _split_name(data_cfg, split))
+
+
+def num_examples(data_cfg, split: str) -> int:
+    """Number of videos in `split` ('train', 'val' or a shard name prefix)."""
+    return sum(_records_per_file(f) for f in _files(data_cfg, split))
+
+
+def _hosts(process_index: Optional[int], process_count: Optional[int]):
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+def _per_host(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                         f"{process_count} hosts")
+    return global_batch_size // process_count
+
+
+def _options(data_cfg) -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.experimental_optimization.map_parallelization = True
+    return opts
+
+
+def _parallel(data_cfg) -> int:
+    return tf.data.AUTOTUNE if data_cfg.num_parallel_calls < 0 else data_cfg.num_parallel_calls
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostPlan:
+    files: List[str]
+    record_shard: bool      # True: all files, keep every P-th record
+    epoch_len: int          # records per epoch on this host
+
+
+def _train_plan(files: List[str], pi: int, pc: int) -> _HostPlan:
+    if len(files) >= pc:
+        mine = files[pi::pc]
+        return _HostPlan(mine, False, sum(_records_per_file(f) for f in mine))
+    total = sum(_records_per_file(f) for f in files)
+    return _HostPlan(files, True, len(range(pi, total, pc)))
+
+
+def _swap_table(num_classes: int) -> tf.Tensor:
+    table = np.arange(num_classes, dtype=np.int32)
+    for a, b in SSV2_LEFT_RIGHT:
+        if b < num_classes:
+            table[a], table[b] = b, a
+    return tf.constant(table)
+
+
+def _train_example(serialized, ordinal, data_cfg, stream: int):
+    """One record -> {'video': (T, S, S, 3), 'label': ()} for host clip number `ordinal`."""
+    ex = records.parse(serialized)
+    seed = tf.stack([tf.constant(stream, tf.int64), ordinal])
+    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    idx = sampling.clip_indices(data_cfg, ex["num_frames"], ex["fps"], seed=s[0])
+    if data_cfg.shuffle_frames:
+        idx = tf.gather(idx, sampling.shuffle_order(data_cfg.num_frames, s[1]))
+    frames, flipped = augment.train_clip(tf.gather(ex["frames"], idx), data_cfg, s[2])
+    label = ex["label"]
+    if data_cfg.dataset == "ssv2" and data_cfg.ssv2_flip_mode != "off":
+        table = _swap_table(data_cfg.num_classes)
+        if data_cfg.ssv2_flip_mode == "mirror":
+            swap = flipped
+        elif data_cfg.ssv2_flip_mode == "original":
+            # The original's second flip: mirrors again and swaps on its own coin.
+            swap = tf.random.stateless_uniform([], s[3]) < 0.5
+            frames = tf.cond(swap, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+        else:
+            raise ValueError(f"data.ssv2_flip_mode={data_cfg.ssv2_flip_mode!r}: "
+                             "'mirror', 'original' or 'off'")
+        label = tf.where(swap, tf.gather(table, label), label)
+    return {"video": views.normalize(frames, data_cfg), "label": label}
+
+
+def train_dataset(data_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """The infinite host-local training `tf.data.Dataset` of batches
+    `{'video': (B_host, T, S, S, 3), 'label': (B_host,) int32}` from step `start_step`."""
+    pi, pc = process_index, process_count
+    batch = _per_host(global_batch_size, pc)
+    plan = _train_plan(_files(data_cfg, "train"), pi, pc)
+    if plan.epoch_len < batch:
+        raise ValueError(f"host {pi} has {plan.epoch_len} training videos, fewer than its "
+                         f"batch of {batch}")
+    stream = augment.host_seed(seed, pi)
+    files = tf.constant(plan.files)
+    cycle = max(1, min(data_cfg.cycle_length, len(plan.files)))
+
+    def epoch(e):
+        keys = tf.random.stateless_uniform([len(plan.files)], tf.stack([tf.cast(stream, tf.int64), e]))
+        ds = tf.data.Dataset.from_tensor_slices(tf.gather(files, tf.argsort(keys)))
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                           num_parallel_calls=cycle, deterministic=True)
+        if plan.record_shard:
+            ds = ds.shard(pc, pi)
+        return ds.shuffle(data_cfg.shuffle_buffer, seed=e * 1_000_003 + stream + 1)
+
+    skip = start_step * batch
+    first_epoch, within = divmod(skip, plan.epoch_len)
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(within)
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter(start=skip))
+    ds = ds.map(lambda r, g: _train_example(r, g, data_cfg, stream),
+                num_parallel_calls=_parallel(data_cfg), deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True)
+    return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
+
+
+def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
+                         process_index: Optional[int] = None,
+                         process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+    """Infinite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
+    int32}` (+ `'label_soft': (B_host, num_classes)` float32 when mixup/cutmix is on), where
+    B_host = global_batch_size / process_count, S = train_crop_size, dtype = data_cfg.dtype.
+    Deterministic for (seed, start_step): resuming at step s gives the batches an
+    uninterrupted run gives from step s.
+    """
+    pi, pc = _hosts(process_index, process_count)
+    ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
+                       start_step=start_step, process_index=pi, process_count=pc)
+    mixing = data_cfg.mixup_alpha > 0 or data_cfg.cutmix_alpha > 0
+    for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):
+        if mixing:
+            batch = mix_batch(batch, data_cfg, np.random.default_rng([seed, pi, step]))
+        yield batch
+
+
+def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
+    """Views of temporal clip `clip_idx` of one record -> a dict of (num_crops, ...) tensors."""
+    ex = records.parse(serialized)
+    num_clips = data_cfg.num_clips if multi_view else 1
+    num_crops = data_cfg.num_crops if multi_view else 1
+
+    def get_frames(idx):
+        if data_cfg.shuffle_frames:
+            order = sampling.shuffle_order(
+                data_cfg.num_frames, tf.stack([video_id, tf.cast(clip_idx, tf.int64)]))
+            idx = tf.gather(idx, order)
+        return augment.decode_all(tf.gather(ex["frames"], idx))
+
+    clips = views.clip_views(get_frames, ex["num_frames"], ex["fps"], data_cfg, clip_idx,
+                             num_clips, num_crops)
+    n = num_crops
+    return {"video": views.normalize(clips, data_cfg),
+            "label": tf.fill([n], ex["label"]),
+            "video_id": tf.fill([n], video_id),
+            "view": tf.cast(clip_idx, tf.int32) * num_crops + tf.range(n, dtype=tf.int32),
+            "mask": tf.ones([n], tf.bool)}
+
+
+def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
+                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """The finite host-local eval `tf.data.Dataset`; see `build_eval_iterator`."""
+    pi, pc = process_index, process_count
+    batch = _per_host(global_batch_size, pc)
+    files = _files(data_cfg, split)
+    total = sum(_records_per_file(f) for f in files)
+    per_video = views.num_views(data_cfg, multi_view)
+    num_clips = data_cfg.num_clips if multi_view else 1
+    mine = len(range(pi, total, pc)) * per_video
+    most = len(range(0, total, pc)) * per_video
+    num_batches = -(-most // batch)
+    ds = tf.data.TFRecordDataset(files).enumerate().shard(pc, pi)
+    ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
+    ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
+                num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
+    size = data_cfg.test_crop_size
+    pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],
+                             tf.dtypes.as_dtype(data_cfg.dtype)),
+           "label": tf.constant(0, tf.int32), "video_id": tf.constant(-1, tf.int64),
+           "view": tf.constant(-1, tf.int32), "mask": tf.constant(False)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch - mine))
+    ds = ds.batch(batch, drop_remainder=True)
+    return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
+
+
+def build_eval_iterator(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+    """Finite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
+    int32, 'video_id': (B_host,) int64, 'view': (B_host,) int32, 'mask': (B_host,) bool}`.
+
+    S = test_crop_size. `multi_view`: num_clips x num_crops views per video (view =
+    clip * num_crops + crop), else the single centre view. Every view of every video is
+    in exactly one host's batches once; every host yields the same number of batches;
+    padding has mask False, video_id -1, view -1.
+    """
+    pi, pc = _hosts(process_index, process_count)
+    ds = eval_dataset(data_cfg, split=split, global_batch_size=global_batch_size,
+                      multi_view=multi_view, process_index=pi, process_count=pc)
+    return ds.as_numpy_iterator()
