@@ -1,0 +1,15 @@
+"""Prepare a video dataset as sharded DMVR TFRecords; see `tadax/data/cli.py` or `--help`.
+
+  python data/prepare.py kinetics --root /data/k400/videos --out /data/k400/tfrecords \
+      --split train=/data/k400/train.csv --split val=/data/k400/validate.csv
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tadax.data.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
