@@ -51,13 +51,13 @@ def parse_policy(policy: str) -> Policy:
 
 
 def _blend(a, b, factor):
-    """PIL ImageEnhance: b + factor * (a - b), clipped to [0, 255]."""
-    return tf.clip_by_value(b + factor * (a - b), 0.0, 255.0)
+    """PIL ImageEnhance (Image.blend): b + factor * (a - b), clipped to [0, 255] and truncated."""
+    return tf.floor(tf.clip_by_value(b + factor * (a - b), 0.0, 255.0))
 
 
 def _gray(x):
-    """(..., 3) -> (..., 1) ITU-R 601-2 luma as PIL's 'L' conversion."""
-    return tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    """(..., 3) -> (..., 1) ITU-R 601-2 luma, rounded as PIL's 'L' conversion."""
+    return tf.round(tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True))
 
 
 def _affine(x, matrix, fill):
@@ -78,7 +78,7 @@ def _auto_contrast(x):
     lo = tf.reduce_min(x, axis=[1, 2], keepdims=True)
     hi = tf.reduce_max(x, axis=[1, 2], keepdims=True)
     scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1e-6), 1.0)
-    return tf.where(hi > lo, (x - lo) * scale, x)
+    return tf.where(hi > lo, tf.floor((x - lo) * scale), x)
 
 
 def _equalize(x):
@@ -121,7 +121,7 @@ def _apply_op(op: int, x, level, sign, fill):
         return 255.0 - x
     if name == "Rotate":
         angle = -sign * level * 30.0 * math.pi / 180.0
-        cx, cy = w / 2.0, h / 2.0
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0   # PIL's centre in pixel-index coordinates
         c, s = tf.cos(angle), tf.sin(angle)
         return _affine(x, tf.stack([c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy]), fill)
     if name == "PosterizeIncreasing":
@@ -144,9 +144,11 @@ def _apply_op(op: int, x, level, sign, fill):
     if name == "SharpnessIncreasing":
         return _sharpness(x, enhance)
     if name == "ShearX":
-        return _affine(x, tf.stack([1.0, sign * level * 0.3, 0.0, 0.0, 1.0, 0.0]), fill)
+        shear = sign * level * 0.3    # + shear / 2: PIL maps pixel centres, TF pixel indices
+        return _affine(x, tf.stack([1.0, shear, shear / 2.0, 0.0, 1.0, 0.0]), fill)
     if name == "ShearY":
-        return _affine(x, tf.stack([1.0, 0.0, 0.0, sign * level * 0.3, 1.0, 0.0]), fill)
+        shear = sign * level * 0.3
+        return _affine(x, tf.stack([1.0, 0.0, 0.0, shear, 1.0, shear / 2.0]), fill)
     if name == "TranslateXRel":
         return _affine(x, tf.stack([1.0, 0.0, sign * level * 0.45 * w, 0.0, 1.0, 0.0]), fill)
     return _affine(x, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, sign * level * 0.45 * h]), fill)
