@@ -1,0 +1,331 @@
+"""Reading: sampling and view placement, host sharding, determinism and resume,
+per-clip augmentation consistency, SSv2 flip modes, mixup, and the synthetic dataset."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tadax.data import augment, pipeline, records, sampling, synthetic, views
+from tadax.data.config import data_config
+from tadax.data.encode import jpeg_bytes
+from tadax.data.mixup import mix_batch
+from tadax.data.video import load_views
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    """A tiny synthetic dataset (generated on first use, as users get it)."""
+    c = data_config(cache_dir=str(tmp_path_factory.mktemp("cache")),
+                    synthetic=dict(num_train=40, num_val=18, frames=12, size=32, num_shards=4),
+                    num_clips=2, num_crops=3)
+    pipeline.resolve_data_dir(c)
+    return c
+
+
+# ---------------------------------------------------------------- sampling
+
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 100, 301])
+@pytest.mark.parametrize("t", [8, 16])
+def test_segment_sampling(n, t):
+    bounds = np.linspace(0, n, t + 1)
+    for s in range(5):
+        idx = sampling.segment_indices(n, t, seed=tf.constant([s, 1])).numpy()
+        assert idx.shape == (t,) and idx.min() >= 0 and idx.max() <= n - 1
+        assert np.all(np.diff(idx) >= 0)
+        # one frame from each segment (rounding may land on the segment's end frame)
+        assert np.all(idx >= np.floor(bounds[:-1]))
+        assert np.all(idx <= np.minimum(np.ceil(bounds[1:]), n - 1))
+    for clips in (1, 2, 4, 10):
+        for k in range(clips):
+            idx = sampling.segment_indices(n, t, clip_idx=k, num_clips=clips).numpy()
+            lo, hi = bounds[:-1], bounds[1:]
+            pos = (lo + hi) / 2 if clips == 1 else lo + (hi - lo) * (k + 1) / clips
+            np.testing.assert_array_equal(idx, np.round(np.clip(pos, 0, n - 1)).astype(int))
+            np.testing.assert_array_equal(
+                idx, sampling.segment_indices(n, t, clip_idx=k, num_clips=clips).numpy())
+    if n >= 2 * t:      # segments cover the video: every segment contributes its own frame
+        idx = sampling.segment_indices(n, t).numpy()
+        assert len(set(idx.tolist())) == t
+
+
+def test_segment_centres_round_half_to_even_as_the_original():
+    # torch.round: 16 frames in 16 segments -> centres 0.5, 1.5, ... -> 0, 2, 2, 4, ...
+    idx = sampling.segment_indices(16, 16).numpy()
+    np.testing.assert_array_equal(idx[:4], [0, 2, 2, 4])
+
+
+def test_interval_sampling():
+    n, t, rate = 300, 16, 5
+    length = t * rate
+    for k in range(4):
+        idx = sampling.interval_indices(n, 30.0, t, rate, clip_idx=k, num_clips=4).numpy()
+        start = (n - length) * k / 4
+        np.testing.assert_array_equal(idx, np.floor(np.linspace(start, start + length - 1, t)))
+    for s in range(10):
+        idx = sampling.interval_indices(n, 30.0, t, rate, seed=tf.constant([s, 0])).numpy()
+        assert idx.min() >= 0 and idx.max() <= n - 1 and idx[-1] - idx[0] <= length - 1
+        assert np.all(np.diff(idx) >= 5)
+    # A 60 fps video sampled for a 30 fps recipe: the stride doubles.
+    idx = sampling.interval_indices(n, 60.0, t, rate, target_fps=30.0).numpy()
+    assert idx[-1] - idx[0] == pytest.approx(2 * length - 1, abs=1)
+    # Shorter than the window: clamped to the video.
+    idx = sampling.interval_indices(20, 30.0, t, rate, seed=tf.constant([0, 0])).numpy()
+    assert idx.min() == 0 and idx.max() == 19
+
+
+# ------------------------------------------------------------ eval views
+
+def coded_video(t=10, h=40, w=60):
+    """Frames whose pixels encode (frame, x, y) in their channels."""
+    tt, yy, xx = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([tt * 10, xx, yy], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h,w", [(40, 60), (60, 40)])
+def test_view_placement(h, w):
+    video = coded_video(h=h, w=w)
+    c = data_config(dataset="kinetics400", num_frames=5, test_scale=40, test_crop_size=40,
+                    num_clips=2, num_crops=3)
+    out = views.eval_views(lambda i: tf.gather(tf.constant(video), i), 10, 30.0, c,
+                           multi_view=True).numpy()
+    assert out.shape == (6, 5, 40, 40, 3)
+    offsets = [0, 10, 20]
+    for v in range(6):
+        k, crop = divmod(v, 3)
+        frames = sampling.segment_indices(10, 5, clip_idx=k, num_clips=2).numpy()
+        np.testing.assert_array_equal(out[v, :, 0, 0, 0], frames * 10)
+        x0, y0 = (offsets[crop], 0) if h < w else (0, offsets[crop])
+        assert (out[v, 0, 0, 0, 1], out[v, 0, 0, 0, 2]) == (x0, y0)
+    single = views.eval_views(lambda i: tf.gather(tf.constant(video), i), 10, 30.0, c,
+                              multi_view=False).numpy()
+    assert single.shape == (1, 5, 40, 40, 3)
+    assert (single[0, 0, 0, 0, 1], single[0, 0, 0, 0, 2]) == ((10, 0) if h < w else (0, 10))
+
+
+def test_resize_short_side_truncates_like_the_original():
+    out = views.resize_short_side(tf.zeros([1, 240, 320, 3], tf.uint8), 224)
+    assert out.shape == (1, 224, 298, 3)         # int(320 / 240 * 224) = 298
+
+
+def collect_eval(c, pc, batch, multi_view=True):
+    hosts = []
+    for pi in range(pc):
+        hosts.append(list(pipeline.build_eval_iterator(
+            c, split="val", global_batch_size=batch, multi_view=multi_view,
+            process_index=pi, process_count=pc)))
+    return hosts
+
+
+@pytest.mark.parametrize("pc", [1, 2, 3])
+def test_eval_every_view_once_across_hosts(cfg, pc):
+    n = pipeline.num_examples(cfg, "val")
+    hosts = collect_eval(cfg, pc, 12)
+    assert len({len(h) for h in hosts}) == 1, "hosts yield different numbers of batches"
+    seen, labels = [], {}
+    for batches in hosts:
+        for b in batches:
+            assert b["video"].shape == (12 // pc, 8, 32, 32, 3)
+            m = b["mask"]
+            assert np.all(b["video_id"][~m] == -1) and np.all(b["video"][~m] == 0)
+            seen += list(zip(b["video_id"][m].tolist(), b["view"][m].tolist()))
+            for vid, lab in zip(b["video_id"][m], b["label"][m]):
+                assert labels.setdefault(int(vid), int(lab)) == lab
+    assert sorted(seen) == [(v, k) for v in range(n) for k in range(6)]
+    assert len(hosts[0]) == -(-(-(-n // pc) * 6) // (12 // pc))
+
+
+def test_eval_single_view_and_determinism(cfg):
+    a = collect_eval(cfg, 1, 8, multi_view=False)[0]
+    b = collect_eval(cfg, 1, 8, multi_view=False)[0]
+    assert sum(int(x["mask"].sum()) for x in a) == pipeline.num_examples(cfg, "val")
+    assert all(np.array_equal(x["video"], y["video"]) for x, y in zip(a, b))
+    assert all(np.all(x["view"][x["mask"]] == 0) for x in a)
+
+
+def test_load_views_matches_the_eval_pipeline(cfg):
+    data_dir = pipeline.resolve_data_dir(cfg)
+    names = [ex["filename"].decode() for ex in tf.data.TFRecordDataset(
+        records.shard_files(data_dir, "val")).map(records.parse).as_numpy_iterator()]
+    batches = collect_eval(cfg, 1, 6)[0]
+    vid = 3
+    piped = np.concatenate([b["video"][b["video_id"] == vid] for b in batches])
+    direct = load_views(os.path.join(data_dir, "videos", "val", names[vid]), cfg, multi_view=True)
+    assert direct.shape == piped.shape == (6, 8, 32, 32, 3)
+    assert np.abs(direct - piped).mean() < 0.1        # JPEG storage only (normalised units)
+
+
+# ------------------------------------------------------------ training
+
+def take(it, k):
+    return [next(it) for _ in range(k)]
+
+
+def test_train_deterministic_and_resumable(cfg):
+    def run(start, seed=0):
+        return pipeline.build_train_iterator(cfg, global_batch_size=8, seed=seed,
+                                             start_step=start, process_index=0, process_count=1)
+    full = take(run(0), 8)                       # 40 videos: 5 steps an epoch, crosses one
+    for start in (3, 6):
+        resumed = take(run(start), 8 - start)
+        for a, b in zip(full[start:], resumed):
+            np.testing.assert_array_equal(a["video"], b["video"])
+            np.testing.assert_array_equal(a["label"], b["label"])
+    other = take(run(0, seed=1), 1)[0]
+    assert not np.array_equal(other["video"], full[0]["video"])
+    assert full[0]["video"].shape == (8, 8, 32, 32, 3) and full[0]["label"].dtype == np.int32
+    # every training video once per epoch
+    first_epoch = np.concatenate([b["label"] for b in full[:5]])
+    assert np.bincount(first_epoch, minlength=8).tolist() == [5] * 8
+
+
+def test_train_hosts_read_disjoint_data(cfg):
+    files = records.shard_files(pipeline.resolve_data_dir(cfg), "train")
+    plans = [pipeline._train_plan(files, pi, 2) for pi in range(2)]
+    assert sorted(plans[0].files + plans[1].files) == files
+    assert not set(plans[0].files) & set(plans[1].files)
+    assert plans[0].epoch_len + plans[1].epoch_len == 40
+    few = [pipeline._train_plan(files, pi, 6) for pi in range(6)]
+    assert all(p.record_shard for p in few) and sum(p.epoch_len for p in few) == 40
+    batch = next(pipeline.build_train_iterator(cfg, global_batch_size=8, seed=0,
+                                               process_index=1, process_count=2))
+    assert batch["video"].shape[0] == 4
+
+
+def test_bfloat16_output(cfg):
+    c = data_config(**{**cfg.to_dict(), "dtype": "bfloat16"})
+    batch = next(pipeline.build_train_iterator(c, global_batch_size=4, seed=0,
+                                               process_index=0, process_count=1))
+    assert batch["video"].dtype.name == "bfloat16"
+
+
+def serialized(frames, label=0):
+    return records.sequence_example([jpeg_bytes(f, 95) for f in frames], label=label, text="x",
+                                    filename="v.mp4", start_us=0, end_us=10 ** 6, fps=len(frames))
+
+
+def test_augmentation_is_the_same_on_every_frame():
+    """Identical input frames must stay identical: crop, flip, RandAugment, grayscale per clip."""
+    rng = np.random.default_rng(0)
+    frame = np.asarray(tf.image.resize(rng.uniform(0, 255, (6, 8, 3)), (48, 64)), np.uint8)
+    record = serialized([frame] * 6)
+    c = data_config(dataset="kinetics400", num_frames=4, train_crop_size=32, grayscale_p=0.5)
+    outs = []
+    for s in range(12):
+        ex = pipeline._train_example(record, tf.constant(s, tf.int64), c, 7)
+        clip = ex["video"].numpy()
+        assert clip.shape == (4, 32, 32, 3)
+        for t in range(1, 4):
+            np.testing.assert_array_equal(clip[t], clip[0])
+        outs.append(clip[0])
+    assert len({o.tobytes() for o in outs}) == 12              # and it does augment
+    assert any(np.allclose(o[..., 0] * c.std[0] + c.mean[0], o[..., 1] * c.std[1] + c.mean[1],
+                           atol=1e-5) for o in outs)          # grayscale happened somewhere
+
+
+def test_crop_window_is_torchvision_like():
+    for s in range(50):
+        y, x, h, w = augment.crop_window(tf.constant([s, 3]), 240, 320).numpy()
+        assert 0 <= y and y + h <= 240 and 0 <= x and x + w <= 320
+        assert 0.08 * 240 * 320 * 0.9 <= h * w <= 240 * 320
+        assert 0.75 * 0.9 <= w / h <= 1.333 * 1.1
+
+
+def lr_record(label):
+    """A clip whose left half is dark and right half bright."""
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:, 16:] = 255
+    return serialized([frame] * 4, label=label)
+
+
+def ssv2_run(mode, label):
+    c = data_config(dataset="ssv2", num_frames=2, train_crop_size=32, train_scale=(1.0, 1.0),
+                    ratio=(1.0, 1.0), randaugment="", grayscale_p=0.0, ssv2_flip_mode=mode)
+    out = []
+    for s in range(40):
+        ex = pipeline._train_example(lr_record(label), tf.constant(s, tf.int64), c, 11)
+        v = ex["video"].numpy()
+        out.append((bool(v[0, :, 0].mean() > v[0, :, -1].mean()), int(ex["label"])))
+    return out
+
+
+def test_ssv2_label_swaps_exactly_when_mirrored():
+    for label, other in ((86, 87), (94, 93), (167, 166)):
+        runs = ssv2_run("mirror", label)
+        assert {m for m, _ in runs} == {True, False}
+        assert all(lab == (other if mirrored else label) for mirrored, lab in runs)
+    assert all(lab == 5 for _, lab in ssv2_run("mirror", 5))
+
+
+def test_ssv2_original_mode_swaps_independently_and_off_never_swaps():
+    runs = ssv2_run("original", 86)
+    assert any(mirrored != (lab == 87) for mirrored, lab in runs)   # label and mirror disagree
+    assert {lab for _, lab in runs} == {86, 87}
+    runs = ssv2_run("off", 86)
+    assert {m for m, _ in runs} == {True, False} and {lab for _, lab in runs} == {86}
+
+
+def test_shuffle_frames_permutes_time(cfg):
+    base = collect_eval(cfg, 1, 6, multi_view=False)[0][0]
+    c = data_config(**{**cfg.to_dict(), "shuffle_frames": True})
+    shuffled = collect_eval(c, 1, 6, multi_view=False)[0][0]
+    for a, b in zip(base["video"], shuffled["video"]):
+        key = lambda clip: sorted(f.tobytes() for f in clip)
+        assert key(a) == key(b)
+    assert not np.array_equal(base["video"], shuffled["video"])
+
+
+# ------------------------------------------------------------ mixup
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixup_cutmix(mixup, cutmix):
+    c = data_config(dataset="kinetics400", num_classes=5, mixup_alpha=mixup, cutmix_alpha=cutmix)
+    rng = np.random.default_rng(0)
+    video = rng.normal(size=(4, 3, 16, 16, 3)).astype(np.float32)
+    label = np.array([0, 1, 2, 3], np.int32)
+    for s in range(5):
+        out = mix_batch({"video": video, "label": label}, c, np.random.default_rng(s))
+        soft = out["label_soft"]
+        assert soft.shape == (4, 5) and np.allclose(soft.sum(1), 1.0)
+        lam = soft[0, 0]
+        np.testing.assert_allclose(soft[0, 3], 1 - lam, atol=1e-6)
+        if cutmix and not mixup:               # the same box on every frame
+            changed = np.any(out["video"][0] != video[0], axis=-1)
+            assert np.all(changed == changed[0])
+            assert lam == pytest.approx(1 - changed[0].mean(), abs=1e-6)
+
+
+def test_train_iterator_adds_soft_labels(cfg):
+    c = data_config(**{**cfg.to_dict(), "mixup_alpha": 0.8})
+    batch = next(pipeline.build_train_iterator(c, global_batch_size=4, seed=0,
+                                               process_index=0, process_count=1))
+    assert batch["label_soft"].shape == (4, 8)
+
+
+# ------------------------------------------------------------ synthetic
+
+def test_synthetic_pairs_are_time_reversals():
+    for fwd, rev in synthetic.PAIRS:
+        a = synthetic.class_clip(np.random.default_rng(5), synthetic.CLASSES[fwd], 12, 32)
+        b = synthetic.class_clip(np.random.default_rng(5), synthetic.CLASSES[rev], 12, 32)
+        np.testing.assert_array_equal(a[::-1], b)
+        assert np.abs(a[0].astype(int) - a[-1]).mean() > 3        # the motion is visible
+    assert sorted(i for p in synthetic.PAIRS for i in p) == list(range(8))
+
+
+def test_synthetic_is_generated_once(cfg):
+    d = pipeline.resolve_data_dir(cfg)
+    assert pipeline.resolve_data_dir(cfg) == d
+    assert pipeline.num_examples(cfg, "train") == 40 and pipeline.num_examples(cfg, "val") == 18
+    names = open(os.path.join(d, "classes.txt")).read().split("\n")[:-1]
+    assert tuple(names) == synthetic.CLASSES
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="data_dir is empty"):
+        pipeline.num_examples(data_config(dataset="kinetics400"), "train")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        pipeline.num_examples(data_config(dataset="kinetics400", data_dir=str(tmp_path)), "val")
+    with pytest.raises(KeyError, match="num_frame"):
+        data_config(num_frame=8)
