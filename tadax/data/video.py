@@ -9,6 +9,7 @@ from typing import Optional
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoDecodeError(ValueError):
@@ -61,6 +62,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
         fps = native_fps if not target_fps or not native_fps else min(target_fps, native_fps)
         frames, times = [], []
         next_slot = 0.0
+        reformatter = VideoReformatter()    # one conversion context per video, not per frame
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else len(times) / (native_fps or 30.0)
@@ -74,7 +76,8 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
                         continue
                     next_slot += 1.0 / fps
                 w, h = _resized_size(frame.width, frame.height, short_side)
-                frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
+                frames.append(reformatter.reformat(frame, format="rgb24", width=w,
+                                                   height=h).to_ndarray())
                 times.append(t)
         except (av.error.FFmpegError, ValueError) as e:
             if not frames:
