@@ -36,14 +36,13 @@ def parse_policy(policy: str) -> Policy:
     if parts[0] != "rand":
         raise ValueError(f"RandAugment policy {policy!r} must start with 'rand-'")
     out = {"magnitude": 10.0, "num_ops": 2, "magnitude_std": 0.0, "increasing": 0}
+    keys = (("mstd", "magnitude_std"), ("inc", "increasing"), ("m", "magnitude"), ("n", "num_ops"))
     for part in parts[1:]:
-        for key, name in (("mstd", "magnitude_std"), ("inc", "increasing"), ("m", "magnitude"),
-                          ("n", "num_ops")):
-            if part.startswith(key):
-                out[name] = float(part[len(key):])
-                break
-        else:
+        match = [(key, name) for key, name in keys if part.startswith(key)]
+        if not match:
             raise ValueError(f"RandAugment policy {policy!r}: unknown part {part!r}")
+        key, name = match[0]
+        out[name] = float(part[len(key):])
     if not out["increasing"]:
         raise ValueError(f"RandAugment policy {policy!r}: only the 'inc1' op set is implemented")
     return Policy(magnitude=out["magnitude"], num_ops=int(out["num_ops"]),
@@ -61,17 +60,14 @@ def _gray(x):
 
 
 def _affine(x, matrix, fill):
-    """Samples `x` (T, H, W, 3) at input = matrix @ (x, y, 1) for each output pixel."""
+    """Samples `x` (T, H, W, 3) at input = matrix @ (x, y, 1) for each output pixel; pixels
+    from outside the frame take the per-channel `fill` (shift by -fill, fill with 0, shift back)."""
     m = tf.cast(tf.concat([matrix, tf.zeros([2])], 0), tf.float32)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x, transforms=tf.tile(m[None], [tf.shape(x)[0], 1]),
+        images=x - fill, transforms=tf.tile(m[None], [tf.shape(x)[0], 1]),
         output_shape=tf.shape(x)[1:3], fill_value=0.0, interpolation="BILINEAR",
         fill_mode="CONSTANT")
-    inside = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.ones_like(x[..., :1]), transforms=tf.tile(m[None], [tf.shape(x)[0], 1]),
-        output_shape=tf.shape(x)[1:3], fill_value=0.0, interpolation="NEAREST",
-        fill_mode="CONSTANT")
-    return out * inside + (1.0 - inside) * fill
+    return out + fill
 
 
 def _auto_contrast(x):
