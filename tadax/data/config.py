@@ -117,7 +117,8 @@ def recipe_overrides(family: str, dataset: str) -> Dict[str, Any]:
 
     TAdaFormer: CLIP normalisation, segment sampling, test scale 224. ConvNeXt:
     the mean/std its configs inherit (0.45/0.225 per channel, not ImageNet's),
-    test scale/crop 256, and on Kinetics interval sampling at stride 5 (30 fps video).
+    test scale/crop 256, and on Kinetics interval sampling at stride 5 in 30 fps frames
+    (the stride scales with each video's own rate, as the original's TARGET_FPS: 30 does).
     """
     if family == "tadaformer":
         return dict(mean=CLIP_MEAN, std=CLIP_STD, sampling="segment", test_scale=224,
@@ -126,6 +127,6 @@ def recipe_overrides(family: str, dataset: str) -> Dict[str, Any]:
         out = dict(mean=KINETICS_MEAN, std=KINETICS_STD, sampling="segment", test_scale=256,
                    test_crop_size=256)
         if dataset.startswith("kinetics"):
-            out.update(sampling="interval", sampling_rate=5)
+            out.update(sampling="interval", sampling_rate=5, target_fps=30.0)
         return out
     raise ValueError(f"unknown model family {family!r}: 'tadaformer' or 'convnext'")
