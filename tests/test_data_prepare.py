@@ -277,3 +277,13 @@ def test_resume_rewrites_only_missing_shards_identically(kinetics, tmp_path):
     assert {f: open(f, "rb").read() for f in files} == before
     summary = json.load(open(tmp_path / "train.json"))
     assert summary["shards_already_complete"] == 1 and summary["num_examples"] == 6
+
+
+def test_target_fps_keeps_the_nearest_frames(tmp_path):
+    clip = smooth_clip(7, frames=30)
+    write_mp4(str(tmp_path / "v.mp4"), clip, 30)
+    full = decode_video(str(tmp_path / "v.mp4"))
+    third = decode_video(str(tmp_path / "v.mp4"), target_fps=10)
+    assert full.fps == pytest.approx(30.0) and third.fps == pytest.approx(10.0)
+    np.testing.assert_array_equal(third.frames, full.frames[::3])
+    assert decode_video(str(tmp_path / "v.mp4"), target_fps=60).frames.shape[0] == 30

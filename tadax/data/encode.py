@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from tadax.data.annotations import Entry
-from tadax.data.video import VideoDecodeError, _resized_size, decode_video
+from tadax.data.video import VideoDecodeError, resized_size, decode_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _folder_frames(folder: str, opts: EncodeOptions) -> List[bytes]:
             with Image.open(path) as img:
                 img = img.convert("RGB")
                 if opts.short_side and min(img.size) != opts.short_side:
-                    img = img.resize(_resized_size(img.width, img.height, opts.short_side),
+                    img = img.resize(resized_size(img.width, img.height, opts.short_side),
                                      Image.BILINEAR)
                     out.append(jpeg_bytes(np.asarray(img), opts.jpeg_quality))
                 else:

@@ -25,7 +25,7 @@ class DecodedVideo:
     end_us: int
 
 
-def _resized_size(width: int, height: int, short_side: int) -> tuple:
+def resized_size(width: int, height: int, short_side: int) -> tuple:
     """(width, height) with the short side at `short_side` (even sizes); unchanged if 0."""
     if not short_side:
         return width, height
@@ -75,7 +75,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
                     if t - base + 0.5 / native_fps < next_slot:
                         continue
                     next_slot += 1.0 / fps
-                w, h = _resized_size(frame.width, frame.height, short_side)
+                w, h = resized_size(frame.width, frame.height, short_side)
                 frames.append(reformatter.reformat(frame, format="rgb24", width=w,
                                                    height=h).to_ndarray())
                 times.append(t)
