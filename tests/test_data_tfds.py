@@ -34,7 +34,7 @@ def test_kinetics400_builder(tmp_path):
     with open(raw / "train.csv", "a") as f:
         f.write("growing,broken,0,1,train\n"         # corrupt file
                 "growing,absent,0,1,train\n")         # missing file
-    builder = tfds.builder("kinetics400_tadax/native", data_dir=str(tmp_path / "tfds"))
+    builder = tfds.builder("kinetics400/native", data_dir=str(tmp_path / "tfds"))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(raw)))
     assert builder.info.splits["train"].num_examples == 8
@@ -77,7 +77,7 @@ def test_ssv2_builder(tmp_path):
         items.append({"id": "gone", "template": templates[0]})           # missing file
         items.append({"id": f"{split[0]}0", "template": "Unknown [thing]"})  # unknown label
         (raw / f"something-something-v2-{split}.json").write_text(json.dumps(items))
-    builder = tfds.builder("ssv2_tadax", data_dir=str(tmp_path / "tfds"))
+    builder = tfds.builder("ssv2", data_dir=str(tmp_path / "tfds"))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(raw)))
     assert builder.info.splits["train"].num_examples == 4
@@ -90,7 +90,7 @@ def test_ssv2_builder(tmp_path):
 
 
 def test_missing_annotations_is_a_clear_error(tmp_path):
-    builder = tfds.builder("ssv2_tadax", data_dir=str(tmp_path / "tfds"))
+    builder = tfds.builder("ssv2", data_dir=str(tmp_path / "tfds"))
     with pytest.raises(FileNotFoundError, match="labels.json"):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))

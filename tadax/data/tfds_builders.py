@@ -7,8 +7,8 @@ Bad videos and bad annotation lines are skipped, never fatal; the generator
 logs how many. Usage:
 
     import tensorflow_datasets as tfds
-    import tadax.data.tfds_builders  # registers 'kinetics400_tadax' and 'ssv2_tadax'
-    builder = tfds.builder("kinetics400_tadax", data_dir="~/tfds")   # or "kinetics400_tadax/native"
+    import tadax.data.tfds_builders  # registers 'kinetics400' and 'ssv2'
+    builder = tfds.builder("kinetics400", data_dir="~/tfds")   # or "kinetics400/native"
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir="/data/k400_raw"))
     ds = builder.as_dataset(split="validation")   # {'video': (N, H, W, 3) uint8, 'label', ...}
@@ -105,7 +105,7 @@ class _VideoFolderBuilder(tfds.core.GeneratorBasedBuilder):
         logging.info("%d videos or annotation lines skipped", skipped)
 
 
-class Kinetics400Tadax(_VideoFolderBuilder):
+class Kinetics400(_VideoFolderBuilder):
     """Kinetics-400 from the official CSVs and downloaded clips (default: short side 320)."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Place train.csv, validate.csv (official Kinetics-400 CSVs) "
@@ -123,7 +123,7 @@ class Kinetics400Tadax(_VideoFolderBuilder):
                          for s, p in present.items()}
 
 
-class Ssv2Tadax(_VideoFolderBuilder):
+class Ssv2(_VideoFolderBuilder):
     """Something-Something V2 from labels.json, the split JSONs and the .webm files (default:
     native size, already 240 pixels high)."""
 
