@@ -182,15 +182,30 @@ def test_train_deterministic_and_resumable(cfg):
 
 def test_train_hosts_read_disjoint_data(cfg):
     files = records.shard_files(pipeline.resolve_data_dir(cfg), "train")
-    plans = [pipeline._train_plan(files, pi, 2) for pi in range(2)]
-    assert sorted(plans[0].files + plans[1].files) == files
-    assert not set(plans[0].files) & set(plans[1].files)
-    assert plans[0].epoch_len + plans[1].epoch_len == 40
-    few = [pipeline._train_plan(files, pi, 6) for pi in range(6)]
-    assert all(p.record_shard for p in few) and sum(p.epoch_len for p in few) == 40
-    batch = next(pipeline.build_train_iterator(cfg, global_batch_size=8, seed=0,
-                                               process_index=1, process_count=2))
-    assert batch["video"].shape[0] == 4
+    assert pipeline.num_streams(cfg, 8, len(files), 1) == 4
+    streams = pipeline._streams(files, 4)
+    assert sorted(f for st in streams for f in st.files) == files
+    assert sum(st.epoch_len for st in streams) == 40
+    few = pipeline._streams(files, 8)                  # more streams than files: record-level
+    assert all(st.record_shard for st in few) and sum(st.epoch_len for st in few) == 40
+    with pytest.raises(ValueError, match="num_streams=3"):
+        pipeline.num_streams(data_config(num_streams=3), 8, 4, 1)
+
+
+@pytest.mark.parametrize("start", [0, 4])
+def test_global_batches_do_not_depend_on_the_host_count(cfg, start):
+    def host(pi, pc):
+        return take(pipeline.build_train_iterator(cfg, global_batch_size=8, seed=3,
+                                                  start_step=start, process_index=pi,
+                                                  process_count=pc), 3)
+    one = host(0, 1)
+    for pc in (2, 4):
+        parts = [host(pi, pc) for pi in range(pc)]
+        for step in range(3):
+            for key in ("video", "label"):
+                np.testing.assert_array_equal(
+                    np.concatenate([p[step][key] for p in parts]), one[step][key])
+    assert parts[1][0]["video"].shape[0] == 2
 
 
 def test_bfloat16_output(cfg):

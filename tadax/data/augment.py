@@ -10,7 +10,6 @@ All randomness is stateless: the same `(2,)` seed gives the same clip.
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from tadax.data import randaugment
@@ -91,7 +90,3 @@ def train_clip(jpegs, data_cfg, seed):
     frames = tf.ensure_shape(frames, [data_cfg.num_frames, size, size, 3])
     return frames, flipped
 
-
-def host_seed(seed: int, process_index: int) -> int:
-    """A 31-bit stream id for (seed, host) used as the first word of per-clip seeds."""
-    return int(np.random.default_rng([seed, process_index]).integers(0, 2 ** 31 - 1))

@@ -98,7 +98,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.shuffle_buffer = 4096       # records shuffled before decoding
     c.prefetch = 2                # batches prepared ahead
     c.num_parallel_calls = -1     # decode/augment parallelism; -1: tf.data AUTOTUNE
-    c.cycle_length = 8            # shard files read at once
+    c.cycle_length = 8            # shard files read at once per stream
+    c.num_streams = 0             # training reader streams (see pipeline.py); 0: gcd(global batch, files)
 
     c.update(_DATASETS.get(dataset, {}))
     unknown = sorted(set(overrides) - set(c.keys()))

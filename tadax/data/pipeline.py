@@ -1,14 +1,17 @@
 """tf.data input pipelines: host-sharded, deterministic, restartable training and
 complete, padded evaluation over prepared TFRecord shards.
 
-Training (`build_train_iterator`): each host reads its own shard files (or
-every P-th record when there are fewer files than hosts). Epoch e shuffles the
-host's file order and then its records (buffer `shuffle_buffer`) with seeds
-from (seed, e); the clip with host ordinal g gets the stateless seed (seed,
-host, g) for its frame sampling and augmentation. Everything is therefore a
-function of (seed, host, g): a run resumed at step s skips the raw records of
-the first s batches (whole epochs without reading them) and yields exactly the
-batches an uninterrupted run yields from step s.
+Training (`build_train_iterator`): the global batch is assembled from K
+reader streams (`num_streams`: gcd(global batch, shard files) by default);
+stream k reads shard files k, k+K, ... (every K-th record when there are fewer
+files than streams), shuffles file order and records per epoch with seeds
+from (seed, k, epoch), and fills positions [k B/K, (k+1) B/K) of every global
+batch; its clip number g is sampled and augmented with the stateless seed
+(seed, k, g). Host p of P owns streams [p K/P, (p+1) K/P), i.e. exactly its
+slice of each global batch. So the global batch sequence is a function of the
+seed alone, the same on 1 host or P (whenever P divides K), and a run resumed
+at step s skips s B/K raw records per stream (whole epochs without reading
+them) and sees exactly the batches an uninterrupted run saw.
 
 Evaluation (`build_eval_iterator`): video i of the split (in shard order) goes
 to host i mod P; every view of every video appears exactly once over all
@@ -19,6 +22,7 @@ hosts; all hosts yield the same number of batches, the last ones padded with
 import dataclasses
 import functools
 import json
+import math
 import os
 from typing import Dict, Iterator, List, Optional
 
@@ -95,18 +99,68 @@ def _parallel(data_cfg) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _HostPlan:
+class _Stream:
+    index: int
     files: List[str]
-    record_shard: bool      # True: all files, keep every P-th record
-    epoch_len: int          # records per epoch on this host
+    record_shard: bool      # True: all files, keep records index, index + K, ... of the common order
+    epoch_len: int          # records per epoch in this stream
 
 
-def _train_plan(files: List[str], pi: int, pc: int) -> _HostPlan:
-    if len(files) >= pc:
-        mine = files[pi::pc]
-        return _HostPlan(mine, False, sum(_records_per_file(f) for f in mine))
+def num_streams(data_cfg, global_batch_size: int, num_files: int, process_count: int) -> int:
+    """K, the number of training reader streams: `data.num_streams`, or gcd(batch, files).
+
+    K must divide the global batch and be a multiple of the host count; when the
+    automatic value is not, it becomes a multiple of the host count (and the data
+    order then depends on the host count).
+    """
+    b, p = global_batch_size, process_count
+    if data_cfg.num_streams:
+        k = data_cfg.num_streams
+        if b % k or k % p:
+            raise ValueError(f"data.num_streams={k} must divide the global batch {b} and be a "
+                             f"multiple of the {p} hosts")
+        return k
+    k = math.gcd(b, num_files)
+    if k % p:
+        k = p * math.gcd(b // p, max(1, num_files // p))
+    return k
+
+
+def _streams(files: List[str], k: int) -> List[_Stream]:
+    if len(files) >= k:
+        return [_Stream(i, files[i::k], False, sum(_records_per_file(f) for f in files[i::k]))
+                for i in range(k)]
     total = sum(_records_per_file(f) for f in files)
-    return _HostPlan(files, True, len(range(pi, total, pc)))
+    return [_Stream(i, files, True, len(range(i, total, k))) for i in range(k)]
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A 31-bit id of (seed, stream): the first word of the stream's per-clip seeds."""
+    return int(np.random.default_rng([seed, stream]).integers(0, 2 ** 31 - 1))
+
+
+def _stream_records(stream: _Stream, data_cfg, seed: int, k: int, start: int) -> tf.data.Dataset:
+    """(record, ordinal, stream index) of `stream` from its `start`-th record on, forever."""
+    sid = _stream_seed(seed, stream.index)
+    order_seed = _stream_seed(seed, k) if stream.record_shard else sid
+    files = tf.constant(stream.files)
+    cycle = max(1, min(data_cfg.cycle_length, len(stream.files)))
+    buffer = max(1, data_cfg.shuffle_buffer // k)
+
+    def epoch(e):
+        keys = tf.random.stateless_uniform([len(stream.files)],
+                                           tf.stack([tf.constant(order_seed, tf.int64), e]))
+        ds = tf.data.Dataset.from_tensor_slices(tf.gather(files, tf.argsort(keys)))
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                           num_parallel_calls=cycle, deterministic=True)
+        if stream.record_shard:
+            ds = ds.shard(k, stream.index)
+        return ds.shuffle(buffer, seed=e * 1_000_003 + sid + 1)
+
+    first_epoch, within = divmod(start, stream.epoch_len)
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(within)
+    return tf.data.Dataset.zip(ds, tf.data.Dataset.counter(start=start),
+                               tf.data.Dataset.from_tensors(tf.constant(sid, tf.int64)).repeat())
 
 
 def _swap_table(num_classes: int) -> tf.Tensor:
@@ -117,10 +171,10 @@ def _swap_table(num_classes: int) -> tf.Tensor:
     return tf.constant(table)
 
 
-def _train_example(serialized, ordinal, data_cfg, stream: int):
-    """One record -> {'video': (T, S, S, 3), 'label': ()} for host clip number `ordinal`."""
+def _train_example(serialized, ordinal, data_cfg, stream_id):
+    """One record -> {'video': (T, S, S, 3), 'label': ()}, clip `ordinal` of stream `stream_id`."""
     ex = records.parse(serialized)
-    seed = tf.stack([tf.constant(stream, tf.int64), ordinal])
+    seed = tf.stack([tf.cast(stream_id, tf.int64), tf.cast(ordinal, tf.int64)])
     s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     idx = sampling.clip_indices(data_cfg, ex["num_frames"], ex["fps"], seed=s[0])
     if data_cfg.shuffle_frames:
@@ -148,28 +202,20 @@ def train_dataset(data_cfg, *, global_batch_size: int, seed: int, start_step: in
     `{'video': (B_host, T, S, S, 3), 'label': (B_host,) int32}` from step `start_step`."""
     pi, pc = process_index, process_count
     batch = _per_host(global_batch_size, pc)
-    plan = _train_plan(_files(data_cfg, "train"), pi, pc)
-    if plan.epoch_len < batch:
-        raise ValueError(f"host {pi} has {plan.epoch_len} training videos, fewer than its "
-                         f"batch of {batch}")
-    stream = augment.host_seed(seed, pi)
-    files = tf.constant(plan.files)
-    cycle = max(1, min(data_cfg.cycle_length, len(plan.files)))
-
-    def epoch(e):
-        keys = tf.random.stateless_uniform([len(plan.files)], tf.stack([tf.cast(stream, tf.int64), e]))
-        ds = tf.data.Dataset.from_tensor_slices(tf.gather(files, tf.argsort(keys)))
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
-                           num_parallel_calls=cycle, deterministic=True)
-        if plan.record_shard:
-            ds = ds.shard(pc, pi)
-        return ds.shuffle(data_cfg.shuffle_buffer, seed=e * 1_000_003 + stream + 1)
-
-    skip = start_step * batch
-    first_epoch, within = divmod(skip, plan.epoch_len)
-    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(within)
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter(start=skip))
-    ds = ds.map(lambda r, g: _train_example(r, g, data_cfg, stream),
+    files = _files(data_cfg, "train")
+    k = num_streams(data_cfg, global_batch_size, len(files), pc)
+    streams = _streams(files, k)
+    per = global_batch_size // k
+    mine = streams[pi * k // pc:(pi + 1) * k // pc]
+    for st in mine:
+        if st.epoch_len == 0:
+            raise ValueError(f"training stream {st.index} of {k} has no videos: prepare more "
+                             f"shards or set data.num_streams")
+    sources = [_stream_records(st, data_cfg, seed, k, start_step * per) for st in mine]
+    order = tf.data.Dataset.range(len(mine)).flat_map(
+        lambda i: tf.data.Dataset.from_tensors(i).repeat(per)).repeat()
+    ds = tf.data.Dataset.choose_from_datasets(sources, order)
+    ds = ds.map(lambda r, g, sid: _train_example(r, g, data_cfg, sid),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)
     return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
