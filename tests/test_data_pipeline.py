@@ -311,11 +311,16 @@ def test_mixup_cutmix(mixup, cutmix):
             assert lam == pytest.approx(1 - changed[0].mean(), abs=1e-6)
 
 
-def test_train_iterator_adds_soft_labels(cfg):
-    c = data_config(**{**cfg.to_dict(), "mixup_alpha": 0.8})
-    batch = next(pipeline.build_train_iterator(c, global_batch_size=4, seed=0,
-                                               process_index=0, process_count=1))
-    assert batch["label_soft"].shape == (4, 8)
+def test_train_iterator_mixes_the_same_on_any_host_count(cfg):
+    c = data_config(**{**cfg.to_dict(), "mixup_alpha": 0.8, "cutmix_alpha": 1.0})
+    def host(pi, pc):
+        return next(pipeline.build_train_iterator(c, global_batch_size=8, seed=0,
+                                                  process_index=pi, process_count=pc))
+    one = host(0, 1)
+    assert one["label_soft"].shape == (8, 8)
+    two = [host(pi, 2) for pi in range(2)]
+    for key in ("video", "label", "label_soft"):
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in two]), one[key])
 
 
 # ------------------------------------------------------------ synthetic

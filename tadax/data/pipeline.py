@@ -228,15 +228,22 @@ def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_s
     int32}` (+ `'label_soft': (B_host, num_classes)` float32 when mixup/cutmix is on), where
     B_host = global_batch_size / process_count, S = train_crop_size, dtype = data_cfg.dtype.
     Deterministic for (seed, start_step): resuming at step s gives the batches an
-    uninterrupted run gives from step s.
+    uninterrupted run gives from step s. Mixup/cutmix mixes each stream's B/K clips
+    among themselves (one coefficient per stream and step), so it too is the same
+    on any number of hosts.
     """
     pi, pc = _hosts(process_index, process_count)
     ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
                        start_step=start_step, process_index=pi, process_count=pc)
     mixing = data_cfg.mixup_alpha > 0 or data_cfg.cutmix_alpha > 0
+    k = num_streams(data_cfg, global_batch_size, len(_files(data_cfg, "train")), pc)
+    per, first = global_batch_size // k, pi * k // pc
     for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):
         if mixing:
-            batch = mix_batch(batch, data_cfg, np.random.default_rng([seed, pi, step]))
+            chunks = [mix_batch({key: v[j * per:(j + 1) * per] for key, v in batch.items()},
+                                data_cfg, np.random.default_rng([seed, first + j, step]))
+                      for j in range(len(batch["label"]) // per)]
+            batch = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
         yield batch
 
 
