@@ -58,8 +58,8 @@ def assert_matches_pyav(rec, path, short_side=0, tol=3.0, moving=True):
         assert np.abs(got[1:] - want[:-1]).mean() > 2 * diff
 
 
-def run(layout, root, out, splits, *extra):
-    args = [layout, "--root", str(root), "--out", str(out), "--workers", "1", "--quiet"]
+def run(layout, root, out, splits, *extra, workers=1):
+    args = [layout, "--root", str(root), "--out", str(out), "--workers", str(workers), "--quiet"]
     for name, path in splits.items():
         args += ["--split", f"{name}={path}"]
     assert cli.main(args + list(extra)) == 0
@@ -273,7 +273,7 @@ def test_resume_rewrites_only_missing_shards_identically(kinetics, tmp_path):
     (tmp_path / (os.path.basename(files[1]) + ".tmp")).write_bytes(b"partial")
     os.remove(tmp_path / "_meta" / (os.path.basename(files[2]) + ".json"))
     run("kinetics", root / "videos", tmp_path, {"train": paths["train"]}, "--shards", "3",
-        "--short-side", "0")
+        "--short-side", "0", workers=2)                 # and in parallel worker processes
     assert {f: open(f, "rb").read() for f in files} == before
     summary = json.load(open(tmp_path / "train.json"))
     assert summary["shards_already_complete"] == 1 and summary["num_examples"] == 6
