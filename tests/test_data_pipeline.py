@@ -349,3 +349,31 @@ def test_clear_errors(tmp_path):
         pipeline.num_examples(data_config(dataset="kinetics400", data_dir=str(tmp_path)), "val")
     with pytest.raises(KeyError, match="num_frame"):
         data_config(num_frame=8)
+
+
+def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
+    """Records as DMVR's scripts write them: no fps / frame count, no _meta bookkeeping."""
+    frame = np.full((36, 48, 3), 90, np.uint8)
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(tmp_path / records.shard_name("val", shard, 2))) as w:
+            for i in range(3):
+                ex = tf.train.SequenceExample()
+                ctx = ex.context.feature
+                ctx[records.LABEL_KEY].int64_list.value.append(shard * 3 + i)
+                ctx[records.START_KEY].int64_list.value.append(0)
+                ctx[records.END_KEY].int64_list.value.append(2_000_000)       # 2 s, 20 frames
+                for _ in range(20):
+                    ex.feature_lists.feature_list[records.FRAMES_KEY].feature.add() \
+                        .bytes_list.value.append(jpeg_bytes(frame, 90))
+                w.write(ex.SerializeToString())
+    first = next(iter(tf.data.TFRecordDataset(records.shard_files(str(tmp_path), "val"))))
+    parsed = records.parse(first)
+    assert float(parsed["fps"]) == pytest.approx(10.0) and int(parsed["num_frames"]) == 20
+    c = data_config(dataset="kinetics400", data_dir=str(tmp_path), num_frames=4, test_scale=32,
+                    test_crop_size=32, num_clips=2, num_crops=1)
+    assert pipeline.num_examples(c, "val") == 6
+    batches = list(pipeline.build_eval_iterator(c, split="val", global_batch_size=4,
+                                                multi_view=True, process_index=0,
+                                                process_count=1))
+    labels = np.concatenate([b["label"][b["mask"]] for b in batches])
+    assert sorted(labels.tolist()) == sorted(list(range(6)) * 2)
