@@ -10,11 +10,12 @@ in `NAME-report.txt` with the reason; the run never stops for them.
 """
 
 import collections
+import itertools
 import json
 import multiprocessing
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from tadax.data import records
 from tadax.data.annotations import Entry, Problem
-from tadax.data.encode import EncodeOptions, encode_task
+from tadax.data.encode import Encoded, EncodeOptions, encode_task
 
 META_DIR = "_meta"
 
@@ -45,12 +46,10 @@ def _reason_kind(reason: str) -> str:
     return "other"
 
 
-def _write_shard(path: str, meta_path: str, entries: Sequence[Entry], opts: EncodeOptions,
-                 pool, bar) -> dict:
+def _write_shard(path: str, meta_path: str, results: Iterable[Encoded], bar) -> dict:
+    """Writes encoded videos to `path` (via a temporary name) and its bookkeeping."""
     tmp = path + ".tmp"
     written, skipped = 0, []
-    tasks = [(e, opts) for e in entries]
-    results = pool.imap(encode_task, tasks) if pool is not None else map(encode_task, tasks)
     with tf.io.TFRecordWriter(tmp) as writer:
         for enc in results:
             bar.update(1)
@@ -100,9 +99,12 @@ def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_
                disable=quiet, smoothing=0.1)
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(workers) if workers > 1 and todo else None
+    # One ordered stream of work over all missing shards: no idle workers between shards.
+    tasks = [(e, opts) for _, _, _, shard in todo for e in shard]
+    results = pool.imap(encode_task, tasks) if pool is not None else map(encode_task, tasks)
     try:
         for k, path, meta_path, shard in todo:
-            metas[k] = _write_shard(path, meta_path, shard, opts, pool, bar)
+            metas[k] = _write_shard(path, meta_path, itertools.islice(results, len(shard)), bar)
     finally:
         bar.close()
         if pool is not None:
