@@ -31,8 +31,8 @@ PAIRS = tuple((CLASSES.index(f), CLASSES.index(r)) for f, r in zip(FORWARD_CLASS
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(S, S, 3) float smooth random texture in [0, 255]."""
-    grid = rng.uniform(40, 215, size=(4, 4, 3))
+    """(S, S, 3) float smooth random texture: a random colour +- 35 in a smooth 4x4 pattern."""
+    grid = rng.uniform(70, 185, size=(1, 1, 3)) + rng.uniform(-35, 35, size=(4, 4, 3))
     coords = np.linspace(0, 3, size)
     i0 = np.floor(coords).astype(int).clip(0, 2)
     f = (coords - i0)[:, None]
@@ -144,7 +144,7 @@ def write_dataset(root: str, splits: Dict[str, int], *, frames: int = 16, size: 
 def dataset_dir(data_cfg) -> str:
     """The cache folder of the synthetic dataset described by `data_cfg.synthetic`."""
     s = data_cfg.synthetic
-    key = (f"v1-{s.num_train}-{s.num_val}-{s.frames}-{s.size}-{s.fps}-{s.seed}-{s.num_shards}-"
+    key = (f"v2-{s.num_train}-{s.num_val}-{s.frames}-{s.size}-{s.fps}-{s.seed}-{s.num_shards}-"
            f"{data_cfg.train_split}-{data_cfg.val_split}")
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return os.path.join(os.path.expanduser(data_cfg.cache_dir),
