@@ -4,24 +4,27 @@
   python eval.py --config configs/tadaformer_b16.py --checkpoint ckpt/tadaformer_b16_k400 \
       --config.data.data_dir=/data/k400 --output eval/b16_k400
   # one video file: the top-5 classes
-  python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400 \
-      --labels ../shared/data/kinetics400_classes.txt
+  python eval.py --video clip.mp4 --config configs/tadaformer_b16.py \
+      --checkpoint ckpt/tadaformer_b16_k400 --labels ../shared/data/kinetics400_classes.txt
 
 `--checkpoint` is a converted model directory (`python -m tadax.convert`) or
 a training run (its directory, `checkpoints/` or one step). The model is the
-one stored with a converted directory, else the config's. The report
-(`--output`): metrics.json (top-1/top-5 video and view level, per-class
+one stored with a converted directory, else the config's. For `--video`, the
+clip length and crop follow the model and the sampling and normalisation the
+config: pass the model's recipe. The report (`--output`): metrics.json (top-1/top-5 video and view level, per-class
 accuracy), predictions.jsonl, confusion.png.
 """
 
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from tadax.data import pipeline
+from tadax.data.video import load_views
 from tadax.train import cli, evaluation
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
@@ -52,10 +55,20 @@ def class_names(num_classes):
     return names
 
 
+def video_data_config(config, model_cfg):
+    """The recipe's data settings with the clip length and crop of the loaded model."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.num_frames = model_cfg.num_frames
+    if data.test_crop_size < model_cfg.image_size or model_cfg.family == "tadaformer":
+        data.test_crop_size = model_cfg.image_size
+        data.test_scale = max(data.test_scale, model_cfg.image_size)
+    return data
+
+
 def classify_video(config, mesh, model, variables, model_cfg) -> None:
-    """Prints the top-5 classes of `--video` (softmax scores summed over its views)."""
-    from tadax.data.video import load_views
-    views = load_views(FLAGS.video, config.data, multi_view=not FLAGS.single_view)
+    """Prints the top-5 classes of `--video` (softmax scores averaged over its views)."""
+    views = load_views(FLAGS.video, video_data_config(config, model_cfg),
+                       multi_view=not FLAGS.single_view).astype(np.float32)
     n = len(views)
     pad = (-n) % jax.device_count()
     batch = np.concatenate([views, np.zeros((pad,) + views.shape[1:], views.dtype)])

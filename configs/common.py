@@ -8,7 +8,7 @@ from typing import Optional
 import ml_collections
 
 from configs import rules
-from tadax.data.config import data_config
+from tadax.data.config import data_config, recipe_overrides
 from tadax.models import default_model_config
 
 
@@ -98,6 +98,7 @@ def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, f
         schedule="cosine_v2", warmup_start_lr=warmup_start_lr, end_lr=1e-6,
         label_smoothing=0.1, drop_path=drop_path,
         model_overrides=dict(temp_enhance=True, double_tada=True) if ssv2 else None)
+    c.data.update(recipe_overrides("tadaformer", dataset))
     rules.tadaformer_rules(c.optimizer, depth=c.model.depth, layer_decay=layer_decay)
     c.train.global_batch_size = batch
     return c
@@ -112,6 +113,7 @@ def convnext_recipe(*, name: str, arch: str, dataset: str, num_classes: int, fra
         name=name, arch=arch, dataset=dataset, num_classes=num_classes, frames=frames,
         epochs=epochs, warmup_epochs=warmup_epochs, base_lr=base_lr, weight_decay=0.02,
         schedule="cosine", warmup_start_lr=1e-6, label_smoothing=0.0, drop_path=drop_path)
+    c.data.update(recipe_overrides("convnext", dataset))
     rules.convnext_rules(c.optimizer)
     c.train.global_batch_size = batch
     return c
