@@ -146,3 +146,23 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
 def test_typo_in_override_is_an_error(tmp_path):
     code, out = run_train(tmp_path, "--config.optimizer.base_lrr=1e-4")
     assert code != 0 and "base_lrr" in out
+
+
+def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
+    """eval.py on a training run: single view on the val split gives the run's last
+    validation accuracy; multi-view writes the report."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    base = [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}", *TINY]
+    out = subprocess.run(base + ["--single_view", f"--output={tmp_path / 'single'}"], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    final = json.loads((reference / "final_metrics.json").read_text())
+    assert single["top1"] == pytest.approx(final["val/top1"])
+    out = subprocess.run(base + [f"--output={tmp_path / 'multi'}"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    multi = json.loads((tmp_path / "multi" / "metrics.json").read_text())
+    assert multi["views_per_video"] == [2, 2] and multi["num_videos"] == single["num_videos"]
+    assert (tmp_path / "multi" / "confusion.png").exists()
+    assert (tmp_path / "multi" / "predictions.jsonl").exists()

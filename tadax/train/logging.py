@@ -54,7 +54,7 @@ class MetricLogger:
         self._last_time, self._last_step = now, step
         eta = datetime.timedelta(seconds=int(step_time * (self.total_steps - step)))
         self.line(f"step {step}/{self.total_steps} loss {values['loss']:.4f} "
-                  f"acc {values['accuracy']:.3f} lr {values['lr']:.3g} "
+                  f"acc {values['accuracy']:.1f}% lr {values['lr']:.3g} "
                   f"grad_norm {values['grad_norm']:.3g} "
                   f"{values['clips_per_sec_per_device']:.2f} clips/s/device ETA {eta}")
         self.write(step, {f"train/{k}": v for k, v in values.items()})

@@ -47,7 +47,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                     cfg: ml_collections.ConfigDict, mesh: Mesh, shardings: Any) -> Callable:
     """`step(state, batch) -> (state, metrics)`, jitted; `state` is donated.
 
-    metrics: loss, accuracy (top-1 on the train batch), grad_norm, lr (base,
+    metrics: loss, accuracy (top-1 % on the train batch), grad_norm, lr (base,
     before multipliers), all float32 scalars.
     """
     accum = cfg.train.grad_accum_steps
@@ -101,7 +101,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             new_state["ema"] = jax.tree_util.tree_map(
                 lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"],
                 {"params": params, "batch_stats": stats})
-        metrics = {"loss": loss, "accuracy": correct / labels.shape[0],
+        metrics = {"loss": loss, "accuracy": 100.0 * correct / labels.shape[0],
                    "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         return new_state, jax.tree_util.tree_map(lambda m: m.astype(jnp.float32), metrics)
 
