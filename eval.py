@@ -20,7 +20,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tadax.data import pipeline
@@ -85,6 +85,7 @@ def classify_video(config, mesh, model, variables, model_cfg) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
     config = FLAGS.config
     mesh = make_mesh(config.mesh)

@@ -166,3 +166,23 @@ def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
     assert multi["views_per_video"] == [2, 2] and multi["num_videos"] == single["num_videos"]
     assert (tmp_path / "multi" / "confusion.png").exists()
     assert (tmp_path / "multi" / "predictions.jsonl").exists()
+
+
+def test_eval_cli_classifies_one_video_file(reference, tmp_path):
+    names = ["appearing", "disappearing", "growing", "moving down", "moving left to right",
+             "moving right to left", "moving up", "shrinking"]
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    subprocess.run([sys.executable, str(REPO_ROOT / "data" / "synthetic.py"), f"--out={tmp_path}",
+                    "--train=0", "--val=1"], check=True, capture_output=True, cwd=REPO_ROOT)
+    video = next((tmp_path / "videos" / "val").glob("*.mp4"))
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}", *TINY,
+         f"--video={video}", f"--labels={tmp_path / 'classes.txt'}"],
+        cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-6].endswith(": 2 views")
+    scores = [float(line.split()[0]) for line in lines[-5:]]
+    assert scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-5
+    assert all(line.split(maxsplit=1)[1] in names for line in lines[-5:])
