@@ -4,12 +4,14 @@ Reproduces: the method's point on data where only time order tells classes
 apart. The synthetic classes come in pairs that differ only in the order of
 their frames, so a model that cannot use time is at chance within a pair.
 
-  python train.py                                   # ~15 min on a 2-core CPU
+  python train.py                                   # ~2.5 min on a 2-core CPU
   python train.py --config configs/quickstart.py:shuffle --workdir workdirs/quickstart_shuffled
 
-The `shuffle` variant destroys the time order (frames shuffled per clip at
-train and test time): its accuracy stays near the within-pair chance level.
-Cost: ~15 minutes on 2 CPU cores; no downloads.
+Measured (2 shared CPU cores): 99.6% val top-1 single view, 99.2% with 2
+clips; the `shuffle` variant, which destroys the time order (frames shuffled
+per clip at train and test time), ends at 48% (top-5 100%): the pair is
+found, the direction is chance. Cost: ~2.5 minutes each, data generated on
+first use; no downloads.
 """
 
 from configs import common, rules
