@@ -20,9 +20,14 @@ def _state_dict(name):
     return torch_reader.load_torch_file(path)["model_state"]
 
 
+def _to_torch(obj):
+    if isinstance(obj, dict):
+        return {k: _to_torch(v) for k, v in obj.items()}
+    return torch.from_numpy(np.ascontiguousarray(obj)) if isinstance(obj, np.ndarray) else obj
+
+
 def _save(obj, path):
-    to_torch = lambda sd: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}  # noqa: E731
-    torch.save({k: to_torch(v) if isinstance(v, dict) else v for k, v in obj.items()}, path)
+    torch.save(_to_torch(obj), path)
     return str(path)
 
 
@@ -40,8 +45,7 @@ def test_ema_state_module_prefix_and_bare_state_dict(tmp_path):
     prefixed = _save({"model_state": {f"module.{k}": v for k, v in sd.items()},
                       "model_ema_state": {f"module.{k}": v for k, v in ema.items()}},
                      tmp_path / "ddp.pyth")
-    bare = tmp_path / "bare.pth"
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, bare)
+    bare = _save(sd, tmp_path / "bare.pth")
 
     assert _convert("zoo", "--input", prefixed, "--output", tmp_path / "plain") == 0
     assert _convert("zoo", "--input", prefixed, "--output", tmp_path / "ema", "--ema") == 0

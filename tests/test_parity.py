@@ -65,8 +65,8 @@ def test_matches_original(entry, impl, tmp_root):
     n_params = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))
     assert n_params == entry["num_params"]
 
-    features = model.apply(variables, video, method="features")
-    logits = model.apply(variables, video)
+    features = jax.jit(lambda v, x: model.apply(v, x, method="features"))(variables, video)
+    logits = jax.jit(lambda v, x: model.apply(v, x))(variables, video)
     np.testing.assert_allclose(features, ref["features_eval"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(logits, ref["logits_eval"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(jax.nn.softmax(logits), ref["probs_eval"], atol=1e-4, rtol=0)
@@ -84,7 +84,7 @@ def test_matches_original(entry, impl, tmp_root):
             rngs={"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)})
         return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean(), (out, state)
 
-    (loss, (train_logits, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (train_logits, state)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         variables["params"])
     np.testing.assert_allclose(train_logits, ref["logits_train"], atol=1e-4, rtol=0)
     assert abs(float(loss) - float(ref["loss_train"])) <= 1e-5 * abs(float(ref["loss_train"]))
