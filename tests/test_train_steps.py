@@ -25,17 +25,19 @@ class TinyVideoNet(nn.Module):
         return nn.Dense(self.classes, name="head")(nn.gelu(x))
 
 
-def config(accum=1, ema=0.0):
+def config(accum=1, ema=0.0, mixup=0.0):
     return ml_collections.ConfigDict(dict(
         seed=0,
+        data=dict(mixup_alpha=mixup, cutmix_alpha=0.0),
         model=dict(num_frames=2, image_size=4),
         train=dict(grad_accum_steps=accum, label_smoothing=0.1, ema_decay=ema),
         sharding=dict(rules=[("batch_stats", "replicate"), (".*", "fsdp")], fsdp_min_size=1),
         mesh=dict(fsdp=1)))
 
 
-def run(accum, ema=0.0, n_steps=2):
-    cfg = config(accum, ema)
+def run(accum, ema=0.0, n_steps=2, soft=None):
+    """`soft(labels) -> (B, C)` targets turns on the mixup input `label_soft`."""
+    cfg = config(accum, ema, mixup=0.0 if soft is None else 0.8)
     model = TinyVideoNet()
     mesh = sharding.make_mesh(cfg.mesh)
     tx = optax.adamw(1e-2)
@@ -48,6 +50,8 @@ def run(accum, ema=0.0, n_steps=2):
     for _ in range(n_steps):
         batch = {"video": rng.normal(size=(8, 2, 4, 4, 3)).astype(np.float32),
                  "label": rng.integers(0, 5, 8).astype(np.int32)}
+        if soft is not None:
+            batch["label_soft"] = soft(batch["label"])
         st, m = step(st, sharding.global_batch(batch, mesh))
         out.append(m)
     return st, out
@@ -62,6 +66,20 @@ def test_gradient_accumulation_equals_one_big_batch():
     for x, y in zip(jax.tree_util.tree_leaves(s1["params"]), jax.tree_util.tree_leaves(s4["params"])):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
     assert int(s4["step"]) == 2
+
+
+def test_mixup_targets_drive_the_loss():
+    """One-hot `label_soft` reproduces the plain step; mixed targets change it, also when
+    accumulated over micro-batches."""
+    onehot = lambda labels: np.eye(5, dtype=np.float32)[labels]  # noqa: E731
+    mixed = lambda labels: 0.7 * onehot(labels) + 0.3 * onehot(labels[::-1])  # noqa: E731
+    _, plain = run(accum=1)
+    _, same = run(accum=1, soft=onehot)
+    _, mix1 = run(accum=1, soft=mixed)
+    _, mix4 = run(accum=4, soft=mixed)
+    np.testing.assert_allclose([m["loss"] for m in same], [m["loss"] for m in plain], rtol=1e-6)
+    assert abs(float(mix1[0]["loss"]) - float(plain[0]["loss"])) > 1e-3
+    np.testing.assert_allclose([m["loss"] for m in mix4], [m["loss"] for m in mix1], rtol=1e-5)
 
 
 def test_ema_follows_the_weights():

@@ -1,7 +1,8 @@
 """Jitted train and eval steps with explicit shardings.
 
 The train step takes the global batch `{'video': (B, T, H, W, 3) float32,
-'label': (B,) int32}` split over the mesh's batch axes and the train state
+'label': (B,) int32}` (plus `'label_soft': (B, C)` float32 mixed targets when
+the data config turns mixup or cutmix on) split over the mesh's batch axes and the train state
 (donated), and returns the new state and replicated scalar metrics. With
 `grad_accum_steps = k` the batch is processed as k micro-batches of B/k
 (example i goes to micro-batch i mod k, so every micro-batch stays spread
@@ -9,7 +10,7 @@ over all devices) and their gradients averaged: the update equals one on
 the whole batch, except that BatchNorm sees B/k clips at a time.
 """
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -21,10 +22,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tadax.train.sharding import BATCH_AXES, batch_sharding, replicated
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float,
+                  soft_labels: Optional[jax.Array] = None) -> jax.Array:
     """Mean softmax cross-entropy of `(B, C)` logits against `(B,)` labels smoothed as the
-    original does (`1 - s + s/C` on the label, `s/C` elsewhere)."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    original does (`1 - s + s/C` on the label, `s/C` elsewhere).
+
+    soft_labels: `(B, C)` mixup/cutmix targets that replace the one-hot labels; smoothing
+    them equals mixing smoothed one-hots, which is what the original's mixup does.
+    """
+    hard = jax.nn.one_hot(labels, logits.shape[-1])
+    targets = optax.smooth_labels(hard if soft_labels is None else soft_labels, smoothing)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
@@ -54,10 +61,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     smoothing = cfg.train.label_smoothing
     ema_decay = cfg.train.ema_decay
     seed = cfg.seed
+    mixed = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0
 
-    def loss_fn(params, batch_stats, video, labels, rng):
+    def loss_fn(params, batch_stats, video, labels, soft, rng):
         logits, new_stats = _forward(model, params, batch_stats, video, rng, train=True)
-        loss = cross_entropy(logits, labels, smoothing)
+        loss = cross_entropy(logits, labels, smoothing, soft)
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         return loss, (new_stats, correct)
 
@@ -74,14 +82,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     def step(state, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state["step"])
         params, video, labels = state["params"], batch["video"], batch["label"]
+        soft = batch["label_soft"] if mixed else None
         if accum == 1:
             (loss, (stats, correct)), grads = grad_fn(params, state["batch_stats"], video,
-                                                      labels, rng)
+                                                      labels, soft, rng)
         else:
             def body(carry, xs):
                 stats, grads, loss, correct = carry
-                v, l, i = xs
-                (mloss, (stats, mcorrect)), g = grad_fn(params, stats, v, l,
+                v, l, s, i = xs
+                (mloss, (stats, mcorrect)), g = grad_fn(params, stats, v, l, s,
                                                         jax.random.fold_in(rng, i))
                 grads = jax.tree_util.tree_map(jnp.add, grads, g)
                 return (stats, grads, loss + mloss, correct + mcorrect), None
@@ -90,7 +99,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             init = (state["batch_stats"], zeros, jnp.zeros((), jnp.float32),
                     jnp.zeros((), jnp.int32))
             (stats, grads, loss, correct), _ = jax.lax.scan(
-                body, init, (micro_batches(video), micro_batches(labels), jnp.arange(accum)))
+                body, init, (micro_batches(video), micro_batches(labels),
+                             None if soft is None else micro_batches(soft), jnp.arange(accum)))
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
             loss = loss / accum
         updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -106,6 +116,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         return new_state, jax.tree_util.tree_map(lambda m: m.astype(jnp.float32), metrics)
 
     batch_spec = {"video": batch_sharding(mesh), "label": batch_sharding(mesh)}
+    if mixed:
+        batch_spec["label_soft"] = batch_sharding(mesh)
     return jax.jit(step, in_shardings=(shardings, batch_spec),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 

@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     pending = None
     for step in range(start + 1, total + 1):
         local = next(batches)
-        batch = global_batch({"video": local["video"], "label": local["label"]}, mesh)
+        batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
+                              if k in local}, mesh)
         state, metrics = train_step(state, batch)
         if pending is not None:
             consume(*pending)
