@@ -138,3 +138,22 @@ def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
     np.testing.assert_array_equal(state["w"], [5, 5, 5])
     assert position == {"step": 5}
     ckpts.close()
+
+
+def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
+    """From a run checkpoint: params (and the EMA ones on request), never the optimizer state."""
+    from tadax.train.checkpointing import RunCheckpoints, load_weights
+    ckpts = RunCheckpoints(str(tmp_path / "checkpoints"), ml_collections.ConfigDict(
+        dict(keep=1, keep_best=0, best_metric="val/top1")))
+    params = {"embed": {"kernel": jnp.ones((3, 2))}}
+    ema = {"embed": {"kernel": jnp.full((3, 2), 2.0)}}
+    ckpts.save(4, {"step": jnp.int32(4), "params": params, "batch_stats": {},
+                   "opt_state": {"mu": jnp.full((3, 2), 7.0)},
+                   "ema": {"params": ema, "batch_stats": {}}}, 4)
+    ckpts.wait()
+    ckpts.close()
+    variables, model_cfg = load_weights(str(tmp_path))
+    assert model_cfg is None and list(variables) == ["params"]
+    np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.ones((3, 2)))
+    variables, _ = load_weights(str(tmp_path), use_ema=True)
+    np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.full((3, 2), 2.0))

@@ -104,10 +104,13 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
     checkpointer = ocp.PyTreeCheckpointer()
     state_dir = os.path.join(step_dir, "state")
     metadata = checkpointer.metadata(state_dir).item_metadata.tree
-    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-    source = tree["ema"] if use_ema and tree.get("ema") else tree
-    variables = {"params": source["params"]}
-    if source.get("batch_stats"):
-        variables["batch_stats"] = source["batch_stats"]
-    return variables, None
+    source = "ema" if use_ema and metadata.get("ema") else None
+    wanted = metadata[source] if source else metadata
+    # Only the model variables are read: the optimizer state (twice the parameters'
+    # size with AdamW) never reaches host memory.
+    wanted = {k: wanted[k] for k in ("params", "batch_stats") if wanted.get(k)}
+    item = {source: wanted} if source else wanted
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=as_numpy, partial_restore=True))
+    return (tree[source] if source else tree), None
