@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tadax.models.layers import grouped_conv2d, temporal_avg_pool3
+from tadax.models.layers import grouped_conv2d, materialise, temporal_avg_pool3
 from tadax.models.tadaconv import RouteFunc, TAdaConv2dV2
 
 # (c_in, c_out, groups, kernel, padding)
@@ -86,11 +86,12 @@ def test_implementations_agree_inside_a_trained_model_with_gradients():
         np.testing.assert_allclose(g_fast, g_vmap, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel,channels,multiplier", [(3, 8, 1), (7, 5, 1), (3, 4, 2)])
-def test_depthwise_shifted_sum_equals_lax_conv(kernel, channels, multiplier):
+@pytest.mark.parametrize("kernel,channels,multiplier,pad", [
+    (3, 8, 1, (1, 1)), (7, 5, 1, (3, 3)), (3, 4, 2, (1, 1)), (5, 3, 1, (0, 2))])
+def test_depthwise_shifted_sum_equals_lax_conv(kernel, channels, multiplier, pad):
+    """Values and (hand-written) gradients of the shifted sums equal XLA's grouped conv."""
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 9, 11, channels))
     k = jax.random.normal(jax.random.PRNGKey(3), (kernel, kernel, 1, channels * multiplier))
-    pad = (kernel // 2, kernel // 2)
 
     def run(impl, x, k):
         return grouped_conv2d(x, k, pad, groups=channels, depthwise_impl=impl)
@@ -101,6 +102,14 @@ def test_depthwise_shifted_sum_equals_lax_conv(kernel, channels, multiplier):
              for impl in ("shifted", "lax")}
     for a, b in zip(grads["shifted"], grads["lax"]):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_materialise_is_the_identity_in_values_and_gradients():
+    x = jax.random.normal(jax.random.PRNGKey(6), (2, 3, 4))
+    f = lambda x: jnp.sum(jnp.sin(materialise(x * 2.0)))  # noqa: E731
+    np.testing.assert_array_equal(materialise(x), x)
+    np.testing.assert_array_equal(jax.jit(jax.grad(f))(x), 2.0 * jnp.cos(2.0 * x))
+    assert bool(jnp.all(jnp.isnan(materialise(x.at[0, 0, 0].set(jnp.nan)))))
 
 
 def test_temporal_avg_pool_counts_padding():

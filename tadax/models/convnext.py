@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tadax.models.layers import DropPath, layer_norm, quick_gelu, upstream_trunc_normal
+from tadax.models.layers import (DropPath, layer_norm, materialise, quick_gelu,
+                                 upstream_trunc_normal)
 from tadax.models.layers import temporal_avg_pool3
 from tadax.models.tadaconv import RouteFunc, TAdaConv2dV2
 
@@ -45,6 +46,7 @@ class TAdaConvNeXtV2Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = materialise(x)
         alpha = RouteFunc(self.dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
                           with_bias_cal=True, zero_init_cal=True, dtype=self.dtype,
                           name="dwconv_rf")(x)

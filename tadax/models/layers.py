@@ -3,7 +3,8 @@
 Layouts are channels-last throughout: videos are `(B, T, H, W, C)`.
 """
 
-from typing import Sequence
+import functools
+from typing import Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -63,12 +64,12 @@ def resolve_depthwise_impl(impl: str) -> str:
     return impl
 
 
-def _depthwise_shifted(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
-    """Depthwise conv as a sum of kh*kw shifted slices. x `(N, H, W, C)`, kernel `(kh, kw, 1, C_out)`."""
-    kh, kw, _, c_out = kernel.shape
-    multiplier = c_out // x.shape[-1]
-    if multiplier > 1:
-        x = jnp.repeat(x, multiplier, axis=-1)
+def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
+    """Per-channel cross-correlation as a sum of kh*kw shifted, scaled slices (one fused loop).
+
+    x `(N, H, W, C)`, kernel `(kh, kw, C)`, padding `(pad_h, pad_w)` -> `(N, H', W', C)`.
+    """
+    kh, kw, _ = kernel.shape
     ph, pw = padding
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     h_out = xp.shape[1] - kh + 1
@@ -76,9 +77,57 @@ def _depthwise_shifted(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) 
     out = None
     for i in range(kh):
         for j in range(kw):
-            term = xp[:, i:i + h_out, j:j + w_out, :] * kernel[i, j, 0]
+            term = xp[:, i:i + h_out, j:j + w_out, :] * kernel[i, j]
             out = term if out is None else out + term
     return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x: jax.Array, kernel: jax.Array, padding: Tuple[int, int]) -> jax.Array:
+    """Depthwise conv, x `(N, H, W, C)`, kernel `(kh, kw, C)` -> `(N, H', W', C)`.
+
+    The gradients are written by hand: left to autodiff, the input gradient
+    becomes kh*kw padded copies of the output gradient summed afterwards, and
+    the kernel gradient kh*kw separate passes over both tensors, which inside
+    a whole model cost 5-10x the forward pass on XLA:CPU.
+    """
+    return _shifted_sum(x, kernel, padding)
+
+
+def _depthwise_fwd(x, kernel, padding):
+    return _shifted_sum(x, kernel, padding), (x, kernel)
+
+
+def _depthwise_bwd(padding, residuals, grad_out):
+    x, kernel = residuals
+    kh, kw, _ = kernel.shape
+    ph, pw = padding
+    # The input gradient is the output gradient correlated with the flipped kernel.
+    grad_x = _shifted_sum(grad_out, kernel[::-1, ::-1], (kh - 1 - ph, kw - 1 - pw))
+    # Kernel gradient, one kernel row at a time: contract the output gradient with the
+    # input rows shifted by i over (N, H') as a batched matmul per channel, giving
+    # every pair of columns (w + j, w); tap j is the sum of the j-th diagonal.
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    h_out, w_out = grad_out.shape[1], grad_out.shape[2]
+    rows = []
+    for i in range(kh):
+        pairs = jnp.einsum("nhpc,nhwc->cpw", xp[:, i:i + h_out], grad_out,
+                           preferred_element_type=jnp.float32)
+        rows.append(jnp.stack([jnp.trace(pairs[:, j:j + w_out, :], axis1=1, axis2=2)
+                               for j in range(kw)], axis=0))
+    grad_kernel = jnp.stack(rows, axis=0).astype(kernel.dtype)   # (kh, kw, C)
+    return grad_x.astype(x.dtype), grad_kernel
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
+    """Depthwise conv as a sum of kh*kw shifted slices. x `(N, H, W, C)`, kernel `(kh, kw, 1, C_out)`."""
+    multiplier = kernel.shape[3] // x.shape[-1]
+    if multiplier > 1:
+        x = jnp.repeat(x, multiplier, axis=-1)
+    return _depthwise(x, kernel[:, :, 0, :], tuple(padding))
 
 
 def grouped_conv2d(x: jax.Array, kernel: jax.Array, padding: Sequence[int], groups: int,
@@ -101,6 +150,21 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, padding: Sequence[int], grou
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding=((ph, ph), (pw, pw)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def materialise(x: jax.Array) -> jax.Array:
+    """Identity that makes `x`, and its gradient, buffers of their own. Any shape.
+
+    Placed on the residual stream at each block's input. Without it XLA:CPU
+    fuses the cheap element-wise residual sums (forward) and gradient sums
+    (backward) into every consumer and recomputes them there, through all
+    later blocks: time quadratic in depth (5x slower TAdaConvNeXtV2-T
+    training). XLA never fuses across a conditional, and it drops
+    `optimization_barrier` before fusing, hence a conditional whose other
+    branch only runs when `x` already holds a NaN (it then returns all NaN).
+    """
+    return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: jnp.full_like(v, jnp.nan),
+                        lambda v: v, x)
 
 
 class DropPath(nn.Module):
