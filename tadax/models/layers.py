@@ -162,7 +162,11 @@ def materialise(x: jax.Array) -> jax.Array:
     training). XLA never fuses across a conditional, and it drops
     `optimization_barrier` before fusing, hence a conditional whose other
     branch only runs when `x` already holds a NaN (it then returns all NaN).
+    Other backends get `x` unchanged: a conditional costs a GPU a predicate
+    read by the host.
     """
+    if jax.default_backend() != "cpu":
+        return x
     return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: jnp.full_like(v, jnp.nan),
                         lambda v: v, x)
 
