@@ -2,7 +2,7 @@
 machine's measured matmul rate, for each named model of the recipes.
 
   python -m tadax.train.bench                       # all recipes, batch 1, 16 frames
-  python -m tadax.train.bench --batch 8 --models tadaformer_b16,tadaconvnextv2_tiny
+  python -m tadax.train.bench --batch 8 --models tadaformer_b16 tadaconvnextv2_tiny
 
 Runs the real train step (AdamW with the recipe's parameter groups, label
 smoothing, dropout, drop path, donated state) on every local device (the
@@ -96,7 +96,7 @@ def bench_model(name: str, batch_per_device: int, frames: int, steps: int, dtype
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(RECIPES))
+    parser.add_argument("--models", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--batch", type=int, default=1, help="clips per device")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=2)
@@ -110,7 +110,7 @@ def main() -> None:
     print("| model | s / step | clips/s | clips/s/device | XLA GFLOP / step | GFLOP/s "
           "| of matmul rate | memory GiB | compile s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
+    for name in args.models:
         r = bench_model(name, args.batch, args.frames, args.steps, args.dtype, args.remat)
         fraction = r["achieved_gflop_s"] * 1e9 / (rate * jax.device_count())
         print(f"| {name} | {r['step_s']:.2f} | {r['clips_per_s']:.3f} | "
