@@ -45,13 +45,21 @@ flags.DEFINE_string("labels", None, "Class names, one a line in label order.")
 FLAGS = flags.FLAGS
 
 
-def class_names(num_classes):
-    if not FLAGS.labels:
+def class_names(num_classes, data_cfg=None):
+    """`--labels`, else the evaluated dataset's `classes.txt` (with `data_cfg`), else None."""
+    if FLAGS.labels:
+        source = FLAGS.labels
+        with open(FLAGS.labels) as f:
+            names = [line.strip() for line in f if line.strip()]
+    elif data_cfg is not None:
+        source = "the dataset's classes.txt"
+        names = pipeline.dataset_class_names(data_cfg)
+        if names is None:
+            return None
+    else:
         return None
-    with open(FLAGS.labels) as f:
-        names = [line.strip() for line in f if line.strip()]
     if len(names) != num_classes:
-        raise ValueError(f"{FLAGS.labels} has {len(names)} names; the model has {num_classes} classes")
+        raise ValueError(f"{source} has {len(names)} names; the model has {num_classes} classes")
     return names
 
 
@@ -109,7 +117,8 @@ def main(argv):
                   multi_view=not FLAGS.single_view)
     output = FLAGS.output or os.path.join(FLAGS.checkpoint, "eval")
     if jax.process_index() == 0:
-        evaluation.write_report(output, views, videos, result, class_names(model_cfg.num_classes))
+        evaluation.write_report(output, views, videos, result,
+                                class_names(model_cfg.num_classes, config.data))
         print(f"\n{split}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
               f"(views: {result['view_top1']:.2f} / {result['view_top5']:.2f}) over "
               f"{result['num_videos']} videos, {result['num_views']} views -> {output}")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from tadax.data import synthetic
 from tadax.train.checkpointing import load_weights
 
 pytest.importorskip("tadax.data.pipeline", reason="train.py needs the data pipeline (tadax.data)")
@@ -165,7 +166,9 @@ def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
     multi = json.loads((tmp_path / "multi" / "metrics.json").read_text())
     assert multi["views_per_video"] == [2, 2] and multi["num_videos"] == single["num_videos"]
     assert (tmp_path / "multi" / "confusion.png").exists()
-    assert (tmp_path / "multi" / "predictions.jsonl").exists()
+    # Without --labels the names come from the dataset's classes.txt.
+    row = json.loads((tmp_path / "multi" / "predictions.jsonl").read_text().splitlines()[0])
+    assert row["label_name"] in synthetic.CLASSES and len(row["top5_names"]) == 5
 
 
 def test_eval_cli_classifies_one_video_file(reference, tmp_path):

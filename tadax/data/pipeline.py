@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tadax.data import augment, records, sampling, views
+from tadax.data import annotations, augment, records, sampling, views
 from tadax.data.mixup import mix_batch
 
 # Something-Something V2 classes that name a direction: (left version, right version).
@@ -45,6 +45,12 @@ def resolve_data_dir(data_cfg) -> str:
         return synthetic.ensure_synthetic(data_cfg)
     raise ValueError(f"data.data_dir is empty for dataset {data_cfg.dataset!r}: point it at the "
                      "folder written by `python data/prepare.py`")
+
+
+def dataset_class_names(data_cfg) -> Optional[List[str]]:
+    """The class names written beside the shards (`classes.txt`, index order), or None."""
+    path = os.path.join(resolve_data_dir(data_cfg), "classes.txt")
+    return annotations.read_classes(path) if os.path.isfile(path) else None
 
 
 def _split_name(data_cfg, split: str) -> str:

@@ -173,7 +173,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         views, videos, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
                                          config, mesh, config.eval.test_split, True, logger)
         if jax.process_index() == 0:
-            evaluation.write_report(os.path.join(workdir, "eval"), views, videos, result)
+            names = pipeline.dataset_class_names(config.data)
+            if names is not None and len(names) != config.model.num_classes:
+                names = None
+            evaluation.write_report(os.path.join(workdir, "eval"), views, videos, result, names)
         final.update({f"test/{k}": v for k, v in result.items() if k != "per_class_accuracy"})
     if jax.process_index() == 0:
         history = read_history(logger.path)
