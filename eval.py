@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tadax.data import pipeline
+from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
 from tadax.train import cli, evaluation
 from tadax.train.sharding import global_batch, make_mesh
@@ -48,16 +48,12 @@ FLAGS = flags.FLAGS
 def class_names(num_classes, data_cfg=None):
     """`--labels`, else the evaluated dataset's `classes.txt` (with `data_cfg`), else None."""
     if FLAGS.labels:
-        source = FLAGS.labels
-        with open(FLAGS.labels) as f:
-            names = [line.strip() for line in f if line.strip()]
-    elif data_cfg is not None:
+        source, names = FLAGS.labels, annotations.read_classes(FLAGS.labels)
+    else:
         source = "the dataset's classes.txt"
-        names = pipeline.dataset_class_names(data_cfg)
+        names = pipeline.dataset_class_names(data_cfg) if data_cfg is not None else None
         if names is None:
             return None
-    else:
-        return None
     if len(names) != num_classes:
         raise ValueError(f"{source} has {len(names)} names; the model has {num_classes} classes")
     return names
