@@ -9,6 +9,11 @@ targets carry no label smoothing (the loss applies it).
 import numpy as np
 
 
+def mixing_enabled(data_cfg) -> bool:
+    """Whether the train batches carry mixed clips and their 'label_soft' targets."""
+    return data_cfg.mixup_alpha > 0 or data_cfg.cutmix_alpha > 0
+
+
 def _cut_box(rng: np.random.Generator, height: int, width: int, lam: float):
     """(y0, y1, x0, x1) of a box with area ~ (1 - lam) of the frame, clipped to it."""
     cut = np.sqrt(1.0 - lam)

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tadax.data import annotations, augment, records, sampling, views
-from tadax.data.mixup import mix_batch
+from tadax.data.mixup import mix_batch, mixing_enabled
 
 # Something-Something V2 classes that name a direction: (left version, right version).
 SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
@@ -241,7 +241,7 @@ def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_s
     pi, pc = _hosts(process_index, process_count)
     ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
                        start_step=start_step, process_index=pi, process_count=pc)
-    mixing = data_cfg.mixup_alpha > 0 or data_cfg.cutmix_alpha > 0
+    mixing = mixing_enabled(data_cfg)
     k = num_streams(data_cfg, global_batch_size, len(_files(data_cfg, "train")), pc)
     per, first = global_batch_size // k, pi * k // pc
     for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):

@@ -19,6 +19,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tadax.data.mixup import mixing_enabled
 from tadax.train.sharding import BATCH_AXES, batch_sharding, replicated
 
 
@@ -61,7 +62,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     smoothing = cfg.train.label_smoothing
     ema_decay = cfg.train.ema_decay
     seed = cfg.seed
-    mixed = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0
+    mixed = mixing_enabled(cfg.data)
 
     def loss_fn(params, batch_stats, video, labels, soft, rng):
         logits, new_stats = _forward(model, params, batch_stats, video, rng, train=True)
