@@ -4,43 +4,121 @@ Layouts: the official Kinetics CSV, the original repo's `kinetics400_{split}_lis
 Something-Something V2 JSON (official and the original's `-with-label.json`),
 Something-Something V1 (frame folders + CSV), and a generic `path,label` CSV.
 Label indices always come from a fixed, sorted class list, never from the order
-in which labels happen to appear. A line naming a missing file or an unknown
-label becomes a `Problem`, not an exception.
+in which labels happen to appear. A line or entry that cannot be used (missing
+file, unknown label, malformed value) becomes a `Problem` naming its line and
+why, never an exception; only a file that cannot be read as its layout at all
+raises `AnnotationError`. A split whose annotation file carries no labels at
+all (the Kinetics CSV without a `label` column, the SSv2 and SSv1 test lists)
+is unlabelled: its entries have label `UNLABELLED` (-1) and empty text.
 """
 
 import csv
 import dataclasses
+import io
 import json
+import math
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv")
+from etils import epath
+
+# Container extensions looked for when a layout names a video by its id; PyAV opens
+# a file by probing its content, so any of these decodes when FFmpeg has the codec.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mj2", ".webm", ".mkv",
+                    ".mk3d", ".avi", ".divx", ".flv", ".f4v", ".wmv", ".asf", ".mpg", ".mpeg",
+                    ".mpe", ".m1v", ".m2v", ".vob", ".ts", ".m2ts", ".mts", ".m2t", ".ogv",
+                    ".ogg", ".mxf", ".nut", ".y4m", ".dv", ".rm", ".rmvb", ".h264", ".264",
+                    ".hevc", ".h265")
+UNLABELLED = -1
+MALFORMED = "malformed annotation"       # how every skip for an unusable value begins
+KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
+
+
+class AnnotationError(ValueError):
+    """An annotation or class-list file that cannot be read as its layout at all; the
+    message (one line) names the file and what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One video to prepare: a file (or a folder of JPEG frames), its label and clip bounds."""
+    """One video to prepare: a file (or a folder of JPEG frames) and its label
+    (`UNLABELLED` with empty text in an unlabelled split)."""
     path: str
     label: int
     text: str
-    start_sec: Optional[float] = None   # clip bounds in the source, recorded as timestamps
-    end_sec: Optional[float] = None
-    trim: bool = False                  # True: keep only [start_sec, end_sec) of the file
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """An annotation line or video that was skipped, and why."""
+    """An annotation line or video that was skipped (`source`: file:line or file[index]), and why."""
     source: str
     reason: str
 
 
+def _read_text(path: str) -> str:
+    """The file's text (UTF-8, optional BOM); undecodable bytes are kept as surrogates so
+    that the line holding them can be reported. Raises `AnnotationError` if unreadable."""
+    try:
+        data = epath.Path(path).read_bytes()
+    except (OSError, ValueError) as e:
+        raise AnnotationError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+def _text_defect(text: str) -> Optional[str]:
+    """Why `text` (one line or field) is not usable text, or None."""
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        return "not UTF-8 text"
+    if "\0" in text:
+        return "contains a NUL byte"
+    return None
+
+
+def _lines(path: str) -> Iterator[Tuple[str, str, Optional[str]]]:
+    """(source `path:N`, stripped line, defect or None) for each non-empty line."""
+    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+        if line.strip():
+            yield f"{path}:{line_no}", line.strip(), _text_defect(line)
+
+
+def _csv_rows(path: str) -> Iterator[Tuple[str, List[str], Optional[str]]]:
+    """(source `path:N`, stripped fields, defect or None) for each non-empty CSV row."""
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    while True:
+        line_no = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield f"{path}:{line_no}", [], f"malformed CSV ({e})"
+            continue
+        fields = [f.strip() for f in row]
+        if not any(fields):
+            continue
+        defect = next(filter(None, map(_text_defect, fields)), None)
+        if defect is None and any("\n" in f or "\r" in f for f in fields):
+            defect = "a quoted field spans lines (unbalanced quote?)"
+        yield f"{path}:{line_no}", fields, defect
+
+
+def _load_json(path: str):
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not JSON ({e})") from None
+
+
 def read_classes(path: str) -> List[str]:
-    """Class names, one a line, in index order."""
-    with open(path) as f:
-        names = [line.rstrip("\n") for line in f if line.strip()]
+    """Class names, one a line, in index order. Raises `AnnotationError` for an unreadable
+    file, undecodable text or duplicate names."""
+    names = []
+    for source, line, defect in _lines(path):
+        if defect:
+            raise AnnotationError(f"{source}: {defect}")
+        names.append(line)
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names")
+        raise AnnotationError(f"{path}: duplicate class names")
     return names
 
 
@@ -51,7 +129,8 @@ def write_classes(path: str, names: Sequence[str]) -> None:
 
 
 def index_videos(root: str) -> Dict[str, str]:
-    """{file stem: path} of the video files under `root` (any depth); the first found wins."""
+    """{file stem: path} of the files under `root` (any depth) with a `VIDEO_EXTENSIONS`
+    extension; the first found in sorted order wins."""
     out: Dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -62,53 +141,101 @@ def index_videos(root: str) -> Dict[str, str]:
     return out
 
 
-def _labelled(rows: Iterable[Tuple[str, str, Optional[str], dict]], classes: Sequence[str],
+def _not_found(stem: str, root: str) -> str:
+    return (f"video file not found: looked for {stem}.EXT under {root} (any depth), "
+            f"EXT one of {' '.join(e[1:] for e in VIDEO_EXTENSIONS)}")
+
+
+def _labelled(rows: Iterable[Tuple[str, Optional[str], Optional[str], str]], classes: Sequence[str],
               ) -> Tuple[List[Entry], List[Problem]]:
-    """(source, label name, path or None, extra Entry fields) rows -> entries and problems."""
+    """(source, label name or None if unlabelled, path or None, why the path is None) rows
+    -> entries and problems."""
     index = {name: i for i, name in enumerate(classes)}
     entries, problems = [], []
-    for source, label, path, extra in rows:
-        if label not in index:
+    for source, label, path, why_missing in rows:
+        if label is not None and label not in index:
             problems.append(Problem(source, f"unknown label {label!r}"))
         elif path is None:
-            problems.append(Problem(source, "video file not found"))
+            problems.append(Problem(source, why_missing))
+        elif label is None:
+            entries.append(Entry(path=path, label=UNLABELLED, text=""))
         else:
-            entries.append(Entry(path=path, label=index[label], text=label, **extra))
+            entries.append(Entry(path=path, label=index[label], text=label))
     return entries, problems
 
 
+def _seconds(column: str, value: str) -> Tuple[Optional[float], Optional[str]]:
+    """A CSV time -> (seconds, None), or (None, why it is not a usable time)."""
+    try:
+        t = float(value)
+    except ValueError:
+        return None, f"{column} {value!r} is not a number"
+    if not math.isfinite(t):
+        return None, f"{column} {value!r} is not finite"
+    if t < 0:
+        return None, f"{column} {value!r} is negative"
+    return t, None
+
+
+def _kinetics_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[Optional[str], str]],
+                                                     Optional[str]]]:
+    """(source, (label or None if the CSV has no label column, file stem), None) per
+    usable row of an official Kinetics CSV, or (source, None, why) per unusable one.
+    Raises `AnnotationError` if the first row is not a Kinetics header."""
+    rows = _csv_rows(csv_path)
+    first = next(rows, None)
+    header = first[1] if first is not None and first[2] is None else []
+    missing = [c for c in KINETICS_COLUMNS if c not in header]
+    if missing:
+        raise AnnotationError(
+            f"{csv_path}: not a Kinetics CSV: its first line has no column {', '.join(missing)} "
+            f"(expected label,{','.join(KINETICS_COLUMNS)},split)")
+    col = {name: header.index(name) for name in (*KINETICS_COLUMNS, "label") if name in header}
+    for source, fields, defect in rows:
+        if defect:
+            yield source, None, defect
+            continue
+        if len(fields) <= max(col.values()):
+            yield source, None, f"{len(fields)} fields, the header has {len(header)}"
+            continue
+        label = fields[col["label"]] if "label" in col else None
+        vid = fields[col["youtube_id"]]
+        start, why = _seconds("time_start", fields[col["time_start"]])
+        end, why_end = _seconds("time_end", fields[col["time_end"]])
+        why = why or why_end
+        if why is None and end <= start:
+            why = f"time_end {end:g} is not after time_start {start:g}"
+        if why is None and not vid:
+            why = "empty youtube_id"
+        if why is None and label == "":
+            why = "empty label"
+        if why:
+            yield source, None, why
+        else:
+            yield source, (label, f"{vid}_{int(start):06d}_{int(end):06d}"), None
+
+
 def kinetics_csv_labels(csv_paths: Sequence[str]) -> List[str]:
-    """Sorted distinct labels of official Kinetics CSVs (the class list)."""
+    """Sorted distinct labels of the usable rows of official Kinetics CSVs (the class list)."""
     labels = set()
     for path in csv_paths:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("label"):
-                    labels.add(row["label"])
+        labels.update(row[0] for _, row, _ in _kinetics_rows(path) if row and row[0] is not None)
     return sorted(labels)
 
 
 def kinetics_csv(csv_path: str, video_root: str, classes: Sequence[str],
                  videos: Optional[Dict[str, str]] = None) -> Tuple[List[Entry], List[Problem]]:
-    """Official Kinetics CSV (`label,youtube_id,time_start,time_end,split[,...]`); files are
-    `ID_START_END.ext` (start/end zero-padded to 6 digits) anywhere under `video_root`."""
+    """Official Kinetics CSV (`label,youtube_id,time_start,time_end,split[,...]`; without a
+    `label` column, an unlabelled split); files are `ID_START_END.ext` (start/end
+    zero-padded to 6 digits) anywhere under `video_root`."""
     videos = index_videos(video_root) if videos is None else videos
     rows, problems = [], []
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{csv_path}: not a Kinetics CSV, missing columns {sorted(missing)}")
-        for line, row in enumerate(reader, start=2):
-            source = f"{csv_path}:{line}"
-            try:
-                start, end = float(row["time_start"]), float(row["time_end"])
-            except (TypeError, ValueError):
-                problems.append(Problem(source, f"bad time_start/time_end {row}"))
-                continue
-            stem = f"{row['youtube_id']}_{int(start):06d}_{int(end):06d}"
-            rows.append((source, row["label"], videos.get(stem),
-                         dict(start_sec=start, end_sec=end)))
+    for source, row, why in _kinetics_rows(csv_path):
+        if row is None:
+            problems.append(Problem(source, f"{MALFORMED}: {why}"))
+            continue
+        label, stem = row
+        rows.append((source, label, videos.get(stem), _not_found(stem, video_root)))
     entries, more = _labelled(rows, classes)
     return entries, problems + more
 
@@ -117,58 +244,100 @@ def kinetics_list(list_path: str, video_root: str, classes: Optional[Sequence[st
                   ) -> Tuple[List[Entry], List[Problem]]:
     """The original repo's `kinetics400_{split}_list.txt`: `relative/path label_index` lines."""
     entries, problems = [], []
-    with open(list_path) as f:
-        for line_no, line in enumerate(f, start=1):
-            source = f"{list_path}:{line_no}"
-            parts = line.strip().rsplit(None, 1)
-            if not line.strip():
-                continue
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                problems.append(Problem(source, f"expected 'path label_index', got {line.strip()!r}"))
-                continue
-            label = int(parts[1])
-            if label < 0 or (classes is not None and label >= len(classes)):
-                problems.append(Problem(source, f"label index {label} out of range"))
-                continue
-            path = os.path.join(video_root, parts[0])
-            if not os.path.isfile(path):
-                problems.append(Problem(source, f"video file not found: {path}"))
-                continue
-            text = classes[label] if classes is not None else str(label)
-            entries.append(Entry(path=path, label=label, text=text))
+    for source, line, defect in _lines(list_path):
+        parts = line.rsplit(None, 1)
+        if defect:
+            problems.append(Problem(source, f"{MALFORMED}: {defect}"))
+            continue
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            problems.append(Problem(source, f"{MALFORMED}: expected 'path label_index', "
+                                            f"got {line!r}"))
+            continue
+        label = int(parts[1])
+        if label < 0 or (classes is not None and label >= len(classes)):
+            problems.append(Problem(source, f"label index {label} out of range"))
+            continue
+        path = os.path.join(video_root, parts[0])
+        if not os.path.isfile(path):
+            problems.append(Problem(source, f"video file not found: {path}"))
+            continue
+        text = classes[label] if classes is not None else str(label)
+        entries.append(Entry(path=path, label=label, text=text))
     return entries, problems
 
 
+def _index(value) -> Optional[int]:
+    """A JSON class index (integer, or a string of digits) -> int, else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def ssv2_classes(labels_json: str) -> List[str]:
-    """SSv2 `labels.json` ({template: "index"}) -> names in index order."""
-    with open(labels_json) as f:
-        mapping = json.load(f)
-    names = sorted(mapping, key=lambda k: int(mapping[k]))
-    if [int(mapping[n]) for n in names] != list(range(len(names))):
-        raise ValueError(f"{labels_json}: indices are not 0..{len(names) - 1}")
+    """SSv2 `labels.json` ({template: "index"}) -> names in index order. Raises
+    `AnnotationError` if it is not such a JSON object with indices 0..N-1."""
+    mapping = _load_json(labels_json)
+    if not isinstance(mapping, dict) or not mapping:
+        raise AnnotationError(f"{labels_json}: expected a JSON object {{template: index}}, "
+                              f"got {type(mapping).__name__}")
+    index = {name: _index(i) for name, i in mapping.items()}
+    bad = [name for name, i in index.items() if i is None]
+    if bad:
+        raise AnnotationError(f"{labels_json}: index of {bad[0]!r} is {mapping[bad[0]]!r}, "
+                              "not an integer")
+    names = sorted(index, key=index.get)
+    if [index[n] for n in names] != list(range(len(names))):
+        raise AnnotationError(f"{labels_json}: indices are not 0..{len(names) - 1}")
     return names
+
+
+def _ssv2_label(item: dict, classes: Sequence[str]) -> Tuple[Optional[str], Optional[str]]:
+    """An SSv2 annotation object -> (label name, None) or (None, why it has no usable label)."""
+    if "label_idx" in item:
+        idx = _index(item["label_idx"])
+        if idx is None:
+            return None, f"{MALFORMED}: 'label_idx' {item['label_idx']!r} is not an integer"
+        if not 0 <= idx < len(classes):
+            return None, f"label_idx {idx} out of range (0..{len(classes) - 1})"
+        return classes[idx], None
+    if "template" in item:
+        if not isinstance(item["template"], str):
+            return None, f"{MALFORMED}: 'template' {item['template']!r} is not a string"
+        return item["template"].replace("[", "").replace("]", ""), None
+    return None, f"{MALFORMED}: no 'template' or 'label_idx'"
 
 
 def ssv2_json(annotation_json: str, video_root: str, classes: Sequence[str],
               videos: Optional[Dict[str, str]] = None) -> Tuple[List[Entry], List[Problem]]:
-    """SSv2 `something-something-v2-{train,validation}.json` (`id`, `template`) or the
-    original repo's `...-with-label.json` (`id`, `label_idx`); files `ID.webm`/`ID.mp4`."""
+    """SSv2 `something-something-v2-{train,validation}.json` (`id`, `template`), the
+    original repo's `...-with-label.json` (`id`, `label_idx`) or the test list (`id`
+    only: an unlabelled split); files `ID.webm`/`ID.mp4`."""
     videos = index_videos(video_root) if videos is None else videos
-    with open(annotation_json) as f:
-        items = json.load(f)
+    items = _load_json(annotation_json)
+    if not isinstance(items, list):
+        raise AnnotationError(f"{annotation_json}: expected a JSON list of {{\"id\": ...}} "
+                              f"objects, got {type(items).__name__}")
+    labelled = any(isinstance(it, dict) and ("template" in it or "label_idx" in it)
+                   for it in items)
     rows, problems = [], []
     for i, item in enumerate(items):
         source = f"{annotation_json}[{i}]"
-        vid = str(item.get("id", ""))
-        if "label_idx" in item:
-            idx = int(item["label_idx"])
-            label = classes[idx] if 0 <= idx < len(classes) else f"#{idx}"
-        elif "template" in item:
-            label = item["template"].replace("[", "").replace("]", "")
-        else:
-            problems.append(Problem(source, "no 'template' or 'label_idx'"))
+        if not isinstance(item, dict):
+            problems.append(Problem(source, f"{MALFORMED}: expected an object, "
+                                            f"got {type(item).__name__}"))
             continue
-        rows.append((source, label, videos.get(vid), {}))
+        vid = item.get("id")
+        if isinstance(vid, bool) or not isinstance(vid, (str, int)) or str(vid).strip() == "":
+            problems.append(Problem(source, f"{MALFORMED}: 'id' {vid!r} is not a video id"))
+            continue
+        label, why = _ssv2_label(item, classes) if labelled else (None, None)
+        if why:
+            problems.append(Problem(source, why))
+            continue
+        vid = str(vid).strip()
+        rows.append((source, label, videos.get(vid), _not_found(vid, video_root)))
     entries, more = _labelled(rows, classes)
     return entries, problems + more
 
@@ -180,18 +349,41 @@ def ssv1_classes(labels_csv: str) -> List[str]:
 
 def ssv1_csv(annotation_csv: str, frames_root: str, classes: Sequence[str]
              ) -> Tuple[List[Entry], List[Problem]]:
-    """SSv1 `something-something-v1-{train,validation}.csv` (`id;label`); frames are JPEG
-    folders `frames_root/ID/00001.jpg ...`."""
-    rows = []
-    with open(annotation_csv) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            vid, _, label = line.strip().partition(";")
-            folder = os.path.join(frames_root, vid)
-            rows.append((f"{annotation_csv}:{line_no}", label,
-                         folder if os.path.isdir(folder) else None, {}))
-    return _labelled(rows, classes)
+    """SSv1 `something-something-v1-{train,validation}.csv` (`id;label`) or the test list
+    (ids only: an unlabelled split); frames are JPEG folders `frames_root/ID/00001.jpg ...`."""
+    lines = list(_lines(annotation_csv))
+    labelled = any(";" in line for _, line, _ in lines)
+    rows, problems = [], []
+    for source, line, defect in lines:
+        vid, sep, label = (part.strip() for part in line.partition(";"))
+        why = defect
+        if why is None and (vid in ("", ".", "..") or "/" in vid or "\\" in vid):
+            why = f"id {vid!r} is not a folder name"
+        if why is None and labelled and not label:
+            why = f"expected 'id;label', got {line!r}"
+        if why:
+            problems.append(Problem(source, f"{MALFORMED}: {why}"))
+            continue
+        folder = os.path.join(frames_root, vid)
+        rows.append((source, label if labelled else None,
+                     folder if os.path.isdir(folder) else None,
+                     f"frame folder not found: {folder}"))
+    entries, more = _labelled(rows, classes)
+    return entries, problems + more
+
+
+def _generic_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[str, str]], Optional[str]]]:
+    """(source, (path, label), None) per usable row of a `path,label` CSV, or (source,
+    None, why) per unusable one; a `path,label` header is skipped."""
+    for n, (source, fields, defect) in enumerate(_csv_rows(csv_path)):
+        if n == 0 and not defect and [f.lower() for f in fields[:2]] == ["path", "label"]:
+            continue
+        why = defect
+        if why is None and (len(fields) < 2 or not fields[0]):
+            why = f"expected 'path,label', got {','.join(fields)!r}"
+        if why is None and not fields[1]:
+            why = "empty label"
+        yield (source, None, why) if why else (source, (fields[0], fields[1]), None)
 
 
 def generic_csv_labels(csv_paths: Sequence[str]) -> List[str]:
@@ -199,26 +391,22 @@ def generic_csv_labels(csv_paths: Sequence[str]) -> List[str]:
     label is an integer (then labels are indices)."""
     labels = set()
     for path in csv_paths:
-        for _, _, label in _generic_rows(path):
-            labels.add(label)
+        labels.update(row[1] for _, row, _ in _generic_rows(path) if row)
     if labels and all(l.isdigit() for l in labels):
         return [str(i) for i in range(max(int(l) for l in labels) + 1)]
     return sorted(labels)
 
 
-def _generic_rows(csv_path: str):
-    with open(csv_path, newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or (line_no == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
-                continue
-            yield line_no, row[0].strip(), (row[1].strip() if len(row) > 1 else "")
-
-
 def generic_csv(csv_path: str, video_root: str, classes: Sequence[str]
                 ) -> Tuple[List[Entry], List[Problem]]:
     """A `path,label` CSV (optional header); paths relative to `video_root` or absolute."""
-    rows = []
-    for line_no, path, label in _generic_rows(csv_path):
-        full = os.path.join(video_root, path)
-        rows.append((f"{csv_path}:{line_no}", label, full if os.path.exists(full) else None, {}))
-    return _labelled(rows, classes)
+    rows, problems = [], []
+    for source, row, why in _generic_rows(csv_path):
+        if row is None:
+            problems.append(Problem(source, f"{MALFORMED}: {why}"))
+            continue
+        full = os.path.join(video_root, row[0])
+        rows.append((source, row[1], full if os.path.exists(full) else None,
+                     f"video file not found: {full}"))
+    entries, more = _labelled(rows, classes)
+    return entries, problems + more

@@ -9,35 +9,80 @@
 Every layout takes `--split NAME=ANNOTATION` once per split and writes
 `OUT/NAME-XXXXX-of-NNNNN`, `OUT/classes.txt` (the sorted / official class list),
 `OUT/NAME.json` (summary) and `OUT/NAME-report.txt` (every skipped video or line
-and why). Re-running resumes: complete shards are kept.
+and why). Re-running resumes: complete shards are kept. A split whose annotations
+carry no labels (the SSv2 / SSv1 test lists, a Kinetics CSV without a `label`
+column) is written unlabelled: label -1, empty label text.
+
+A bad command line (missing or unreadable file, wrong layout, invalid option)
+ends with one line on stderr naming the argument and exit status 2; TensorFlow's
+start-up log lines are hidden unless `--verbose`.
 """
 
 import argparse
+import contextlib
 import math
 import os
+import re
 import sys
 from typing import List, Optional, Sequence
+
+from etils import epath
 
 from tadax.data import annotations
 from tadax.data.encode import EncodeOptions
 
 DEFAULT_SHORT_SIDE = {"kinetics": 320, "kinetics-list": 320, "ssv2": 0, "ssv1": 0, "generic": 0}
+PROG = "data/prepare.py"
+
+
+class InputError(Exception):
+    """A bad command line or input file; the message (one line) names the argument and why."""
+
+
+@contextlib.contextmanager
+def _blame(argument: str):
+    """Turns an unreadable annotation or class-list file into an `InputError` naming `argument`."""
+    try:
+        yield
+    except annotations.AnnotationError as e:
+        raise InputError(f"{argument}: {e}") from None
 
 
 def _splits(items: Sequence[str]) -> List[tuple]:
+    """`--split NAME=FILE` values -> [(name, file)], each file an existing file."""
     out = []
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--split expects NAME=ANNOTATION_FILE, got {item!r}")
-        if not os.path.isfile(path):
-            raise SystemExit(f"--split {name}: annotation file {path!r} not found")
+            raise InputError(f"--split expects NAME=ANNOTATION_FILE, got {item!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+            raise InputError(f"--split {item}: the name {name!r} must be letters, digits, '_', "
+                             "'-' or '.' (it names the shard files)")
+        if name in dict(out):
+            raise InputError(f"--split {item}: split {name!r} given twice")
+        if not epath.Path(path).exists():
+            raise InputError(f"--split {item}: annotation file {path!r} not found")
+        if epath.Path(path).is_dir():
+            raise InputError(f"--split {item}: {path!r} is a folder, not an annotation file")
         out.append((name, path))
     return out
 
 
+def _number(kind, low, what: str, high=math.inf):
+    """An argparse type: `kind(text)` that is finite and in [low, high], else a usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="data/prepare.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("layout", choices=sorted(DEFAULT_SHORT_SIDE))
     p.add_argument("--split", action="append", required=True, metavar="NAME=FILE",
@@ -47,86 +92,129 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder of the shards")
     p.add_argument("--labels", help="ssv2: labels.json; ssv1: the labels csv; others: optional "
                    "class-name file (one a line, in index order)")
-    p.add_argument("--short-side", type=int, default=None,
+    p.add_argument("--short-side", type=_number(int, 0, "an integer >= 0"), default=None,
                    help="resize so the short side is this (0: keep); default 320 for Kinetics, "
                    "0 otherwise")
-    p.add_argument("--target-fps", type=float, default=0.0,
+    p.add_argument("--target-fps", type=_number(float, 0, "a frame rate >= 0"), default=0.0,
                    help="keep frames at this rate (0: all frames at the native rate)")
-    p.add_argument("--shards", type=int, default=0,
+    p.add_argument("--shards", type=_number(int, 0, "an integer >= 0"), default=0,
                    help="shards per split (0: one per ~1000 videos)")
-    p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="decoding processes")
+    p.add_argument("--jpeg-quality", type=_number(int, 1, "an integer in 1..100", 100),
+                   default=90)
+    p.add_argument("--workers", type=_number(int, 1, "an integer >= 1"),
+                   default=os.cpu_count() or 1, help="decoding processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's start-up log lines (hidden by default)")
     return p
 
 
 def _classes(args, splits) -> List[str]:
     """The class list: official (ssv1/ssv2 label files, --labels) or sorted from annotations."""
-    if args.layout == "ssv2":
-        if not args.labels:
-            raise SystemExit("ssv2 needs --labels labels.json")
-        return annotations.ssv2_classes(args.labels)
-    if args.layout == "ssv1":
-        if not args.labels:
-            raise SystemExit("ssv1 needs --labels something-something-v1-labels.csv")
-        return annotations.ssv1_classes(args.labels)
+    if args.layout in ("ssv2", "ssv1") and not args.labels:
+        raise InputError(f"{args.layout} needs --labels "
+                         + ("labels.json" if args.layout == "ssv2"
+                            else "something-something-v1-labels.csv"))
     if args.labels:
-        return annotations.read_classes(args.labels)
+        if not epath.Path(args.labels).is_file():
+            raise InputError(f"--labels {args.labels}: file not found")
+        with _blame("--labels"):
+            if args.layout == "ssv2":
+                return annotations.ssv2_classes(args.labels)
+            if args.layout == "ssv1":
+                return annotations.ssv1_classes(args.labels)
+            return annotations.read_classes(args.labels)
     paths = [p for _, p in splits]
-    if args.layout == "kinetics":
-        return annotations.kinetics_csv_labels(paths)
-    if args.layout == "generic":
-        return annotations.generic_csv_labels(paths)
+    with _blame("--split"):
+        if args.layout == "kinetics":
+            return annotations.kinetics_csv_labels(paths)
+        if args.layout == "generic":
+            return annotations.generic_csv_labels(paths)
     return []
 
 
-def _entries(args, path: str, classes: List[str], videos):
-    if args.layout == "kinetics":
-        return annotations.kinetics_csv(path, args.root, classes, videos)
-    if args.layout == "kinetics-list":
-        return annotations.kinetics_list(path, args.root, classes or None)
-    if args.layout == "ssv2":
-        return annotations.ssv2_json(path, args.root, classes, videos)
-    if args.layout == "ssv1":
-        return annotations.ssv1_csv(path, args.root, classes)
-    return annotations.generic_csv(path, args.root, classes)
+def _entries(args, name: str, path: str, classes: List[str], videos):
+    with _blame(f"--split {name}"):
+        if args.layout == "kinetics":
+            return annotations.kinetics_csv(path, args.root, classes, videos)
+        if args.layout == "kinetics-list":
+            return annotations.kinetics_list(path, args.root, classes or None)
+        if args.layout == "ssv2":
+            return annotations.ssv2_json(path, args.root, classes, videos)
+        if args.layout == "ssv1":
+            return annotations.ssv1_csv(path, args.root, classes)
+        return annotations.generic_csv(path, args.root, classes)
 
 
 def _check_classes(out: str, classes: List[str]) -> None:
+    """Writes `classes.txt`, or checks it against the one already in `out` (no class list:
+    an unlabelled split, nothing to check)."""
     path = os.path.join(out, "classes.txt")
+    if not classes:
+        return
     if os.path.isfile(path):
-        existing = annotations.read_classes(path)
+        with _blame("--out"):
+            existing = annotations.read_classes(path)
         if existing != classes:
-            raise SystemExit(f"{path} exists with a different class list ({len(existing)} vs "
+            raise InputError(f"{path} exists with a different class list ({len(existing)} vs "
                              f"{len(classes)} classes): prepare all splits together, or pass "
                              f"--labels {path}")
-    elif classes:
+    else:
         annotations.write_classes(path, classes)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs a preparation; returns 0 (bad videos are skipped and reported, never fatal)."""
-    from tadax.data import prepare
+def _make_out(out: str) -> None:
+    path = epath.Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
+
+def _quiet_tensorflow(verbose: bool) -> None:
+    """Hides TensorFlow's start-up log lines unless `verbose`; effective before tf is imported."""
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging
+    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
+    reported, never fatal), or 2 after one line on stderr for a bad command line."""
     args = _parser().parse_args(argv)
+    _quiet_tensorflow(args.verbose)
+    try:
+        return _run(args)
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    """Reads every annotation file before writing anything, then writes each split."""
     splits = _splits(args.split)
-    if not os.path.isdir(args.root):
-        raise SystemExit(f"--root {args.root!r} is not a folder")
-    os.makedirs(args.out, exist_ok=True)
+    if not epath.Path(args.root).is_dir():
+        raise InputError(f"--root {args.root}: not a folder")
     classes = _classes(args, splits)
+    videos = annotations.index_videos(args.root) if args.layout in ("kinetics", "ssv2") else None
+    read = [(name, *_entries(args, name, path, classes, videos)) for name, path in splits]
+    _make_out(args.out)
     _check_classes(args.out, classes)
     short = DEFAULT_SHORT_SIDE[args.layout] if args.short_side is None else args.short_side
     opts = EncodeOptions(short_side=short, target_fps=args.target_fps,
                          jpeg_quality=args.jpeg_quality)
-    videos = annotations.index_videos(args.root) if args.layout in ("kinetics", "ssv2") else None
-    for name, path in splits:
-        entries, problems = _entries(args, path, classes, videos)
+    from tadax.data import prepare     # imports TensorFlow: after the input checks
+    for name, entries, problems in read:
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
         summary = prepare.prepare_split(entries, problems, out_dir=args.out, name=name,
                                         num_shards=shards, opts=opts, workers=args.workers,
                                         quiet=args.quiet)
+        unlabelled = bool(entries) and all(e.label == annotations.UNLABELLED for e in entries)
         print(prepare.format_summary(summary)
+              + (" (unlabelled split: label -1)" if unlabelled else "")
               + f" -> {args.out}/{name}-*-of-{shards:05d}; report: {args.out}/{name}-report.txt",
               file=sys.stderr)
     return 0

@@ -28,7 +28,9 @@ class EncodeOptions:
 
 @dataclasses.dataclass
 class Encoded:
-    """A video's JPEG frames and context, or `skipped` with the reason."""
+    """A video's JPEG frames and context, or `skipped` with the reason. `start_us`/`end_us`
+    span the stored frames in the file's own timeline (first frame's timestamp, last
+    frame's + 1/fps), whatever the annotation says the clip's times were."""
     entry: Entry
     frames: List[bytes] = dataclasses.field(default_factory=list)
     fps: float = 0.0
@@ -78,16 +80,12 @@ def encode_entry(entry: Entry, opts: EncodeOptions) -> Encoded:
             if os.path.getsize(entry.path) == 0:
                 return Encoded(entry, skipped="empty file (0 bytes)")
             video = decode_video(entry.path, short_side=opts.short_side,
-                                 target_fps=opts.target_fps,
-                                 start_sec=entry.start_sec if entry.trim else None,
-                                 end_sec=entry.end_sec if entry.trim else None)
+                                 target_fps=opts.target_fps)
             frames = [jpeg_bytes(f, opts.jpeg_quality) for f in video.frames]
             fps = video.fps
             span = (video.start_us, video.end_us)
     except (VideoDecodeError, OSError) as e:
         return Encoded(entry, skipped=str(e))
-    if entry.start_sec is not None and entry.end_sec is not None:
-        span = (int(round(entry.start_sec * 1e6)), int(round(entry.end_sec * 1e6)))
     return Encoded(entry, frames=frames, fps=fps, start_us=span[0], end_us=span[1])
 
 

@@ -39,8 +39,9 @@ def assign_shards(entries: Sequence[Entry], num_shards: int, seed: int = 0) -> L
 
 def _reason_kind(reason: str) -> str:
     """A short category of a skip reason for the summary counts."""
-    for key in ("not found", "unknown label", "out of range", "empty file", "no frames",
-                "cannot open", "corrupt", "no video stream", "no JPEG", "unreadable"):
+    for key in ("malformed annotation", "not found", "unknown label", "out of range",
+                "empty file", "no frames", "cannot open", "corrupt", "no video stream", "no JPEG",
+                "unreadable"):
         if key in reason:
             return key
     return "other"
