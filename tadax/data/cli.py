@@ -173,19 +173,32 @@ def _make_out(out: str) -> None:
         raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
-def _quiet_tensorflow(verbose: bool) -> None:
-    """Hides TensorFlow's start-up log lines unless `verbose`; effective before tf is imported."""
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _import_prepare(verbose: bool):
+    """`tadax.data.prepare`, importing TensorFlow with its start-up log lines hidden unless
+    `verbose`: they are written to file descriptor 2 by C++ before TF's log level applies,
+    so that descriptor points at /dev/null during the import; later INFO lines are off."""
+    if verbose:
+        from tadax.data import prepare
+        return prepare
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import logging
-    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    logging.set_verbosity(logging.WARNING)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        from tadax.data import prepare
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return prepare
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
     reported, never fatal), or 2 after one line on stderr for a bad command line."""
     args = _parser().parse_args(argv)
-    _quiet_tensorflow(args.verbose)
     try:
         return _run(args)
     except InputError as e:
@@ -206,7 +219,7 @@ def _run(args) -> int:
     short = DEFAULT_SHORT_SIDE[args.layout] if args.short_side is None else args.short_side
     opts = EncodeOptions(short_side=short, target_fps=args.target_fps,
                          jpeg_quality=args.jpeg_quality)
-    from tadax.data import prepare     # imports TensorFlow: after the input checks
+    prepare = _import_prepare(args.verbose)     # TensorFlow: only after the input checks
     for name, entries, problems in read:
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
         summary = prepare.prepare_split(entries, problems, out_dir=args.out, name=name,
