@@ -115,9 +115,14 @@ def main(argv):
     if jax.process_index() == 0:
         evaluation.write_report(output, views, videos, result,
                                 class_names(model_cfg.num_classes, config.data))
+        if "top1" not in result:
+            print(f"\n{split}: unlabelled split, predictions only for {result['num_videos']} "
+                  f"videos, {result['num_views']} views -> {output}/predictions.jsonl")
+            return
         print(f"\n{split}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
               f"(views: {result['view_top1']:.2f} / {result['view_top5']:.2f}) over "
-              f"{result['num_videos']} videos, {result['num_views']} views -> {output}")
+              f"{result['num_videos'] - result['num_unlabelled']} labelled videos, "
+              f"{result['num_views']} views -> {output}")
 
 
 if __name__ == "__main__":

@@ -116,3 +116,29 @@ def test_converted_fixture_checkpoint_end_to_end(tmp_path):
     assert result["top1"] == pytest.approx(want) and result["views_per_video"] == [2, 2]
     evaluation.write_report(str(tmp_path / "report"), views, videos, result)
     assert (tmp_path / "report" / "confusion.png").exists()
+
+
+def test_unlabelled_videos_get_predictions_and_no_metrics(tmp_path):
+    """Label -1 (an unlabelled split such as SSv2's test list): predictions are written
+    without a label name, no metric scores those videos, none at all when all are unlabelled."""
+    probs, labels, ids = hand_made()
+    labels = np.where(ids == 11, -1, labels)           # video 11 (the wrong one) unlabelled
+    views = {"probs": probs, "label": labels, "video_id": ids, "view": np.zeros_like(ids)}
+    videos = evaluation.aggregate_views(probs, labels, ids)
+    result = evaluation.metrics(views, videos)
+    assert result["top1"] == 100.0 and result["view_top1"] == pytest.approx(75.0)
+    assert result["num_unlabelled"] == 1 and result["per_class_accuracy"][3] is None
+    evaluation.write_report(str(tmp_path), views, videos, result, ["a", "b", "c", "d"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert rows[1]["label"] == -1 and rows[1]["label_name"] is None
+    assert rows[1]["top5_names"][:2] == ["a", "d"]
+
+    views["label"] = np.full_like(labels, -1)
+    videos = evaluation.aggregate_views(probs, views["label"], ids)
+    result = evaluation.metrics(views, videos)
+    assert "top1" not in result and result["num_unlabelled"] == result["num_videos"] == 3
+    evaluation.write_report(str(tmp_path / "all"), views, videos, result, ["a", "b", "c", "d"])
+    rows = [json.loads(line) for line in (tmp_path / "all" / "predictions.jsonl").read_text()
+            .splitlines()]
+    assert [r["label_name"] for r in rows] == [None] * 3
+    assert not (tmp_path / "all" / "confusion.png").exists()

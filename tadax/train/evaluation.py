@@ -109,24 +109,35 @@ def confusion(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> 
 
 
 def metrics(views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-    """Video- and view-level top-1/top-5 (percent), per-class and mean per-class video accuracy."""
+    """Video- and view-level top-1/top-5 (percent), per-class and mean per-class video accuracy
+    over the labelled videos; `num_unlabelled` counts videos with label -1 (an unlabelled
+    split, e.g. a test list), which no metric scores. With no labelled video at all the
+    accuracy keys are absent: only the counts are returned."""
     num_classes = views["probs"].shape[1]
     k5 = min(5, num_classes)
-    v_correct = topk_correct(videos["scores"], videos["label"], 1)
+    out = {
+        "num_videos": int(len(videos["video_id"])),
+        "num_views": int(len(views["label"])),
+        "views_per_video": [int(videos["num_views"].min()), int(videos["num_views"].max())],
+        "num_unlabelled": int(np.sum(videos["label"] < 0)),
+    }
+    if out["num_unlabelled"] == out["num_videos"]:
+        return out
+    lv, lw = videos["label"] >= 0, views["label"] >= 0
+    scores, labels = videos["scores"][lv], videos["label"][lv]
+    v_correct = topk_correct(scores, labels, 1)
     per_class = []
     for c in range(num_classes):
-        sel = videos["label"] == c
+        sel = labels == c
         per_class.append(float(v_correct[sel].mean() * 100) if sel.any() else None)
     present = [a for a in per_class if a is not None]
     return {
         "top1": float(v_correct.mean() * 100),
-        "top5": float(topk_correct(videos["scores"], videos["label"], k5).mean() * 100),
-        "view_top1": float(topk_correct(views["probs"], views["label"], 1).mean() * 100),
-        "view_top5": float(topk_correct(views["probs"], views["label"], k5).mean() * 100),
+        "top5": float(topk_correct(scores, labels, k5).mean() * 100),
+        "view_top1": float(topk_correct(views["probs"][lw], views["label"][lw], 1).mean() * 100),
+        "view_top5": float(topk_correct(views["probs"][lw], views["label"][lw], k5).mean() * 100),
         "mean_class_accuracy": float(np.mean(present)),
-        "num_videos": int(len(videos["video_id"])),
-        "num_views": int(len(views["label"])),
-        "views_per_video": [int(videos["num_views"].min()), int(videos["num_views"].max())],
+        **out,
         "per_class_accuracy": per_class,
     }
 
@@ -134,7 +145,8 @@ def metrics(views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -
 def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray],
                  result: Mapping[str, Any], class_names: Optional[Sequence[str]] = None) -> None:
     """Writes `predictions.jsonl` (one video a line: label, top-5 classes and summed
-    scores, view count), `metrics.json`, and `confusion.png` (up to 200 classes)."""
+    scores, view count; label -1 and label_name null for an unlabelled video),
+    `metrics.json`, and `confusion.png` (labelled videos, up to 200 classes)."""
     os.makedirs(outdir, exist_ok=True)
     num_classes = videos["scores"].shape[1]
     top = np.argsort(-videos["scores"], axis=1, kind="stable")[:, :min(5, num_classes)]
@@ -145,12 +157,14 @@ def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[s
                    "top5_scores": [round(float(videos["scores"][i, c]), 6) for c in top[i]],
                    "num_views": int(videos["num_views"][i])}
             if class_names is not None:
-                row["label_name"] = class_names[row["label"]]
+                row["label_name"] = class_names[row["label"]] if row["label"] >= 0 else None
                 row["top5_names"] = [class_names[c] for c in top[i]]
             f.write(json.dumps(row) + "\n")
     with open(os.path.join(outdir, "metrics.json"), "w") as f:
         json.dump(dict(result), f, indent=1)
-    if num_classes <= CONFUSION_MAX_CLASSES:
-        matrix = confusion(top[:, 0], videos["label"], num_classes)
+    labelled = videos["label"] >= 0
+    if num_classes <= CONFUSION_MAX_CLASSES and labelled.any():
+        matrix = confusion(top[labelled, 0], videos["label"][labelled], num_classes)
         plots.confusion_matrix(matrix, os.path.join(outdir, "confusion.png"), class_names,
-                               title=f"top-1 {result['top1']:.2f}% over {len(top)} videos")
+                               title=f"top-1 {result['top1']:.2f}% over {int(labelled.sum())} "
+                                     "videos")
