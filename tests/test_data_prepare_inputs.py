@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import cli, pipeline, records
+from tadax.data import annotations, cli, pipeline, records
 from tadax.data.config import data_config
 from tadax.data.synthetic import write_mp4
 from tadax.data.video import decode_video
@@ -306,6 +306,18 @@ def test_unreadable_split_file_is_one_line(inputs, tmp_path):
     rc, err = run_command("kinetics", "--root", str(inputs / "videos"), "--split",
                           f"train={path}", "--out", str(tmp_path / "out"))
     assert rc == 2 and len(err) == 1 and "--split" in err[0] and "cannot read" in err[0], err
+
+
+def test_unreadable_split_file_in_process(inputs, tmp_path, monkeypatch, capsys):
+    """The same as the previous test where file modes do not stop root: reading fails."""
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(annotations.epath.Path, "read_bytes", refuse)
+    rc = cli.main(["kinetics", "--root", str(inputs / "videos"), "--split",
+                   f"train={inputs / 'train.csv'}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("data/prepare.py: error: --split: ")
+    assert "cannot read (PermissionError" in err[0] and not (tmp_path / "out").exists()
 
 
 def test_tensorflow_start_up_lines_only_with_verbose(tmp_path, good_mp4):
