@@ -367,8 +367,8 @@ def test_mpg_and_ts_files_decode_and_the_real_span_is_stored(tmp_path):
 
 
 def test_unlabelled_test_lists_give_label_minus_one_and_eval_reads_them(tmp_path, good_mp4):
-    """The SSv2 test list (ids only) and a Kinetics CSV without a label column are written
-    as unlabelled splits (label -1, no text); the eval pipeline reads them."""
+    """The SSv2 test list (ids only) and Kinetics CSVs without labels (no label column, an
+    empty one) are written as unlabelled splits (label -1, no text); the eval pipeline reads them."""
     for vid in ("7", "8"):
         os.link(good_mp4, tmp_path / f"{vid}.mp4")
     os.link(good_mp4, tmp_path / "k_000000_000002.mp4")
@@ -376,6 +376,8 @@ def test_unlabelled_test_lists_give_label_minus_one_and_eval_reads_them(tmp_path
     (tmp_path / "test.json").write_text(json.dumps([{"id": "7"}, {"id": 8}, {"id": "9"}]))
     (tmp_path / "test.csv").write_text("youtube_id,time_start,time_end,split\n"
                                        "k,0,2,test\n")
+    (tmp_path / "test_empty_labels.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                                    ",k,0,2,test\n")
     out = tmp_path / "out"
     prepare("ssv2", tmp_path, out, {"test": tmp_path / "test.json"},
             "--labels", str(tmp_path / "labels.json"), "--shards", "0")
@@ -383,8 +385,10 @@ def test_unlabelled_test_lists_give_label_minus_one_and_eval_reads_them(tmp_path
         == [("7.mp4", -1, ""), ("8.mp4", -1, "")]
     assert list(report_lines(out, "test")) == [f"{tmp_path / 'test.json'}[2]"]
     assert (out / "classes.txt").read_text() == "a\nb\n"
-    prepare("kinetics", tmp_path, out, {"ktest": tmp_path / "test.csv"})
-    assert [(r["label"], r["text"]) for r in split_records(out, "ktest")] == [(-1, "")]
+    prepare("kinetics", tmp_path, out, {"ktest": tmp_path / "test.csv",
+                                        "ktest2": tmp_path / "test_empty_labels.csv"})
+    for split in ("ktest", "ktest2"):
+        assert [(r["label"], r["text"]) for r in split_records(out, split)] == [(-1, "")]
 
     cfg = data_config(dataset="ssv2", data_dir=str(out), num_frames=4, test_scale=32,
                       test_crop_size=32, num_clips=2, num_crops=1)

@@ -8,13 +8,15 @@ in which labels happen to appear. A line or entry that cannot be used (missing
 file, unknown label, malformed value) becomes a `Problem` naming its line and
 why, never an exception; only a file that cannot be read as its layout at all
 raises `AnnotationError`. A split whose annotation file carries no labels at
-all (the Kinetics CSV without a `label` column, the SSv2 and SSv1 test lists)
+all (a Kinetics CSV without a `label` column or with it empty on every row, the
+SSv2 and SSv1 test lists)
 is unlabelled: its entries have label `UNLABELLED` (-1) and empty text.
 """
 
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 import os
@@ -179,9 +181,10 @@ def _seconds(column: str, value: str) -> Tuple[Optional[float], Optional[str]]:
 
 def _kinetics_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[Optional[str], str]],
                                                      Optional[str]]]:
-    """(source, (label or None if the CSV has no label column, file stem), None) per
-    usable row of an official Kinetics CSV, or (source, None, why) per unusable one.
-    Raises `AnnotationError` if the first row is not a Kinetics header."""
+    """(source, (label, file stem), None) per usable row of an official Kinetics CSV, or
+    (source, None, why) per unusable one; label is None on every row of a CSV without
+    labels (no `label` column, or one empty on every row: a test list). Raises
+    `AnnotationError` if the first row is not a Kinetics header."""
     rows = _csv_rows(csv_path)
     first = next(rows, None)
     header = first[1] if first is not None and first[2] is None else []
@@ -191,6 +194,9 @@ def _kinetics_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[Optional
             f"{csv_path}: not a Kinetics CSV: its first line has no column {', '.join(missing)} "
             f"(expected label,{','.join(KINETICS_COLUMNS)},split)")
     col = {name: header.index(name) for name in (*KINETICS_COLUMNS, "label") if name in header}
+    labelled = "label" in col and any(
+        not defect and len(fields) > col["label"] and fields[col["label"]]
+        for _, fields, defect in itertools.islice(_csv_rows(csv_path), 1, None))
     for source, fields, defect in rows:
         if defect:
             yield source, None, defect
@@ -198,7 +204,7 @@ def _kinetics_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[Optional
         if len(fields) <= max(col.values()):
             yield source, None, f"{len(fields)} fields, the header has {len(header)}"
             continue
-        label = fields[col["label"]] if "label" in col else None
+        label = fields[col["label"]] if labelled else None
         vid = fields[col["youtube_id"]]
         start, why = _seconds("time_start", fields[col["time_start"]])
         end, why_end = _seconds("time_end", fields[col["time_end"]])
@@ -225,8 +231,8 @@ def kinetics_csv_labels(csv_paths: Sequence[str]) -> List[str]:
 
 def kinetics_csv(csv_path: str, video_root: str, classes: Sequence[str],
                  videos: Optional[Dict[str, str]] = None) -> Tuple[List[Entry], List[Problem]]:
-    """Official Kinetics CSV (`label,youtube_id,time_start,time_end,split[,...]`; without a
-    `label` column, an unlabelled split); files are `ID_START_END.ext` (start/end
+    """Official Kinetics CSV (`label,youtube_id,time_start,time_end,split[,...]`; without
+    labels, an unlabelled split); files are `ID_START_END.ext` (start/end
     zero-padded to 6 digits) anywhere under `video_root`."""
     videos = index_videos(video_root) if videos is None else videos
     rows, problems = [], []
@@ -280,8 +286,9 @@ def ssv2_classes(labels_json: str) -> List[str]:
     `AnnotationError` if it is not such a JSON object with indices 0..N-1."""
     mapping = _load_json(labels_json)
     if not isinstance(mapping, dict) or not mapping:
+        got = "an empty object" if mapping == {} else type(mapping).__name__
         raise AnnotationError(f"{labels_json}: expected a JSON object {{template: index}}, "
-                              f"got {type(mapping).__name__}")
+                              f"got {got}")
     index = {name: _index(i) for name, i in mapping.items()}
     bad = [name for name, i in index.items() if i is None]
     if bad:
