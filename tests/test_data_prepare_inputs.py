@@ -368,7 +368,8 @@ def test_mpg_and_ts_files_decode_and_the_real_span_is_stored(tmp_path):
 
 def test_unlabelled_test_lists_give_label_minus_one_and_eval_reads_them(tmp_path, good_mp4):
     """The SSv2 test list (ids only) and Kinetics CSVs without labels (no label column, an
-    empty one) are written as unlabelled splits (label -1, no text); the eval pipeline reads them."""
+    empty one) are written as unlabelled splits (label -1, no text); the eval pipeline
+    reads them."""
     for vid in ("7", "8"):
         os.link(good_mp4, tmp_path / f"{vid}.mp4")
     os.link(good_mp4, tmp_path / "k_000000_000002.mp4")

@@ -52,7 +52,8 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """An annotation line or video that was skipped (`source`: file:line or file[index]), and why."""
+    """An annotation line or video that was skipped, and why; `source` is `file:line`,
+    `file[index]` (JSON) or the video's path."""
     source: str
     reason: str
 
