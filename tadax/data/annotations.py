@@ -79,7 +79,7 @@ def _text_defect(text: str) -> Optional[str]:
 
 def _lines(path: str) -> Iterator[Tuple[str, str, Optional[str]]]:
     """(source `path:N`, stripped line, defect or None) for each non-empty line."""
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
         if line.strip():
             yield f"{path}:{line_no}", line.strip(), _text_defect(line)
 
