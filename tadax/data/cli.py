@@ -9,16 +9,22 @@
 Every layout takes `--split NAME=ANNOTATION` once per split and writes
 `OUT/NAME-XXXXX-of-NNNNN`, `OUT/classes.txt` (the sorted / official class list),
 `OUT/NAME.json` (summary) and `OUT/NAME-report.txt` (every skipped video or line
-and why). Re-running resumes: complete shards are kept.
+and why). Re-running resumes: complete shards are kept. A re-run whose inputs or
+options differ from what is in OUT is refused, naming the change (`--overwrite`
+replaces the split). `--runner NAME [Beam pipeline options]` writes the shards
+with an Apache Beam pipeline instead (same bytes), e.g. `--runner DirectRunner
+--direct_num_workers 8 --direct_running_mode multi_processing`.
 """
 
 import argparse
+import dataclasses
+import importlib.util
 import math
 import os
 import sys
 from typing import List, Optional, Sequence
 
-from tadax.data import annotations
+from tadax.data import annotations, fingerprint
 from tadax.data.encode import EncodeOptions
 
 DEFAULT_SHORT_SIDE = {"kinetics": 320, "kinetics-list": 320, "ssv2": 0, "ssv1": 0, "generic": 0}
@@ -58,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a split already in --out that was prepared from other inputs "
+                   "or options (default: refuse, naming what changed)")
+    p.add_argument("--runner", help="write the shards with this Apache Beam runner "
+                   "(DirectRunner, DataflowRunner, ...); further Beam pipeline options may follow")
     return p
 
 
@@ -109,7 +120,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs a preparation; returns 0 (bad videos are skipped and reported, never fatal)."""
     from tadax.data import prepare
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.runner:
+        if importlib.util.find_spec("apache_beam") is None:
+            raise SystemExit(f"--runner {args.runner}: Apache Beam is not installed "
+                             "(pip install apache-beam==2.77.0 'pillow<13')")
+        beam_args = ["--runner", args.runner] + beam_args
     splits = _splits(args.split)
     if not os.path.isdir(args.root):
         raise SystemExit(f"--root {args.root!r} is not a folder")
@@ -120,12 +139,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = EncodeOptions(short_side=short, target_fps=args.target_fps,
                          jpeg_quality=args.jpeg_quality)
     videos = annotations.index_videos(args.root) if args.layout in ("kinetics", "ssv2") else None
+    plans = []
     for name, path in splits:
         entries, problems = _entries(args, path, classes, videos)
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
+        options = dict(layout=args.layout, num_shards=shards, classes=classes,
+                       **dataclasses.asdict(opts))
+        files = {f"--split {name}": path, **({"--labels": args.labels} if args.labels else {})}
+        fp = fingerprint.compute(entries, files, args.root, options)
+        if not args.overwrite:
+            try:
+                prepare.check_fingerprint(args.out, name, fp)
+            except prepare.StaleOutputError as e:
+                raise SystemExit(str(e)) from None
+        plans.append((name, entries, problems, shards, fp))
+    for name, entries, problems, shards, fp in plans:
+        prepare.record_fingerprint(args.out, name, fp, overwrite=args.overwrite)
         summary = prepare.prepare_split(entries, problems, out_dir=args.out, name=name,
                                         num_shards=shards, opts=opts, workers=args.workers,
-                                        quiet=args.quiet)
+                                        quiet=args.quiet,
+                                        beam_args=beam_args if args.runner else None)
         print(prepare.format_summary(summary)
               + f" -> {args.out}/{name}-*-of-{shards:05d}; report: {args.out}/{name}-report.txt",
               file=sys.stderr)
