@@ -74,3 +74,14 @@ def test_beam_direct_runner_writes_the_local_bytes_and_feeds_training(tmp_path):
     seen = [b["video_id"][b["mask"]] for b in pipeline.build_eval_iterator(
         cfg, split="train", global_batch_size=3, multi_view=False, process_index=0, process_count=1)]
     assert sorted(np.concatenate(seen).tolist()) == list(range(SPLITS["train"]))
+
+
+def test_unusable_runner_is_one_line_before_any_work(tmp_path):
+    paths = _dataset(tmp_path / "raw")
+    for runner, needle in (("Nope", "Unexpected pipeline runner"),
+                           ("DataflowRunner", "Missing required option: project")):
+        with pytest.raises(SystemExit) as refused:
+            _prepare(tmp_path / "raw", paths, tmp_path / "out", "--runner", runner)
+        message = str(refused.value.code)
+        assert message.startswith(f"--runner {runner}: ") and needle in message, message
+        assert "\n" not in message and not (tmp_path / "out").exists()

@@ -134,3 +134,12 @@ def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path,
     assert _digests(out) == _digests(fresh)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())
     assert _run(root, csv_path, out, *extra_args) == 0   # same inputs again: resumes, no refusal
+
+
+def test_runner_without_beam_installed_is_one_line(prepared, monkeypatch):
+    root, csv_path, out = prepared
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "apache_beam" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"^--runner DirectRunner: Apache Beam is not installed"):
+        _run(root, csv_path, out, "--runner", "DirectRunner")

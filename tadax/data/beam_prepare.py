@@ -16,11 +16,23 @@ import logging
 from typing import Dict, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from etils import epath
 
 from tadax.data.encode import EncodeOptions
 from tadax.data.prepare import ShardJob, encode_and_write_shard
+
+
+def check_runner(pipeline_args: Sequence[str]) -> None:
+    """Raises ValueError, one line, when no pipeline can be made from `pipeline_args` here
+    (unknown runner, its dependencies missing, required options missing); call before any
+    work."""
+    try:
+        beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+    except (ValueError, ImportError) as e:
+        name = PipelineOptions(list(pipeline_args)).view_as(StandardOptions).runner
+        reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ValueError(f"--runner {name}: {reason}") from e
 
 
 def _write_one(job: ShardJob, opts: EncodeOptions):

@@ -129,6 +129,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"--runner {args.runner}: Apache Beam is not installed "
                              "(pip install apache-beam==2.77.0 'pillow<13')")
         beam_args = ["--runner", args.runner] + beam_args
+        from tadax.data import beam_prepare
+
+        try:
+            beam_prepare.check_runner(beam_args)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     splits = _splits(args.split)
     if not os.path.isdir(args.root):
         raise SystemExit(f"--root {args.root!r} is not a folder")
