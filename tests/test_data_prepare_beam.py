@@ -61,6 +61,9 @@ def test_beam_direct_runner_writes_the_local_bytes_and_feeds_training(tmp_path):
     _prepare(tmp_path / "raw", paths, tmp_path / "beam", "--runner", "DirectRunner",
              "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
     assert _digests(tmp_path / "beam") == _digests(tmp_path / "local")
+    meta = [sorted(p.name for p in (tmp_path / out / "_meta").iterdir())
+            for out in ("beam", "local")]
+    assert meta[0] == meta[1]                          # the pipeline's job files are gone
     report = (tmp_path / "beam" / "train-report.txt").read_text()
     assert "badtrain_000000_000002.mp4" in report and "video file not found" in report
 

@@ -68,8 +68,8 @@ class StaleOutputError(ValueError):
 
 
 def _shard_file_names(out_dir: str, name: str) -> List[epath.Path]:
-    """Every shard, partial shard and shard bookkeeping file of split `name` in `out_dir`."""
-    pattern = re.compile(rf"{re.escape(name)}-\d{{5}}-of-\d{{5}}(\.tmp)?(\.json)?(\.tmp)?")
+    """Every shard, partial shard, shard bookkeeping and Beam job file of split `name`."""
+    pattern = re.compile(rf"{re.escape(name)}-\d{{5}}-of-\d{{5}}(\.tmp)?(\.job)?(\.json)?(\.tmp)?")
     out = epath.Path(out_dir)
     return [f for folder in (out, out / META_DIR) if folder.exists()
             for f in folder.iterdir() if pattern.fullmatch(f.name)]
