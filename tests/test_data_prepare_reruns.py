@@ -55,7 +55,8 @@ def _digests(out) -> dict:
 
 
 def test_interrupted_run_resumed_in_another_process_is_byte_identical(tmp_path):
-    csv_path = _kinetics(tmp_path / "raw", count=12, frames=30, size=(96, 128))
+    # 3 clips a shard: writing one takes many polling intervals, so the kill lands mid-run.
+    csv_path = _kinetics(tmp_path / "raw", count=18, frames=30, size=(96, 128))
     with open(csv_path, "a") as f:
         f.write("zumba,absent,0,2,train\n")           # a reported skip, in the report too
     interrupted, whole = tmp_path / "interrupted", tmp_path / "whole"
@@ -64,7 +65,8 @@ def test_interrupted_run_resumed_in_another_process_is_byte_identical(tmp_path):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list((interrupted / "_meta").glob("train-*-of-00006.json")):
-        assert proc.poll() is None and time.time() < deadline, "no shard was completed"
+        assert proc.poll() is None, "the run ended before a completed shard was seen"
+        assert time.time() < deadline, "no shard completed in 120 s"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -77,6 +79,7 @@ def test_interrupted_run_resumed_in_another_process_is_byte_identical(tmp_path):
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
     assert _digests(interrupted) == _digests(whole)
     assert len(_digests(whole)) == 7
+    assert "video file not found" in (whole / "train-report.txt").read_text()
 
 
 @pytest.fixture(scope="module")
