@@ -5,6 +5,7 @@ change, and `--overwrite` rebuilds the split as a fresh run would."""
 import csv
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def _change_video(root, csv_path):
 def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path, change):
     root, csv_path, out = prepared
     copy = tmp_path / "copy"
-    subprocess.run(["cp", "-a", str(root), str(copy)], check=True)
+    shutil.copytree(root, copy)                       # keeps modification times
     root, csv_path, out = copy, copy / "train.csv", copy / "out"
     before = _digests(out)
     extra_args, needle = {
