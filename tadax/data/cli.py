@@ -11,7 +11,11 @@ Every layout takes `--split NAME=ANNOTATION` once per split and writes
 `OUT/NAME.json` (summary) and `OUT/NAME-report.txt` (every skipped video or line
 and why). Re-running resumes: complete shards are kept. A split whose annotations
 carry no labels (the SSv2 / SSv1 test lists, a Kinetics CSV without a `label`
-column) is written unlabelled: label -1, empty label text.
+column) is written unlabelled: label -1, empty label text. A re-run whose inputs or
+options differ from what is in OUT is refused, naming the change (`--overwrite`
+replaces the split). `--runner NAME [Beam pipeline options]` writes the shards
+with an Apache Beam pipeline instead (same bytes), e.g. `--runner DirectRunner
+--direct_num_workers 8 --direct_running_mode multi_processing`.
 
 A bad command line (missing or unreadable file, wrong layout, invalid option)
 ends with one line on stderr naming the argument and exit status 2; TensorFlow's
@@ -20,6 +24,8 @@ start-up log lines are hidden unless `--verbose`.
 
 import argparse
 import contextlib
+import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -28,7 +34,7 @@ from typing import List, Optional, Sequence
 
 from etils import epath
 
-from tadax.data import annotations
+from tadax.data import annotations, fingerprint
 from tadax.data.encode import EncodeOptions
 
 DEFAULT_SHORT_SIDE = {"kinetics": 320, "kinetics-list": 320, "ssv2": 0, "ssv1": 0, "generic": 0}
@@ -106,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true",
                    help="show TensorFlow's start-up log lines (hidden by default)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a split already in --out that was prepared from other inputs "
+                   "or options (default: refuse, naming what changed)")
+    p.add_argument("--runner", help="write the shards with this Apache Beam runner "
+                   "(DirectRunner, DataflowRunner, ...); further Beam pipeline options may follow")
     return p
 
 
@@ -198,16 +209,36 @@ def _import_prepare(verbose: bool):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
     reported, never fatal), or 2 after one line on stderr for a bad command line."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     try:
-        return _run(args)
+        return _run(args, beam_args)
     except InputError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args) -> int:
-    """Reads every annotation file before writing anything, then writes each split."""
+def _beam_args(runner: str, extra: List[str]) -> List[str]:
+    """The Beam pipeline options for `--runner`, checked before any work is done."""
+    if importlib.util.find_spec("apache_beam") is None:
+        raise InputError(f"--runner {runner}: Apache Beam is not installed "
+                         "(pip install apache-beam==2.77.0 'pillow<13')")
+    from tadax.data import beam_prepare
+
+    beam_args = ["--runner", runner] + extra
+    try:
+        beam_prepare.check_runner(beam_args)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return beam_args
+
+
+def _run(args, extra_args: List[str]) -> int:
+    """Reads every annotation file and checks every split's fingerprint before writing
+    anything, then writes each split."""
+    beam_args = _beam_args(args.runner, extra_args) if args.runner else None
     splits = _splits(args.split)
     if not epath.Path(args.root).is_dir():
         raise InputError(f"--root {args.root}: not a folder")
@@ -220,11 +251,24 @@ def _run(args) -> int:
     opts = EncodeOptions(short_side=short, target_fps=args.target_fps,
                          jpeg_quality=args.jpeg_quality)
     prepare = _import_prepare(args.verbose)     # TensorFlow: only after the input checks
-    for name, entries, problems in read:
+    plans = []
+    for (name, entries, problems), (_, path) in zip(read, splits):
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
+        options = dict(layout=args.layout, num_shards=shards, classes=classes,
+                       **dataclasses.asdict(opts))
+        files = {f"--split {name}": path, **({"--labels": args.labels} if args.labels else {})}
+        fp = fingerprint.compute(entries, files, args.root, options)
+        if not args.overwrite:
+            try:
+                prepare.check_fingerprint(args.out, name, fp)
+            except prepare.StaleOutputError as e:
+                raise InputError(str(e)) from None
+        plans.append((name, entries, problems, shards, fp))
+    for name, entries, problems, shards, fp in plans:
+        prepare.record_fingerprint(args.out, name, fp, overwrite=args.overwrite)
         summary = prepare.prepare_split(entries, problems, out_dir=args.out, name=name,
                                         num_shards=shards, opts=opts, workers=args.workers,
-                                        quiet=args.quiet)
+                                        quiet=args.quiet, beam_args=beam_args)
         unlabelled = bool(entries) and all(e.label == annotations.UNLABELLED for e in entries)
         print(prepare.format_summary(summary)
               + (" (unlabelled split: label -1)" if unlabelled else "")

@@ -5,25 +5,33 @@ every shard mixes classes and a re-run assigns the same videos to the same
 shard). A shard is written to a temporary name and renamed when complete, and
 its bookkeeping (`_meta/SHARD.json`: written and skipped videos) is saved
 beside it; a re-run skips completed shards, so an interrupted preparation
-re-run produces the same shards. Bad videos are skipped, counted, and listed
+re-run produces the same shards byte for byte, in any process and with any runner
+(local worker processes or an Apache Beam pipeline: `beam_prepare`). A split's
+fingerprint (`_meta/NAME.fingerprint.json`: options, annotation contents,
+videos' sizes and times) is checked first, so a re-run never mixes in work
+made from other inputs. Bad videos are skipped, counted, and listed
 in `NAME-report.txt` with the reason; the run never stops for them.
 """
 
 import collections
+import dataclasses
 import itertools
 import json
 import multiprocessing
 import os
+import re
 import time
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 from tqdm import tqdm
 
+from tadax.data import fingerprint as fingerprint_lib
 from tadax.data import records
 from tadax.data.annotations import Entry, Problem
-from tadax.data.encode import Encoded, EncodeOptions, encode_task
+from tadax.data.encode import Encoded, EncodeOptions, encode_entry, encode_task
 
 META_DIR = "_meta"
 
@@ -47,13 +55,73 @@ def _reason_kind(reason: str) -> str:
     return "other"
 
 
-def _write_shard(path: str, meta_path: str, results: Iterable[Encoded], bar) -> dict:
-    """Writes encoded videos to `path` (via a temporary name) and its bookkeeping."""
-    tmp = path + ".tmp"
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: its index, file, bookkeeping file and videos (in record order)."""
+    index: int
+    path: str
+    meta_path: str
+    entries: Tuple[Entry, ...]
+
+
+class StaleOutputError(ValueError):
+    """`--out` already holds the split, prepared from other inputs or options."""
+
+
+def _shard_file_names(out_dir: str, name: str) -> List[epath.Path]:
+    """Every shard, partial shard, shard bookkeeping and Beam job file of split `name`."""
+    pattern = re.compile(rf"{re.escape(name)}-\d{{5}}-of-\d{{5}}(\.tmp)?(\.job)?(\.json)?(\.tmp)?")
+    out = epath.Path(out_dir)
+    return [f for folder in (out, out / META_DIR) if folder.exists()
+            for f in folder.iterdir() if pattern.fullmatch(f.name)]
+
+
+def _fingerprint_path(out_dir: str, name: str) -> epath.Path:
+    return epath.Path(out_dir) / META_DIR / f"{name}.fingerprint.json"
+
+
+def check_fingerprint(out_dir: str, name: str, fingerprint: dict) -> None:
+    """Raises `StaleOutputError` (one line: what changed, what to do) when `out_dir` holds
+    split `name` made from other inputs or options than `fingerprint` says."""
+    path = _fingerprint_path(out_dir, name)
+    if path.exists():
+        change = fingerprint_lib.describe_change(json.loads(path.read_text()), fingerprint)
+    elif _shard_file_names(out_dir, name):
+        change = "it has no fingerprint (prepared by an older version)"
+    else:
+        change = ""
+    if change:
+        raise StaleOutputError(
+            f"{out_dir} already holds split {name!r} prepared differently: {change}; "
+            f"write to a new --out, or pass --overwrite to replace split {name!r}")
+
+
+def record_fingerprint(out_dir: str, name: str, fingerprint: dict, overwrite: bool) -> None:
+    """Saves `fingerprint` for split `name`; `overwrite` first deletes the split's shards,
+    bookkeeping, summary and report."""
+    out = epath.Path(out_dir)
+    if overwrite:
+        for f in _shard_file_names(out_dir, name) + [out / f"{name}.json",
+                                                     out / f"{name}-report.txt"]:
+            if f.exists():
+                f.unlink()
+    path = _fingerprint_path(out_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fingerprint, sort_keys=True))
+
+
+def write_shard(job: ShardJob, results: Iterable[Encoded], progress=None) -> dict:
+    """Writes the encoded videos of `job` (via a temporary name) and its bookkeeping.
+
+    results: `Encoded` of `job.entries`, in that order. The same bytes whichever
+    process or runner calls this. Returns the bookkeeping (`written`, `skipped`).
+    """
+    tmp = job.path + ".tmp"
     written, skipped = 0, []
     with tf.io.TFRecordWriter(tmp) as writer:
         for enc in results:
-            bar.update(1)
+            if progress is not None:
+                progress.update(1)
             if enc.skipped:
                 skipped.append({"source": enc.entry.path, "reason": enc.skipped})
                 continue
@@ -63,54 +131,78 @@ def _write_shard(path: str, meta_path: str, results: Iterable[Encoded], bar) -> 
                 end_us=enc.end_us, fps=enc.fps))
             written += 1
     meta = {"written": written, "skipped": skipped}
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, path)
-    os.replace(meta_path + ".tmp", meta_path)
+    epath.Path(job.meta_path + ".tmp").write_text(json.dumps(meta))
+    tf.io.gfile.rename(tmp, job.path, overwrite=True)
+    tf.io.gfile.rename(job.meta_path + ".tmp", job.meta_path, overwrite=True)
     return meta
+
+
+def encode_and_write_shard(job: ShardJob, opts: EncodeOptions) -> dict:
+    """Decodes, encodes and writes one whole shard in this process (a distributed runner's unit
+    of work); returns its bookkeeping."""
+    return write_shard(job, (encode_entry(e, opts) for e in job.entries))
+
+
+def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards: int
+               ) -> Tuple[List[ShardJob], Dict[int, dict]]:
+    """(shards still to write, {index: bookkeeping} of the shards already complete)."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    epath.Path(out_dir, META_DIR).mkdir(parents=True, exist_ok=True)
+    todo, done = [], {}
+    for k, shard in enumerate(assign_shards(entries, num_shards)):
+        base = records.shard_name(name, k, num_shards)
+        path = str(epath.Path(out_dir) / base)
+        meta_path = str(epath.Path(out_dir) / META_DIR / f"{base}.json")
+        if epath.Path(path).exists() and epath.Path(meta_path).exists():
+            done[k] = json.loads(epath.Path(meta_path).read_text())
+        else:
+            todo.append(ShardJob(k, path, meta_path, tuple(shard)))
+    return todo, done
+
+
+def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, progress
+                   ) -> Dict[int, dict]:
+    """Writes `todo` with `workers` decoding processes (1: in this process)."""
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(workers) if workers > 1 and todo else None
+    # One ordered stream of work over all missing shards: no idle workers between shards.
+    tasks = [(e, opts) for job in todo for e in job.entries]
+    results = pool.imap(encode_task, tasks) if pool is not None else map(encode_task, tasks)
+    try:
+        return {job.index: write_shard(job, itertools.islice(results, len(job.entries)), progress)
+                for job in todo}
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
 
 
 def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_dir: str,
                   name: str, num_shards: int, opts: EncodeOptions, workers: int = 1,
-                  quiet: bool = False) -> dict:
+                  quiet: bool = False, beam_args: Optional[Sequence[str]] = None) -> dict:
     """Writes `entries` as `out_dir/NAME-XXXXX-of-NNNNN` shards; returns the summary.
 
     problems: annotation lines already rejected (missing file, unknown label);
         they are counted and reported with the skipped videos.
     workers: decoding processes (1: in this process).
+    beam_args: write the shards with an Apache Beam pipeline run with these
+        pipeline options (e.g. `--runner DirectRunner`) instead of locally; the
+        shards and report are the same bytes.
     Summary (also in `NAME.json`): videos written, skipped (by reason), shards
     written now vs. found complete; the full list is in `NAME-report.txt`.
     """
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    os.makedirs(os.path.join(out_dir, META_DIR), exist_ok=True)
-    shards = assign_shards(entries, num_shards)
-    todo, metas = [], {}
-    for k, shard in enumerate(shards):
-        base = records.shard_name(name, k, num_shards)
-        path, meta_path = os.path.join(out_dir, base), os.path.join(out_dir, META_DIR, base + ".json")
-        if os.path.exists(path) and os.path.exists(meta_path):
-            with open(meta_path) as f:
-                metas[k] = json.load(f)
-        else:
-            todo.append((k, path, meta_path, shard))
-    done_videos = sum(len(shards[k]) for k in metas)
+    todo, metas = plan_split(entries, out_dir=out_dir, name=name, num_shards=num_shards)
     start = time.time()
-    bar = tqdm(total=len(entries), initial=done_videos, unit="video", desc=name,
-               disable=quiet, smoothing=0.1)
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(workers) if workers > 1 and todo else None
-    # One ordered stream of work over all missing shards: no idle workers between shards.
-    tasks = [(e, opts) for _, _, _, shard in todo for e in shard]
-    results = pool.imap(encode_task, tasks) if pool is not None else map(encode_task, tasks)
-    try:
-        for k, path, meta_path, shard in todo:
-            metas[k] = _write_shard(path, meta_path, itertools.islice(results, len(shard)), bar)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    if beam_args is not None:
+        from tadax.data import beam_prepare
+
+        metas.update(beam_prepare.write_shards(todo, opts, beam_args))
+    else:
+        done_videos = len(entries) - sum(len(job.entries) for job in todo)
+        with tqdm(total=len(entries), initial=done_videos, unit="video", desc=name,
+                  disable=quiet, smoothing=0.1) as bar:
+            metas.update(_write_locally(todo, opts, workers, bar))
     skipped = [dict(s) for k in sorted(metas) for s in metas[k]["skipped"]]
     skipped += [{"source": p.source, "reason": p.reason} for p in problems]
     summary = {
@@ -125,12 +217,11 @@ def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_
         "target_fps": opts.target_fps,
         "seconds": round(time.time() - start, 1),
     }
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(out_dir, f"{name}-report.txt"), "w") as f:
-        f.write(f"# {name}: {summary['num_examples']} videos written, {len(skipped)} skipped\n")
-        for s in skipped:
-            f.write(f"{s['source']}\t{s['reason']}\n")
+    out = epath.Path(out_dir)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    (out / f"{name}-report.txt").write_text(
+        f"# {name}: {summary['num_examples']} videos written, {len(skipped)} skipped\n"
+        + "".join(f"{s['source']}\t{s['reason']}\n" for s in skipped))
     return summary
 
 

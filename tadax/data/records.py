@@ -48,7 +48,8 @@ def shard_files(data_dir: str, split: str) -> List[str]:
 
 def sequence_example(frames_jpeg: Sequence[bytes], *, label: int, text: str, filename: str,
                      start_us: int, end_us: int, fps: float) -> bytes:
-    """One serialized SequenceExample holding a video's JPEG frames and its context."""
+    """One serialized SequenceExample holding a video's JPEG frames and its context; the same
+    bytes in every process."""
     ex = tf.train.SequenceExample()
     ctx = ex.context.feature
     ctx[LABEL_KEY].int64_list.value.append(int(label))
@@ -61,7 +62,8 @@ def sequence_example(frames_jpeg: Sequence[bytes], *, label: int, text: str, fil
     frames = ex.feature_lists.feature_list[FRAMES_KEY]
     for jpeg in frames_jpeg:
         frames.feature.add().bytes_list.value.append(jpeg)
-    return ex.SerializeToString()
+    # Deterministic: map fields (the context) otherwise serialise in a per-process order.
+    return ex.SerializeToString(deterministic=True)
 
 
 def parse(serialized):

@@ -1,0 +1,187 @@
+"""Preparation throughput: videos/s per core on Kinetics-like clips, beside the decode-only ceiling.
+
+  python data/benchmark_prepare.py --clips 2                      # 340x256 and 1280x720, 10 s
+  python data/benchmark_prepare.py --clips 4 --beam               # also the Beam DirectRunner
+
+Generates `--clips` H.264 clips per size (10 s at 30 fps, libx264 CRF 23, a
+panning texture with sensor-like noise: Kinetics' sizes and frame rate), then,
+on the same files:
+
+* decode only: PyAV decodes every frame, no conversion, resize or JPEG (the ceiling);
+* stages of one video as `data/prepare.py` stores it (one process): decode +
+  RGB conversion/resize (`decode_video`), JPEG encoding, record serialisation and
+  writing; the decode share is the decode-only time, the rest is conversion/resize;
+* end to end: `prepare_split` with one worker (videos/s per core), with every core,
+  and (`--beam`) the Apache Beam DirectRunner with as many worker processes.
+
+Reports hours per 100k clips on a 32-core machine (per-core rate x 32, i.e.
+assuming preparation scales with cores as the work per video is independent).
+Writes `OUT/benchmark_prepare.json` and `OUT/benchmark_prepare.png`. A measurement, not a test.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Only light imports at the top: worker processes (spawned) re-import this module, and
+# TensorFlow would add seconds to each one's start: it is imported where it is used.
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tadax.data.annotations import Entry  # noqa: E402
+from tadax.data.encode import EncodeOptions, jpeg_bytes  # noqa: E402
+from tadax.data.video import decode_video  # noqa: E402
+
+SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
+SECONDS, FPS = 10, 30
+
+
+def write_clip(path: str, width: int, height: int, seed: int) -> None:
+    """A 10 s, 30 fps H.264 clip (CRF 23): a smooth texture panning 2 pixels a frame plus noise."""
+    rng = np.random.default_rng(seed)
+    frames = SECONDS * FPS
+    coarse = rng.integers(0, 255, (height // 16 + 1, (width + 2 * frames) // 16 + 1, 3),
+                          dtype=np.uint8)
+    texture = np.asarray(Image.fromarray(coarse).resize((width + 2 * frames, height),
+                                                        Image.BILINEAR), np.float32)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "fast"}
+        for i in range(frames):
+            noisy = texture[:, 2 * i:2 * i + width] + rng.normal(0, 3, (height, width, 1))
+            frame = av.VideoFrame.from_ndarray(np.clip(noisy, 0, 255).astype(np.uint8),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def decode_only(path: str) -> float:
+    """Seconds to decode every frame of `path` with PyAV (no conversion)."""
+    start = time.perf_counter()
+    with av.open(path) as container:
+        for _ in container.decode(container.streams.video[0]):
+            pass
+    return time.perf_counter() - start
+
+
+def stages(path: str, opts: EncodeOptions, out: str) -> dict:
+    """Seconds of each preparation stage for one video, as `data/prepare.py` runs them."""
+    import tensorflow as tf
+
+    from tadax.data import records
+
+    t0 = time.perf_counter()
+    video = decode_video(path, short_side=opts.short_side, target_fps=opts.target_fps)
+    t1 = time.perf_counter()
+    jpegs = [jpeg_bytes(f, opts.jpeg_quality) for f in video.frames]
+    t2 = time.perf_counter()
+    with tf.io.TFRecordWriter(out) as writer:
+        writer.write(records.sequence_example(jpegs, label=0, text="x", filename="v.mp4",
+                                              start_us=video.start_us, end_us=video.end_us,
+                                              fps=video.fps))
+    t3 = time.perf_counter()
+    return {"decode_convert_resize": t1 - t0, "jpeg": t2 - t1, "write": t3 - t2}
+
+
+def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> float:
+    """Videos/s of one `prepare_split` over `paths` (one shard per video) into a fresh folder,
+    start-up of worker processes or of the pipeline included."""
+    from tadax.data.prepare import prepare_split
+
+    entries = [Entry(path=p, label=0, text="x") for p in paths]
+    for f in list(epath.Path(out).glob("bench*")) + list(epath.Path(out).glob("_meta/bench*")):
+        f.unlink()
+    start = time.perf_counter()
+    summary = prepare_split(entries, [], out_dir=out, name="bench", num_shards=len(paths),
+                            opts=opts, workers=workers, quiet=True, beam_args=beam_args)
+    seconds = time.perf_counter() - start
+    if summary["num_examples"] != len(paths):
+        raise RuntimeError(f"{out}: {summary['num_skipped']} clips skipped; see bench-report.txt")
+    return len(paths) / seconds
+
+
+def plot(result: dict, path: str) -> None:
+    """Stacked bars: seconds per video in each stage, per clip size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["sizes"])
+    parts = ("decode", "convert_resize", "jpeg", "write")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bottom = np.zeros(len(names))
+    for part in parts:
+        values = np.array([result["sizes"][n]["seconds_per_video"][part] for n in names])
+        ax.bar(names, values, bottom=bottom, label=part)
+        bottom += values
+    ax.set_ylabel("seconds per 10 s clip, one core")
+    ax.set_title(f"preparation stages (short side {result['short_side']}, "
+                 f"JPEG q{result['jpeg_quality']})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="/tmp/tadax_prepare_bench", help="clips, shards and results")
+    p.add_argument("--clips", type=int, default=2, help="clips per size")
+    p.add_argument("--short-side", type=int, default=320, help="as data/prepare.py kinetics")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--beam", action="store_true", help="also time the Beam DirectRunner")
+    args = p.parse_args(argv)
+    if args.clips < 1:
+        raise SystemExit(f"--clips must be >= 1, got {args.clips}")
+    cores = len(os.sched_getaffinity(0))
+    opts = EncodeOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality)
+    out = epath.Path(args.out)
+    result = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "clips_per_size": args.clips,
+              "short_side": args.short_side, "jpeg_quality": args.jpeg_quality, "sizes": {}}
+    for name, (width, height) in SIZES.items():
+        folder = out / name
+        (folder / "clips").mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(args.clips):
+            path = folder / "clips" / f"clip{i}.mp4"
+            if not path.exists():
+                print(f"generating {path}", file=sys.stderr)
+                write_clip(str(path), width, height, seed=i)
+            paths.append(str(path))
+        decode = np.mean([decode_only(p) for p in paths])
+        parts = [stages(p, opts, str(folder / "stage.tfrecord")) for p in paths]
+        mean = {k: float(np.mean([s[k] for s in parts])) for k in parts[0]}
+        per_video = {"decode": float(decode),
+                     "convert_resize": max(0.0, mean["decode_convert_resize"] - decode),
+                     "jpeg": mean["jpeg"], "write": mean["write"]}
+        r = {"seconds_per_video": per_video,
+             "decode_only_videos_per_s": 1.0 / decode,
+             "prepare_videos_per_s_per_core": end_to_end(paths, str(folder / "one"), opts, 1)}
+        r["prepare_over_decode"] = r["decode_only_videos_per_s"] / r["prepare_videos_per_s_per_core"]
+        r["hours_per_100k_on_32_cores"] = 1e5 / (r["prepare_videos_per_s_per_core"] * 32) / 3600
+        r["prepare_videos_per_s_all_cores"] = end_to_end(paths, str(folder / "all"), opts, cores)
+        if args.beam:
+            r["beam_direct_videos_per_s_all_cores"] = end_to_end(
+                paths, str(folder / "beam"), opts, 1,
+                beam_args=["--runner", "DirectRunner", "--direct_num_workers", str(cores),
+                           "--direct_running_mode", "multi_processing"])
+        result["sizes"][name] = r
+    (out / "benchmark_prepare.json").write_text(json.dumps(result, indent=1))
+    plot(result, str(out / "benchmark_prepare.png"))
+    print(json.dumps(result, indent=1))
+    print(f"-> {out}/benchmark_prepare.json, {out}/benchmark_prepare.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
