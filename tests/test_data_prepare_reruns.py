@@ -115,7 +115,7 @@ def _change_video(root, csv_path):
 
 
 @pytest.mark.parametrize("change", ["one more CSV row", "short side", "shards", "modified video"])
-def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path, change):
+def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path, capsys, change):
     root, csv_path, out = prepared
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)                       # keeps modification times
@@ -127,10 +127,11 @@ def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path,
         "shards": lambda: (["--shards", "2"], "num_shards 3 -> 2"),
         "modified video": lambda: _change_video(root, csv_path),
     }[change]()
-    with pytest.raises(SystemExit) as refused:
-        _run(root, csv_path, out, *extra_args)
-    message = str(refused.value.code)
-    assert needle in message and "--overwrite" in message and "\n" not in message, message
+    capsys.readouterr()
+    assert _run(root, csv_path, out, *extra_args) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("data/prepare.py: error: ") and message.count("\n") == 1, message
+    assert needle in message and "--overwrite" in message, message
     assert _digests(out) == before                    # nothing touched
     assert _run(root, csv_path, out, *extra_args, "--overwrite") == 0
     fresh = tmp_path / "fresh"
@@ -140,10 +141,11 @@ def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path,
     assert _run(root, csv_path, out, *extra_args) == 0   # same inputs again: resumes, no refusal
 
 
-def test_runner_without_beam_installed_is_one_line(prepared, monkeypatch):
+def test_runner_without_beam_installed_is_one_line(prepared, monkeypatch, capsys):
     root, csv_path, out = prepared
     real = cli.importlib.util.find_spec
     monkeypatch.setattr(cli.importlib.util, "find_spec",
                         lambda name, *a: None if name == "apache_beam" else real(name, *a))
-    with pytest.raises(SystemExit, match=r"^--runner DirectRunner: Apache Beam is not installed"):
-        _run(root, csv_path, out, "--runner", "DirectRunner")
+    assert _run(root, csv_path, out, "--runner", "DirectRunner") == 2
+    assert capsys.readouterr().err.startswith(
+        "data/prepare.py: error: --runner DirectRunner: Apache Beam is not installed")
