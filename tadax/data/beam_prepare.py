@@ -73,6 +73,7 @@ def write_shards(todo: Sequence[ShardJob], opts: EncodeOptions, pipeline_args: S
     with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
         _ = (pipeline
              | "Jobs" >> beam.Create(job_files)
+             | "Spread" >> beam.Reshuffle()      # no fusion: shards go to many workers
              | "EncodeAndWrite" >> beam.Map(_write_one))
     for path in job_files:
         epath.Path(path).unlink()
