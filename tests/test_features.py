@@ -99,10 +99,12 @@ def load_shards(folder):
 
 def reference(setup):
     """Per video of the split, from the eval iterator and direct model calls: the views'
-    pooled and pre-pool features `(V, D)`, `(V, T', N, D)`, label and filename."""
+    pooled and pre-pool features `(V, D)`, `(V, T', N, D)`, label and filename (computed once)."""
     from tadax.data import pipeline
 
-    out = {}
+    if "reference" in setup:
+        return setup["reference"]
+    out = setup["reference"] = {}
     for b in pipeline.build_eval_iterator(setup["config"].data, split="val", global_batch_size=4,
                                           multi_view=True, process_index=0, process_count=1):
         pooled, pre = setup["features"](setup["variables"], b["video"])
@@ -112,6 +114,25 @@ def reference(setup):
                                          "filename": b["filename"][r].decode(), "views": {}})
             entry["views"][int(b["view"][r])] = (np.asarray(pooled[r]), np.asarray(pre[r]))
     return out
+
+
+def test_eval_iterator_subset_of_videos(setup):
+    """`video_ids`: only those videos, the k-th of them (in split order) on host k mod P,
+    every view once, equal batch counts, and the record's file name with every view."""
+    from tadax.data import pipeline
+
+    ref = reference(setup)
+    hosts = [list(pipeline.build_eval_iterator(
+        setup["config"].data, split="val", global_batch_size=4, multi_view=True,
+        process_index=p, process_count=2, video_ids=[5, 1, 3])) for p in range(2)]
+    assert len(hosts[0]) == len(hosts[1])
+    for p, want in enumerate(([1, 5], [3])):
+        got = [(int(b["video_id"][r]), int(b["view"][r]), b["filename"][r].decode())
+               for b in hosts[p] for r in np.flatnonzero(b["mask"])]
+        assert got == [(i, v, ref[i]["filename"]) for i in want for v in (0, 1)]
+    with pytest.raises(ValueError, match="outside"):
+        pipeline.build_eval_iterator(setup["config"].data, split="val", global_batch_size=4,
+                                     multi_view=True, video_ids=[7])
 
 
 def test_split_features_resume_and_two_hosts(setup, tmp_path):
