@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
@@ -124,8 +125,6 @@ class ShardAssembler:
 
     def __init__(self, output: epath.Path, shards: Sequence[int], num_videos: int,
                  videos_per_shard: int, views_per_video: int, aggregate: str):
-        if aggregate not in ("mean", "all"):
-            raise ValueError(f"config.features.aggregate={aggregate!r}: 'mean' or 'all'")
         self.output, self.num_videos, self.per_shard = output, num_videos, videos_per_shard
         self.count = num_shards(num_videos, videos_per_shard)
         self.views_per_video, self.aggregate = views_per_video, aggregate
@@ -179,7 +178,7 @@ class ShardAssembler:
             if videos[0].views[0][1] is not None:
                 arrays["pre_pool"] = np.stack([self._stack(v, 1) for v in videos])
         final = shard_path(self.output, j, self.count)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex}"
         with tmp.open("wb") as f:
             np.savez(f, **arrays)
         tmp.rename(final)
@@ -205,7 +204,7 @@ def check_settings(output: epath.Path, settings: Dict[str, Any]) -> None:
                                          for k in diff)
                              + "): use another --output or the same settings")
         return
-    tmp = output / f".{SETTINGS_FILE}.tmp-{os.getpid()}"
+    tmp = output / f".{SETTINGS_FILE}.tmp-{uuid.uuid4().hex}"
     tmp.write_text(json.dumps(settings, indent=1))
     tmp.rename(path)
 
@@ -303,6 +302,8 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
     fcfg = config.features
     if fcfg.videos_per_shard < 1:
         raise ValueError(f"config.features.videos_per_shard={fcfg.videos_per_shard}: must be >= 1")
+    if fcfg.aggregate not in ("mean", "all"):
+        raise ValueError(f"config.features.aggregate={fcfg.aggregate!r}: 'mean' or 'all'")
     mesh = local_mesh()
     batch = config.eval.batch_size
     if batch % mesh.size:
