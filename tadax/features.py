@@ -361,11 +361,12 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import flags
+    from absl import flags, logging
 
     args = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
     split = None if args.videos else (args.split or args.config.eval.test_split)
     try:
