@@ -6,6 +6,8 @@
   # one video file: the top-5 classes
   python eval.py --video clip.mp4 --config configs/tadaformer_b16.py \
       --checkpoint ckpt/tadaformer_b16_k400 --labels ../shared/data/kinetics400_classes.txt
+  # ... and PNGs of the scores per view and the temporal calibration (tadax/explain.py)
+  python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400 --explain out/
 
 `--checkpoint` is a converted model directory (`python -m tadax.convert`) or
 a training run (its directory, `checkpoints/` or one step). The model is the
@@ -16,6 +18,7 @@ accuracy), predictions.jsonl, confusion.png.
 """
 
 import os
+import sys
 
 import jax
 import ml_collections
@@ -23,6 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tadax import explain
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
 from tadax.train import cli, evaluation
@@ -42,6 +46,8 @@ flags.DEFINE_bool("single_view", False, "One view per video instead of the multi
 flags.DEFINE_bool("ema", False, "Use the EMA weights of a run checkpoint.")
 flags.DEFINE_string("video", None, "Classify this one video file instead of a dataset split.")
 flags.DEFINE_string("labels", None, "Class names, one a line in label order.")
+flags.DEFINE_string("explain", None, "With --video: write the scores of each view and the "
+                    "TAdaConv calibration over time and depth (PNGs + arrays) to this folder.")
 FLAGS = flags.FLAGS
 
 
@@ -89,6 +95,8 @@ def classify_video(config, mesh, model, variables, model_cfg) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.explain and not FLAGS.video:
+        sys.exit("eval.py: --explain needs --video (it explains one video)")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
     config = FLAGS.config
@@ -97,6 +105,12 @@ def main(argv):
                                                          use_ema=FLAGS.ema)
     if FLAGS.video:
         classify_video(config, mesh, model, variables, model_cfg)
+        if FLAGS.explain:
+            explain.explain_video(FLAGS.video, video_data_config(config, model_cfg), model,
+                                  variables, FLAGS.explain, top_k=config.eval.explain_top_k,
+                                  class_names=class_names(model_cfg.num_classes),
+                                  multi_view=not FLAGS.single_view)
+            print(f"explanation -> {FLAGS.explain}")
         return
     step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
     split = FLAGS.split or config.eval.test_split

@@ -68,6 +68,14 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         batch_size=64,
         final_multi_view=True,
         use_ema=False,
+        explain_top_k=5,      # classes per bar chart of `eval.py --video ... --explain DIR`
+    ))
+    c.features = ml_collections.ConfigDict(dict(
+        # `python -m tadax.features`: video embeddings written to .npz shards.
+        videos_per_shard=1000,
+        aggregate="mean",     # a video's views: 'mean' of their features, or 'all' (kept apart)
+        pre_pool=False,       # also write the features before pooling (large: tokens / maps)
+        decode_workers=4,     # video files decoded in parallel (folder input)
     ))
     return c
 

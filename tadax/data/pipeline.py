@@ -24,7 +24,7 @@ import functools
 import json
 import math
 import os
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -273,22 +273,34 @@ def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
             "label": tf.fill([n], ex["label"]),
             "video_id": tf.fill([n], video_id),
             "view": tf.cast(clip_idx, tf.int32) * num_crops + tf.range(n, dtype=tf.int32),
-            "mask": tf.ones([n], tf.bool)}
+            "mask": tf.ones([n], tf.bool),
+            "filename": tf.fill([n], ex["filename"])}
 
 
 def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
-                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+                 process_index: int = 0, process_count: int = 1,
+                 video_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
     """The finite host-local eval `tf.data.Dataset`; see `build_eval_iterator`."""
     pi, pc = process_index, process_count
     batch = _per_host(global_batch_size, pc)
     files = _files(data_cfg, split)
     total = sum(_records_per_file(f) for f in files)
+    ds = tf.data.TFRecordDataset(files).enumerate()
+    if video_ids is not None:
+        keep = np.zeros(total, bool)
+        ids = np.asarray(video_ids, np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= total):
+            raise ValueError(f"video_ids outside [0, {total}) of split {split!r}")
+        keep[ids] = True
+        wanted = tf.constant(keep)
+        ds = ds.filter(lambda i, r: tf.gather(wanted, i))
+        total = int(keep.sum())
     per_video = views.num_views(data_cfg, multi_view)
     num_clips = data_cfg.num_clips if multi_view else 1
     mine = len(range(pi, total, pc)) * per_video
     most = len(range(0, total, pc)) * per_video
     num_batches = -(-most // batch)
-    ds = tf.data.TFRecordDataset(files).enumerate().shard(pc, pi)
+    ds = ds.shard(pc, pi)
     ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
     ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
@@ -296,7 +308,8 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],
                              tf.dtypes.as_dtype(data_cfg.dtype)),
            "label": tf.constant(0, tf.int32), "video_id": tf.constant(-1, tf.int64),
-           "view": tf.constant(-1, tf.int32), "mask": tf.constant(False)}
+           "view": tf.constant(-1, tf.int32), "mask": tf.constant(False),
+           "filename": tf.constant(b"")}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch - mine))
     ds = ds.batch(batch, drop_remainder=True)
     return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
@@ -304,16 +317,21 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
 
 def build_eval_iterator(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
                         process_index: Optional[int] = None,
-                        process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+                        process_count: Optional[int] = None,
+                        video_ids: Optional[Sequence[int]] = None
+                        ) -> Iterator[Dict[str, np.ndarray]]:
     """Finite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
-    int32, 'video_id': (B_host,) int64, 'view': (B_host,) int32, 'mask': (B_host,) bool}`.
+    int32, 'video_id': (B_host,) int64, 'view': (B_host,) int32, 'mask': (B_host,) bool,
+    'filename': (B_host,) bytes}`.
 
     S = test_crop_size. `multi_view`: num_clips x num_crops views per video (view =
     clip * num_crops + crop), else the single centre view. Every view of every video is
     in exactly one host's batches once; every host yields the same number of batches;
-    padding has mask False, video_id -1, view -1.
+    padding has mask False, video_id -1, view -1, filename b''. `video_ids`: only these
+    videos (positions in the split; the k-th of them in split order goes to host k mod P).
     """
     pi, pc = _hosts(process_index, process_count)
     ds = eval_dataset(data_cfg, split=split, global_batch_size=global_batch_size,
-                      multi_view=multi_view, process_index=pi, process_count=pc)
+                      multi_view=multi_view, process_index=pi, process_count=pc,
+                      video_ids=video_ids)
     return ds.as_numpy_iterator()

@@ -37,6 +37,16 @@ class VideoClassifier(nn.Module):
     def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
         return self.head(self.backbone(video, train), train)
 
-    def features(self, video: jax.Array, train: bool = False) -> Any:
-        """Pooled backbone features `(B, D)`, the head's input."""
-        return self.backbone(video, train)
+    def features(self, video: jax.Array, train: bool = False, pre_pool: bool = False) -> Any:
+        """Backbone features of a `(B, T, H, W, 3)` video: the pooled `(B, D)`, the head's input.
+
+        With `pre_pool`, the pair (pooled, features before pooling):
+        TAdaFormer: `(B, T', 1 + h*w, D)`, every token of every token frame
+        after the last layer (class token first, T' = T / tubelet_stride,
+        h = w = image_size / patch_size); pooled = ln_post(mean over T' of
+        the class tokens). TAdaConvNeXtV2: `(B, T', H', W', C)` the last
+        stage's output (T' = T / stem_t_stride, H' = H / 32); pooled =
+        norm(mean over T', H', W').
+        Call as `model.apply(variables, video, method=model.features)`.
+        """
+        return self.backbone(video, train, pre_pool)

@@ -71,7 +71,8 @@ class TAdaConvNeXtV2Backbone(nn.Module):
 
     Stem: 3x4x4 conv with temporal stride 2 and LayerNorm; stages 2-4 start
     with LayerNorm + 1x2x2 strided conv; features are the mean over T, H, W
-    followed by LayerNorm.
+    followed by LayerNorm. With `pre_pool` it returns (features, the last
+    stage's output `(B, T', H', W', dims[-1])`).
     """
     depths: Sequence[int]
     dims: Sequence[int]
@@ -88,7 +89,7 @@ class TAdaConvNeXtV2Backbone(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, video: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, video: jax.Array, train: bool, pre_pool: bool = False) -> Any:
         pad_t = (self.stem_t_kernel - 1) // 2
         x = _conv3d(self.dims[0], (self.stem_t_kernel, 4, 4), (self.stem_t_stride, 4, 4),
                     ((pad_t, pad_t), (0, 0), (0, 0)), self.dtype, "stem_conv")(video)
@@ -108,4 +109,5 @@ class TAdaConvNeXtV2Backbone(nn.Module):
                               self.depthwise_impl, dtype=self.dtype,
                               name=f"stages_{stage}_{j}")(x, train)
                 index += 1
-        return layer_norm(1e-6, "norm")(jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3)))
+        pooled = layer_norm(1e-6, "norm")(jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3)))
+        return (pooled, x) if pre_pool else pooled

@@ -38,6 +38,10 @@ class RouteFunc(nn.Module):
       with_bias_cal: also produce `beta`, the calibration of the conv's bias.
       zero_init_cal: output convs start at zero and 1 is added, so a fresh
         routing function is the identity calibration.
+
+    The kernel calibration alpha `(B, T, C)` is also sown into the
+    'intermediates' collection as `alpha` (kept only when the caller applies
+    the model with `mutable=['intermediates']`).
     """
     channels: int
     ratio: int
@@ -59,12 +63,14 @@ class RouteFunc(nn.Module):
         y = y + self._attention(layer_norm(1e-6, "norm_transformer")(y))
         out_init = nn.initializers.zeros if self.zero_init_cal else upstream_trunc_normal
         offset = 1.0 if self.zero_init_cal else 0.0
-        alpha = _temporal_conv(self.channels, self.kernels[1], False, out_init, self.dtype, "b")(y)
+        alpha = _temporal_conv(self.channels, self.kernels[1], False, out_init, self.dtype,
+                               "b")(y) + offset
+        self.sow("intermediates", "alpha", alpha)
         beta = None
         if self.with_bias_cal:
             beta = _temporal_conv(self.channels, self.kernels[1], False, out_init, self.dtype,
                                   "b_bias")(y) + offset
-        return alpha + offset, beta
+        return alpha, beta
 
     def _attention(self, y: jax.Array) -> jax.Array:
         """Multi-head self-attention over T. y: `(B, T, D)` -> `(B, T, D)`.

@@ -142,7 +142,8 @@ class TAdaFormerBackbone(nn.Module):
     A tubelet conv (3 x p x p, temporal stride 2) embeds the video into
     `T/2` token frames; each gets a class token and the shared positional
     embedding, then `ln_pre`, the TAdaFormer layers, and finally the class
-    tokens averaged over frames and `ln_post`.
+    tokens averaged over frames and `ln_post`. With `pre_pool` it returns
+    (features, tokens `(B, T/2, 1 + h*w, W)` after the last layer, class token first).
     """
     width: int
     depth: int
@@ -164,7 +165,7 @@ class TAdaFormerBackbone(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, video: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, video: jax.Array, train: bool, pre_pool: bool = False) -> Any:
         p, width = self.patch_size, self.width
         x = nn.Conv(width, (self.tubelet_size, p, p), strides=(self.tubelet_stride, p, p),
                     padding=((self.tubelet_size // 2,) * 2, (0, 0), (0, 0)), use_bias=False,
@@ -189,4 +190,5 @@ class TAdaFormerBackbone(nn.Module):
                           name=f"layers_{i}")(x, train)
         cls_tokens = x[:, 0].reshape(b, t, width)
         self.sow("intermediates", "frame_class_tokens", cls_tokens)
-        return layer_norm(1e-5, "ln_post")(jnp.mean(cls_tokens.astype(jnp.float32), axis=1))
+        pooled = layer_norm(1e-5, "ln_post")(jnp.mean(cls_tokens.astype(jnp.float32), axis=1))
+        return (pooled, x.reshape(b, t, h * w + 1, width)) if pre_pool else pooled
