@@ -61,3 +61,24 @@ def test_saved_model_round_trip(converted, tmp_path):
     for b, video in videos.items():
         got = serve(video=tf.constant(video))["logits"].numpy()
         np.testing.assert_allclose(got, want[b], atol=1e-5, rtol=0)
+
+
+def test_a_training_run_exports_with_its_config(converted, tmp_path):
+    """A run directory (checkpoints/<step>/state + config.json from train.py) exports too."""
+    import ml_collections
+    from tadax.train.checkpointing import RunCheckpoints
+    directory, videos, want = converted
+    variables, cfg = checkpoint_io.load_variables(str(directory))
+    run = tmp_path / "run"
+    checkpoints = RunCheckpoints(str(run / "checkpoints"), ml_collections.ConfigDict(
+        dict(keep=1, keep_best=0, best_metric="val_loss")))
+    checkpoints.save(7, dict(variables, step=np.int32(7)), data_step=7)
+    checkpoints.wait()
+    checkpoints.close()
+    (run / "config.json").write_text(ml_collections.ConfigDict(
+        {"model": cfg.to_dict()}).to_json_best_effort())
+    out = tmp_path / "run.jax_export"
+    assert convert.main(["export", "--format", "jax_export", "--platforms", "cpu",
+                         "--input", str(run), "--output", str(out)]) == 0
+    exported = jax.export.deserialize(bytearray(out.read_bytes()))
+    np.testing.assert_allclose(exported.call(videos[3]), want[3], atol=1e-5, rtol=0)
