@@ -12,14 +12,16 @@ from tadax.models.registry import upstream_key
 # Settings no weight shape shows, per family, and where their default comes from.
 UNSEEN_SETTINGS: Dict[str, Dict[str, str]] = {
     "tadaformer": dict(num_heads="width // 64, CLIP's head width",
-                       rf_head_dim="the released TAdaFormers'",
-                       tubelet_stride="the released TAdaFormers'",
-                       num_frames="the released recipes'",
-                       dropout_rate="training only", drop_path_rate="training only"),
-    "tadaconvnextv2": dict(rf_head_dim="the released recipe's",
-                           stem_t_stride="the released TAdaConvNeXtV2s'",
-                           num_frames="the released recipes'",
-                           dropout_rate="training only", drop_path_rate="training only"),
+                       rf_head_dim="the released TAdaFormers' value",
+                       tubelet_stride="the released TAdaFormers' value",
+                       num_frames="the released recipes' value",
+                       dropout_rate="the released recipes' value; training only",
+                       drop_path_rate="the released recipes' value; training only"),
+    "tadaconvnextv2": dict(rf_head_dim="the released recipe's value",
+                           stem_t_stride="the released TAdaConvNeXtV2s' value",
+                           num_frames="the released recipes' value",
+                           dropout_rate="the released recipes' value; training only",
+                           drop_path_rate="the released recipes' value; training only"),
 }
 
 
@@ -105,7 +107,7 @@ def unseen_settings(cfg: ml_collections.ConfigDict, given: Collection[str]) -> L
     for field, origin in UNSEEN_SETTINGS[cfg.family].items():
         if field in given:
             continue
-        lines.append(f"note: {field}={cfg[field]!r} is not in the weights ({origin} default); "
+        lines.append(f"note: {field}={cfg[field]!r} is not in the weights (default: {origin}); "
                      f"if the model was trained otherwise, pass --upstream-config YOUR.yaml "
                      f"({upstream_key(cfg.family, field)}) or --set {field}=VALUE")
     return lines
@@ -122,4 +124,5 @@ def _check_routing_heads(cfg: ml_collections.ConfigDict) -> None:
         raise ArchitectureError(
             f"routing-function widths {bad} are not multiples of rf_head_dim={cfg.rf_head_dim} "
             f"(the {cfg.arch} default); the weights cannot tell the head width, so give it: "
-            f"--set rf_head_dim=N (the original's VIDEO.BACKBONE.BRANCH.HEAD_DIM)")
+            f"--set rf_head_dim=N, or --upstream-config with the original's settings file "
+            f"(VIDEO.BACKBONE.BRANCH.HEAD_DIM)")
