@@ -87,6 +87,42 @@ def test_implementations_agree_inside_a_trained_model_with_gradients():
         np.testing.assert_allclose(g_fast, g_vmap, atol=1e-4, rtol=1e-4)
 
 
+def _randomised(variables, seed):
+    """Every parameter and statistic moved off its initial value (no identity calibration)."""
+    rng = np.random.default_rng(seed)
+
+    def move(path, x):
+        noise = rng.normal(0.0, 0.2, x.shape).astype(x.dtype)
+        return x * np.exp(noise) if jax.tree_util.keystr(path).endswith("['var']") else x + noise
+
+    return jax.tree_util.tree_map_with_path(move, variables)
+
+
+@pytest.mark.parametrize("where,shape,ksize,internal", [
+    ("ConvNeXt-T stage 1: 7x7 depthwise, external calibration", (2, 8, 56, 56, 96), 7, False),
+    ("TAdaFormer-B/16 branch: 3x3 depthwise, own routing", (2, 8, 14, 14, 384), 3, True)])
+def test_fast_and_vmapped_agree_at_model_widths(where, shape, ksize, internal):
+    """Both implementations at the widths and grids of the released models, one jitted eval each."""
+    c = shape[-1]
+    x = jax.random.normal(jax.random.PRNGKey(7), shape)
+    rng = np.random.default_rng(c)
+    alpha = None if internal else (
+        jnp.asarray(rng.normal(1.0, 0.5, shape[:2] + (c,)), jnp.float32),
+        jnp.asarray(rng.normal(1.0, 0.5, shape[:2] + (c,)), jnp.float32))
+    options = dict(internal_rf=True, internal_temp_aggr=True, rf_ratio=2, rf_head_dim=64) \
+        if internal else {}
+    convs = {impl: TAdaConv2dV2(c, (ksize, ksize), (ksize // 2, ksize // 2), groups=c,
+                                use_bias=True, cal_dim="cout", impl=impl, **options)
+             for impl in ("fast", "vmap")}
+    variables = _randomised(convs["fast"].init(jax.random.PRNGKey(0), x[:, :, :8, :8], False,
+                                               alpha=alpha), seed=c)
+    out = {impl: np.asarray(jax.jit(lambda v, x: conv.apply(v, x, False, alpha=alpha))(variables, x))
+           for impl, conv in convs.items()}
+    scale = float(np.abs(out["vmap"]).max())
+    assert scale > 1.0
+    np.testing.assert_allclose(out["fast"], out["vmap"], atol=1e-5 * scale, rtol=1e-5, err_msg=where)
+
+
 @pytest.mark.parametrize("kernel,channels,multiplier,pad", [
     (3, 8, 1, (1, 1)), (7, 5, 1, (3, 3)), (3, 4, 2, (1, 1)), (5, 3, 1, (0, 2))])
 def test_depthwise_shifted_sum_equals_lax_conv(kernel, channels, multiplier, pad):
