@@ -7,7 +7,6 @@ TAdaFormer branches add nothing, and the centre-tap tubelet kernel with
 temporal stride 2 makes token frame j see input frame 2j alone.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
