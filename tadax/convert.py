@@ -237,11 +237,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def upstream_settings(path: str) -> Dict:
     """The model config fields an original settings file gives (`--upstream-config`)."""
+    settings = load_upstream_settings(path)
     try:
-        return upstream_fields(load_upstream_settings(path))[1]
-    except ValueError as e:
-        if isinstance(e, UpstreamConfigError):
-            raise
+        return upstream_fields(settings)[1]
+    except ValueError as e:  # an architecture the settings name that tadax does not build
         raise UpstreamConfigError(f"{path}: {e}") from e
 
 
@@ -273,8 +272,15 @@ def _export(args, overrides: Dict) -> int:
     if epath.Path(args.output).exists() and not args.overwrite:
         raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
     fields = dict(cfg.to_dict(), **overrides)
-    cfg = default_model_config(fields.pop("arch"), **fields)
+    try:
+        cfg = default_model_config(fields.pop("arch"), **fields)
+    except ValueError as e:
+        raise ConversionError(f"{args.input}: {e}") from e
     platforms = [p for p in args.platforms.split(",") if p]
+    unknown = sorted(set(platforms) - set(serving.KNOWN_PLATFORMS))
+    if unknown or not platforms:
+        raise ConversionError(f"--platforms {args.platforms!r}: give a comma-separated subset of "
+                              f"{', '.join(serving.KNOWN_PLATFORMS)}")
     output = epath.Path(args.output)
     tmp = output.parent / (output.name + ".tmp-write")
     if tmp.exists():
@@ -301,11 +307,11 @@ def _run(args) -> int:
         return _export(args, overrides)
     if args.upstream_config and args.source != "zoo":
         raise ConversionError("--upstream-config describes a zoo model; starting points take --arch")
+    given = dict(upstream_settings(args.upstream_config)) if args.upstream_config else {}
+    given.update(overrides)
     raw = read_checkpoint_file(args.input)
     sd = select_state_dict(raw, args.input, ema=args.ema)
     if args.source == "zoo":
-        given = dict(upstream_settings(args.upstream_config)) if args.upstream_config else {}
-        given.update(overrides)
         cfg = infer_model_config(sd, **given)
         if args.arch and args.arch.split("_")[0] != cfg.arch.split("_")[0]:
             raise ConversionError(f"{args.input} holds a {cfg.arch} model, not {args.arch}")

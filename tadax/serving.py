@@ -25,6 +25,7 @@ from tadax.models import build_model
 
 # Where an artefact can run: the lowering is made for each of these.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 def eval_logits_fn(variables: Mapping[str, Any], model_cfg: ml_collections.ConfigDict

@@ -262,3 +262,17 @@ def test_heads_that_no_weight_shows_come_from_the_settings_file(tmp_path, capsys
                     "--upstream-config", wrong) == 1
     assert "depth: weights 1, given 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_bad_settings_file_is_one_clear_line(tmp_path, capsys):
+    weights = tmp_path / "any.pyth"
+    for text, said in [(None, "no such settings file"), ("VIDEO: [1, 2\n", "not valid YAML"),
+                       ("VIDEO:\n  BACKBONE:\n    META_ARCH: SlowFast\n", "'SlowFast'")]:
+        settings = tmp_path / "settings.yaml"
+        if text is not None:
+            settings.write_text(text)
+        assert _convert("zoo", "--input", weights, "--output", tmp_path / "out",
+                        "--upstream-config", settings) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and "settings.yaml" in err, err
+        assert len(err.strip().splitlines()) == 1

@@ -82,3 +82,12 @@ def test_a_training_run_exports_with_its_config(converted, tmp_path):
                          "--input", str(run), "--output", str(out)]) == 0
     exported = jax.export.deserialize(bytearray(out.read_bytes()))
     np.testing.assert_allclose(exported.call(videos[3]), want[3], atol=1e-5, rtol=0)
+
+
+def test_unknown_platform_is_one_clear_line(converted, tmp_path, capsys):
+    directory, _, _ = converted
+    assert convert.main(["export", "--format", "jax_export", "--platforms", "cpu,gpu",
+                         "--input", str(directory), "--output", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --platforms") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
