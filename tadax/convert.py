@@ -7,18 +7,27 @@
   python -m tadax.convert clip_hf --input model.safetensors --arch tadaformer_b16 --output ...
   python -m tadax.convert convnext --input convnext_tiny_1k_224_ema.pth \
       --arch tadaconvnextv2_tiny --output ckpt/convnext_t_in1k
+  # a model trained with other settings: the original's YAML supplies what no weight shows
+  python -m tadax.convert zoo --input mine.pyth --upstream-config mine.yaml --output ckpt/mine
   # back to the original code's format
   python -m tadax.convert export --input ckpt/b16_k400 --output b16_k400.pyth
+  # serving artefacts of a converted model or a training run (symbolic batch size)
+  python -m tadax.convert export --format jax_export --input ckpt/b16_k400 --output b16.jax_export
+  python -m tadax.convert export --format saved_model --input workdirs/run --output b16_savedmodel
 
 Files are read without executing code from them and without torch (the
 OpenAI CLIP TorchScript archive is the one format that needs torch).
 Conversion is strict: every source key must land on a parameter and every
 parameter must be filled (for starting points: every parameter but the new
 video-specific ones), with shapes checked; otherwise nothing is written.
+Settings that no weight shows (attention heads, routing head width, ...)
+come from `--upstream-config` / `--set`; each one that falls back to a
+default is named on stderr.
 """
 
 import argparse
 import ast
+import json
 import os
 import sys
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -27,11 +36,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
-from tadax import checkpoint_io, torch_reader
+from tadax import checkpoint_io, serving, torch_reader
 from tadax.models import build_model, default_model_config
+from tadax.models.registry import upstream_fields
+from tadax.train.checkpointing import load_weights
 from tadax.weights import mapping, pretrained
-from tadax.weights.infer import ArchitectureError, infer_model_config
+from tadax.weights.infer import ArchitectureError, infer_model_config, unseen_settings
+from tadax.weights.upstream import UpstreamConfigError, load_upstream_settings
+
+EXPORT_FORMATS = ("state_dict", "jax_export", "saved_model")
 
 
 class ConversionError(ValueError):
@@ -199,35 +214,109 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num-frames", type=int, help="input frames the model is meant for")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model config field, e.g. --set rf_head_dim=48")
-    parser.add_argument("--ema", action="store_true", help="take model_ema_state from a zoo file")
+    parser.add_argument("--upstream-config", metavar="YAML",
+                        help="zoo: the original's settings file the model was trained with "
+                             "(_BASE_* inheritance resolved); supplies what no weight shows")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="state_dict",
+                        help="export: the original's state dict (.pyth/.safetensors), a serialized "
+                             "jax.export (StableHLO) file, or a TensorFlow SavedModel directory")
+    parser.add_argument("--platforms", default=",".join(serving.DEFAULT_PLATFORMS),
+                        help="export jax_export/saved_model: platforms to lower for")
+    parser.add_argument("--ema", action="store_true",
+                        help="take the EMA weights (model_ema_state of a zoo file, or of a run)")
     parser.add_argument("--seed", type=int, default=0, help="init seed for new parameters")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     try:
         return _run(args)
     except (ConversionError, mapping.WeightMismatchError, checkpoint_io.CheckpointError,
-            torch_reader.CheckpointFormatError, ArchitectureError) as e:
+            torch_reader.CheckpointFormatError, ArchitectureError, UpstreamConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def upstream_settings(path: str) -> Dict:
+    """The model config fields an original settings file gives (`--upstream-config`)."""
+    settings = load_upstream_settings(path)
+    try:
+        return upstream_fields(settings)[1]
+    except ValueError as e:  # an architecture the settings name that tadax does not build
+        raise UpstreamConfigError(f"{path}: {e}") from e
+
+
+def load_for_export(path: str, ema: bool) -> Tuple[Dict, ml_collections.ConfigDict]:
+    """(variables, model config) of a converted directory or a training run.
+
+    A run's model config is the `model` block of the `config.json` that
+    train.py writes into the run directory (found from the run, its
+    `checkpoints/` or a step directory).
+    """
+    variables, model_cfg = load_weights(path, use_ema=ema)
+    if model_cfg is not None:
+        return variables, model_cfg
+    here = epath.Path(path)
+    for candidate in (here, here.parent, here.parent.parent):
+        if (candidate / "config.json").exists():
+            run_cfg = json.loads((candidate / "config.json").read_text())
+            return variables, ml_collections.ConfigDict(run_cfg["model"])
+    raise ConversionError(f"{path}: a run checkpoint without the run's config.json beside it; "
+                          "pass the run directory")
+
+
+def _export(args, overrides: Dict) -> int:
+    variables, cfg = load_for_export(args.input, args.ema)
+    if args.format == "state_dict":
+        export_state_dict(variables, args.output, args.overwrite)
+        print(f"wrote {args.output}")
+        return 0
+    if epath.Path(args.output).exists() and not args.overwrite:
+        raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
+    fields = dict(cfg.to_dict(), **overrides)
+    try:
+        cfg = default_model_config(fields.pop("arch"), **fields)
+    except ValueError as e:
+        raise ConversionError(f"{args.input}: {e}") from e
+    platforms = [p for p in args.platforms.split(",") if p]
+    unknown = sorted(set(platforms) - set(serving.KNOWN_PLATFORMS))
+    if unknown or not platforms:
+        raise ConversionError(f"--platforms {args.platforms!r}: give a comma-separated subset of "
+                              f"{', '.join(serving.KNOWN_PLATFORMS)}")
+    output = epath.Path(args.output)
+    tmp = output.parent / (output.name + ".tmp-write")
+    if tmp.exists():
+        tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+    if args.format == "jax_export":
+        serving.write_jax_export(variables, cfg, str(tmp), platforms)
+    else:
+        serving.write_saved_model(variables, cfg, str(tmp), platforms)
+    if output.exists():
+        output.rmtree() if output.is_dir() else output.unlink()
+    tmp.rename(output)
+    print(f"wrote {args.output}: {cfg.arch}, input (B, {cfg.num_frames}, {cfg.image_size}, "
+          f"{cfg.image_size}, 3) float32 with any B -> logits (B, {cfg.num_classes})")
+    return 0
 
 
 def _run(args) -> int:
     if args.source != "export" and os.path.exists(args.output) and not args.overwrite:
         raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
-    if args.source == "export":
-        variables, _ = checkpoint_io.load_variables(args.input)
-        export_state_dict(variables, args.output, args.overwrite)
-        print(f"wrote {args.output}")
-        return 0
     overrides = _parse_overrides(args.set)
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
+    if args.source == "export":
+        return _export(args, overrides)
+    if args.upstream_config and args.source != "zoo":
+        raise ConversionError("--upstream-config describes a zoo model; starting points take --arch")
+    given = dict(upstream_settings(args.upstream_config)) if args.upstream_config else {}
+    given.update(overrides)
     raw = read_checkpoint_file(args.input)
     sd = select_state_dict(raw, args.input, ema=args.ema)
     if args.source == "zoo":
-        cfg = infer_model_config(sd, **overrides)
+        cfg = infer_model_config(sd, **given)
         if args.arch and args.arch.split("_")[0] != cfg.arch.split("_")[0]:
             raise ConversionError(f"{args.input} holds a {cfg.arch} model, not {args.arch}")
+        for line in unseen_settings(cfg, given):
+            print(line, file=sys.stderr)
         variables = convert_zoo(sd, cfg, args.input)
         fresh: List[str] = []
         dropped: List[str] = []

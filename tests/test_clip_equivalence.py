@@ -7,7 +7,6 @@ TAdaFormer branches add nothing, and the centre-tap tubelet kernel with
 temporal stride 2 makes token frame j see input frame 2j alone.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -64,6 +63,10 @@ def test_tadaformer_on_clip_weights_equals_clip_per_frame(hf_clip, tmp_path):
         theirs = model_hf(pixel_values=torch.from_numpy(frames)).pooler_output.numpy()
     np.testing.assert_allclose(np.asarray(ours).reshape(theirs.shape), theirs, atol=1e-4, rtol=0)
 
-    # The temporal mean of those per-frame features is what the backbone returns.
+    # The backbone returns CLIP's post-LayerNorm of the class token averaged over the
+    # token frames (the mean before the norm, as the original pools).
+    with torch.no_grad():
+        hidden = model_hf(pixel_values=torch.from_numpy(frames)).last_hidden_state[:, 0]
+        pooled = model_hf.post_layernorm(hidden.reshape(2, -1, WIDTH).mean(1)).numpy()
     features = model.apply(variables, jnp.asarray(video), method="features")
-    assert features.shape == (2, WIDTH)
+    np.testing.assert_allclose(features, pooled, atol=1e-4, rtol=0)

@@ -1,11 +1,14 @@
 """The importer's contract: layouts accepted, strictness, no overwrite, round trip."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import fixtures_dir, require
 from tadax import checkpoint_io, convert, torch_reader
-from tadax.weights import mapping
+from tadax.models import build_model, default_model_config
+from tadax.weights import mapping, upstream
 
 torch = pytest.importorskip("torch")
 
@@ -174,3 +177,102 @@ def test_openai_clip_starting_point(tmp_path):
     np.testing.assert_array_equal(ln, zoo["backbone.layers.0.ln_1.weight"].astype(np.float16))
     assert ln.dtype == np.float32
     assert not got[("params", "backbone", "layers_0", "tada", "tada_proj", "kernel")].any()
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_settings_file_inheritance_is_resolved(tmp_path):
+    """_BASE_RUN under _BASE_MODEL under the file; `./` is the top file's folder; 1e-6 a number."""
+    _write(tmp_path / "pool" / "backbone" / "net.yaml",
+           "VIDEO:\n  BACKBONE:\n    META_ARCH: ConvNeXt\n    DEPTH: [3, 3, 9, 3]\n"
+           "    LARGE_SCALE_INIT_VALUE: 1e-6\n    BRANCH:\n      HEAD_DIM: 48\n      ROUTE_FUNC_R: 2\n"
+           "  HEAD:\n    DROPOUT_RATE: 0.0\n")
+    _write(tmp_path / "pool" / "run.yaml", "_BASE_: ../common/base.yaml\n"
+           "VIDEO:\n  BACKBONE:\n    BRANCH:\n      HEAD_DIM: 32\n  HEAD:\n    DROPOUT_RATE: 0.3\n")
+    _write(tmp_path / "common" / "base.yaml", "DATA:\n  NUM_INPUT_FRAMES: 8\n  TEST_SCALE: 256\n")
+    _write(tmp_path / "projects" / "siblings.yaml", "DATA:\n  NUM_INPUT_FRAMES: 32\n")
+    top = _write(tmp_path / "projects" / "mine.yaml",
+                 "_BASE_RUN: ../pool/run.yaml\n_BASE_MODEL: ../pool/backbone/net.yaml\n"
+                 "VIDEO:\n  HEAD:\n    NUM_CLASSES: 7\n")
+    got = upstream.load_upstream_settings(str(top))
+    assert got["VIDEO.BACKBONE.DEPTH"] == [3, 3, 9, 3]               # from the model file
+    assert got["VIDEO.BACKBONE.BRANCH.HEAD_DIM"] == 32              # the run file beats the model file
+    assert got["VIDEO.BACKBONE.BRANCH.ROUTE_FUNC_R"] == 2           # blocks merge key by key
+    assert got["VIDEO.HEAD.DROPOUT_RATE"] == 0.3 and got["VIDEO.HEAD.NUM_CLASSES"] == 7
+    assert got["DATA.NUM_INPUT_FRAMES"] == 8                        # the run file's own _BASE_
+    assert got["VIDEO.BACKBONE.LARGE_SCALE_INIT_VALUE"] == 1e-6
+    assert not any(k.startswith("_BASE") for k in got)
+    dotted = _write(tmp_path / "projects" / "dotted.yaml", "_BASE_: ./siblings.yaml\n")
+    assert upstream.load_upstream_settings(str(dotted))["DATA.NUM_INPUT_FRAMES"] == 32
+    loop = _write(tmp_path / "loop.yaml", "_BASE_: loop.yaml\n")
+    with pytest.raises(upstream.UpstreamConfigError, match="cycle"):
+        upstream.load_upstream_settings(str(loop))
+
+
+FOUR_HEADS = dict(width=512, depth=1, num_heads=4, patch_size=16, image_size=32, num_frames=4,
+                  rf_head_dim=64, num_classes=3)
+
+
+def test_heads_that_no_weight_shows_come_from_the_settings_file(tmp_path, capsys):
+    """Width 512 with 4 heads (not 512 // 64 = 8): said without the YAML, exact with it."""
+    from safetensors.numpy import save_file
+    cfg = default_model_config("tadaformer_b16", **FOUR_HEADS)
+    model = build_model(cfg)
+    video = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 32, 32, 3))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), video)
+    weights = tmp_path / "four_heads.safetensors"
+    save_file({k: np.ascontiguousarray(v)
+               for k, v in mapping.flax_to_torch(jax.device_get(variables)).items()}, str(weights))
+    want = model.apply(variables, video)
+
+    def logits(out):
+        loaded, saved = checkpoint_io.load_variables(str(out))
+        return saved, build_model(saved).apply(loaded, video)
+
+    assert _convert("zoo", "--input", weights, "--output", tmp_path / "guessed") == 0
+    notes = capsys.readouterr().err.splitlines()
+    heads = [line for line in notes if line.startswith("note: num_heads=8 ")]
+    assert len(heads) == 1 and "--set num_heads=" in heads[0] and "VIDEO.BACKBONE.NUM_HEADS" in heads[0]
+    assert any(line.startswith("note: tubelet_stride=2 ") for line in notes)
+    saved, guessed = logits(tmp_path / "guessed")
+    assert saved.num_heads == 8 and float(jnp.abs(guessed - want).max()) > 1e-3
+
+    _write(tmp_path / "pool" / "narrow.yaml",
+           "VIDEO:\n  BACKBONE:\n    META_ARCH: VisionTransformer\n    NUM_FEATURES: 512\n"
+           "    DEPTH: 1\n    NUM_HEADS: 8\n    PATCH_SIZE: 16\n    INPUT_RES: 32\n"
+           "    TUBLET_STRIDE: 2\n    BRANCH:\n      HEAD_DIM: 64\n")
+    settings = _write(tmp_path / "run" / "mine.yaml",
+                      "_BASE_MODEL: ../pool/narrow.yaml\nDATA:\n  NUM_INPUT_FRAMES: 4\n"
+                      "VIDEO:\n  BACKBONE:\n    NUM_HEADS: 4\n    DROP_PATH: 0.1\n"
+                      "  HEAD:\n    NUM_CLASSES: 3\n    DROPOUT_RATE: 0.5\n")
+    assert _convert("zoo", "--input", weights, "--output", tmp_path / "told",
+                    "--upstream-config", settings) == 0
+    assert "note:" not in capsys.readouterr().err
+    saved, told = logits(tmp_path / "told")
+    assert saved.num_heads == 4
+    np.testing.assert_allclose(told, want, atol=1e-6, rtol=0)
+
+    # Settings that contradict the weights are refused, naming the field.
+    wrong = _write(tmp_path / "run" / "wrong.yaml", "_BASE_: mine.yaml\nVIDEO:\n  BACKBONE:\n    DEPTH: 2\n")
+    assert _convert("zoo", "--input", weights, "--output", tmp_path / "x",
+                    "--upstream-config", wrong) == 1
+    assert "depth: weights 1, given 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_settings_file_is_one_clear_line(tmp_path, capsys):
+    weights = tmp_path / "any.pyth"
+    for text, said in [(None, "no such settings file"), ("VIDEO: [1, 2\n", "not valid YAML"),
+                       ("VIDEO:\n  BACKBONE:\n    META_ARCH: SlowFast\n", "'SlowFast'")]:
+        settings = tmp_path / "settings.yaml"
+        if text is not None:
+            settings.write_text(text)
+        assert _convert("zoo", "--input", weights, "--output", tmp_path / "out",
+                        "--upstream-config", settings) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and "settings.yaml" in err, err
+        assert len(err.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """Shapes, initialisation and options of the Flax models."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from tadax.models import build_model, default_model_config
 from tadax.models.layers import DropPath
+from tadax.models.tadaformer import TAdaFormerBlock
 from tadax.weights.mapping import flatten
 
 TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(32, 64, 128, 256), rf_head_dim=16,
@@ -32,7 +34,7 @@ def test_zoo_models_shapes(arch, frames):
 
 
 def test_tadaformer_initialisation_matches_the_original():
-    model, variables, video = _init(default_model_config("tadaformer_tiny", num_classes=5))
+    _, variables, _ = _init(default_model_config("tadaformer_tiny", num_classes=5))
     params = flatten(variables["params"])
     for path, value in params.items():
         name = "/".join(path)
@@ -40,12 +42,55 @@ def test_tadaformer_initialisation_matches_the_original():
             assert not np.any(value), f"{name} must start at zero"
         elif name.endswith("mlp/c_fc/kernel"):
             assert abs(float(np.std(value)) - 0.02) < 0.002, name
-    # zero tada_proj: the TAdaFormer branches add nothing at the start, in any mode.
-    out_eval = model.apply(variables, video + 1.0)
-    out_train, _ = model.apply(variables, video + 1.0, train=True, mutable=["batch_stats"],
-                               rngs={"dropout": jax.random.PRNGKey(0),
-                                     "drop_path": jax.random.PRNGKey(1)})
-    assert out_eval.shape == out_train.shape == (2, 5)
+
+
+def _without_tada_branches(next_fun, args, kwargs, context):
+    """Interceptor: every TAdaFormer branch returns zeros, i.e. the model without them."""
+    if isinstance(context.module, TAdaFormerBlock) and context.method_name == "_tada":
+        return jnp.zeros_like(args[1])
+    return next_fun(*args, **kwargs)
+
+
+@pytest.mark.parametrize("variant", [{}, dict(temp_enhance=True, double_tada=True)])
+def test_zero_tada_proj_adds_nothing(variant):
+    """With `tada_proj` at zero (as trained models start) the model computes exactly the
+    model without its TAdaFormer branches, in eval and train mode, however the rest of
+    the branches (routing, BatchNorm, TAdaConv kernels) is set."""
+    cfg = default_model_config("tadaformer_tiny", num_classes=5, dropout_rate=0.0, **variant)
+    model, variables, _ = _init(cfg)
+    rng = np.random.default_rng(0)
+
+    def randomise(path, x):
+        name = jax.tree_util.keystr(path)
+        noise = rng.normal(0.0, 0.3, x.shape).astype(x.dtype)
+        if "tada_proj" in name:
+            return x
+        return x * np.exp(noise) if name.endswith("['var']") else x + noise
+
+    variables = jax.tree_util.tree_map_with_path(randomise, variables)
+    video = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 32, 32, 3))
+    rngs = {"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+
+    def forward(intercept):
+        """(eval logits, train logits), traced with or without the interceptor (one jit each)."""
+        def run(v):
+            out_train, _ = model.apply(v, video, train=True, mutable=["batch_stats"], rngs=rngs)
+            return model.apply(v, video), out_train
+        if not intercept:
+            return jax.jit(run)(variables)
+        with nn.intercept_methods(_without_tada_branches):
+            return jax.jit(run)(variables)
+
+    (plain_eval, plain_train), (got_eval, got_train) = forward(True), forward(False)
+    assert np.all(np.isfinite(plain_train))
+    np.testing.assert_allclose(got_eval, plain_eval, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got_train, plain_train, atol=1e-6, rtol=0)
+    # The branches do compute something: with a non-zero tada_proj the output moves.
+    moved = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + rng.normal(0.0, 0.1, x.shape).astype(x.dtype)
+        if "tada_proj" in jax.tree_util.keystr(path) else x, variables)
+    moved_eval = jax.jit(lambda v: model.apply(v, video))(moved)
+    assert float(jnp.abs(moved_eval - plain_eval).max()) > 1e-3
 
 
 def test_convnext_initialisation_matches_the_original():

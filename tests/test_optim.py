@@ -163,30 +163,42 @@ def test_cosine_schedule_warms_up_to_the_cosine_value():
 
 
 def test_update_matches_torch_adamw_with_groups():
-    """Two steps of our chain against AdamW written out per parameter."""
-    params = {"a": {"kernel": jnp.array([[0.5, -1.0], [2.0, 0.1]])}, "head": {"bias": jnp.array([0.3, -0.2])}}
-    cfg = opt_cfg(lr_mults=[("head", 10.0)], wd_mults=[("bias", 0.0)], warmup_epochs=0.0,
-                  schedule="cosine")
-    tx, _ = optim.build_optimizer(params, cfg, steps_per_epoch=1, epochs=1e9)
-    state = tx.init(params)
-    grads = [jax.tree_util.tree_map(lambda p: jnp.sin(p * (i + 1)), params) for i in range(2)]
-    p = params
-    for g in grads:
-        upd, state = tx.update(g, state, p)
-        p = optax.apply_updates(p, upd)
-    # reference
-    ref = {k: np.asarray(v) for k, v in [("a", params["a"]["kernel"]), ("h", params["head"]["bias"])]}
-    m = {k: 0 * v for k, v in ref.items()}
-    v2 = {k: 0 * v for k, v in ref.items()}
-    mult = {"a": (1.0, 0.05), "h": (10.0, 0.0)}
-    for t, g in enumerate(grads, start=1):
-        gd = {"a": np.asarray(g["a"]["kernel"]), "h": np.asarray(g["head"]["bias"])}
-        for k in ref:
-            lr = 1e-3 * mult[k][0]
-            ref[k] = ref[k] * (1 - lr * mult[k][1])
-            m[k] = 0.9 * m[k] + 0.1 * gd[k]
-            v2[k] = 0.999 * v2[k] + 0.001 * gd[k] ** 2
-            denom = np.sqrt(v2[k] / (1 - 0.999 ** t)) + 1e-8
-            ref[k] = ref[k] - lr / (1 - 0.9 ** t) * m[k] / denom
-    np.testing.assert_allclose(p["a"]["kernel"], ref["a"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(p["head"]["bias"], ref["h"], rtol=1e-6, atol=1e-7)
+    """Six steps of our chain against torch.optim.AdamW with one param group per
+    (lr multiplier, weight decay), the group lrs set from the schedule every step."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    params = {"backbone": {"blocks": {"kernel": rng.normal(size=(4, 3)),
+                                      "bias": rng.normal(size=(3,))},
+                           "tada": {"kernel": rng.normal(size=(3, 3))}},
+              "head": {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=(2,))}}
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+    cfg = opt_cfg(lr_mults=[("head", 10.0), ("tada", 5.0)], wd_mults=[("bias", 0.0)],
+                  warmup_epochs=2.0, schedule="cosine", base_lr=1e-2, weight_decay=0.3)
+    steps_per_epoch, epochs, n_steps = 2, 4.0, 6
+    tx, schedule = optim.build_optimizer(params, cfg, steps_per_epoch, epochs)
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                                    params) for _ in range(n_steps)]
+
+    names = sorted(flat_names(params))
+    lr_mult = {"backbone/blocks/kernel": 1.0, "backbone/blocks/bias": 1.0,
+               "backbone/tada/kernel": 5.0, "head/kernel": 10.0, "head/bias": 10.0}
+    decay = {n: 0.0 if n.endswith("bias") else 0.3 for n in names}
+    tensors = {n: torch.tensor(np.asarray(v), requires_grad=True)
+               for n, v in flat_names(params).items()}
+    groups = [{"params": [tensors[n]], "lr_mult": lr_mult[n], "weight_decay": decay[n]}
+              for n in names]
+    ref = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+
+    state, ours = tx.init(params), params
+    for step, g in enumerate(grads):
+        upd, state = tx.update(g, state, ours)
+        ours = optax.apply_updates(ours, upd)
+        flat_g = flat_names(g)
+        for group, n in zip(ref.param_groups, names):
+            group["lr"] = float(schedule(step)) * group["lr_mult"]
+            tensors[n].grad = torch.tensor(np.asarray(flat_g[n]))
+        ref.step()
+    assert len({float(schedule(s)) for s in range(n_steps)}) == n_steps  # the lr moves
+    for n, value in flat_names(ours).items():
+        np.testing.assert_allclose(value, tensors[n].detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=n)

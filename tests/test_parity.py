@@ -1,10 +1,12 @@
 """Parity with the original PyTorch code, data-driven over `$TADAX_FIXTURES/fixtures.json`.
 
-For every fixture: build the model from the entry's `model` block, convert
-`NAME.pyth` with the real importer (`python -m tadax.convert zoo`, through
-an Orbax directory), and match the original's eval outputs, one train-mode
-forward/backward, and the BatchNorm statistics after it, with both TAdaConv
-implementations, within the fixtures README's tolerances.
+For every fixture: write the entry's `model` block as the original's YAML
+settings file, convert `NAME.pyth` with the real importer (`python -m
+tadax.convert zoo --upstream-config`, through an Orbax directory), build the
+model from the converted directory's config alone, and match the original's
+eval outputs, one train-mode forward/backward, and the BatchNorm statistics
+after it, with both TAdaConv implementations, within the fixtures README's
+tolerances.
 """
 
 import functools
@@ -14,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import yaml
 
 from conftest import fixture_entries, fixtures_dir
 from tadax import checkpoint_io, convert
-from tadax.models import build_model, from_upstream
+from tadax.models import build_model, default_model_config, from_upstream
 from tadax.weights import mapping
 
 ENTRIES = fixture_entries()
@@ -25,23 +28,45 @@ if not ENTRIES:
     ENTRIES = [pytest.param(None, marks=pytest.mark.skip(
         reason=f"no fixtures.json in {fixtures_dir()} (set TADAX_FIXTURES)"))]
 IDS = [e["name"] if isinstance(e, dict) else "absent" for e in ENTRIES]
-SHAPE_FIELDS = ("family", "num_classes", "width", "depth", "num_heads", "patch_size",
-                "temp_enhance", "double_tada", "reduction", "rf_ratio",
-                "rf_kernels", "depths", "dims", "stem_t_kernel")
+
+
+def _write_settings(flat, path):
+    """The fixture's flat `VIDEO.BACKBONE.DEPTH: 1` settings as the original's nested YAML."""
+    tree = {}
+    for key, value in flat.items():
+        *blocks, leaf = key.split(".")
+        node = tree
+        for block in blocks:
+            node = node.setdefault(block, {})
+        node[leaf] = value
+    with open(path, "w") as f:
+        yaml.safe_dump(tree, f)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
-def _converted(name: str, rf_head_dim: int, tmp_root: str):
-    """Runs the importer CLI on NAME.pyth once; returns (variables, saved model config).
+def _converted(name: str, tmp_root: str):
+    """Runs the importer CLI on NAME.pyth with the fixture's settings file once.
 
-    The routing attention's head width is the one setting no weight shape
-    shows; it is passed as a user of a non-standard model would.
+    Returns (variables, model config saved with them).
     """
+    entry = next(e for e in ENTRIES if e["name"] == name)
+    settings = _write_settings(entry["model"], f"{tmp_root}/{name}.yaml")
     out = f"{tmp_root}/{name}"
     code = convert.main(["zoo", "--input", str(fixtures_dir() / f"{name}.pyth"), "--output", out,
-                         "--set", f"rf_head_dim={rf_head_dim}"])
+                         "--upstream-config", settings])
     assert code == 0
     return checkpoint_io.load_variables(out)
+
+
+def _with(cfg, **changes):
+    """The saved config with run-time choices changed (implementation, training noise)."""
+    fields = dict(cfg.to_dict(), **changes)
+    return default_model_config(fields.pop("arch"), **fields)
+
+
+def _plain(cfg):
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.to_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +79,10 @@ def tmp_root(tmp_path_factory):
 def test_matches_original(entry, impl, tmp_root):
     name = entry["name"]
     ref = np.load(fixtures_dir() / f"{name}.npz")
-    cfg = from_upstream(entry["model"], image_size=entry["crop"], tadaconv_impl=impl)
-    variables, saved_cfg = _converted(name, cfg.rf_head_dim, tmp_root)
-    for field in SHAPE_FIELDS + ("rf_head_dim",) + (("image_size",) if "width" in cfg else ()):
-        if field in cfg:
-            assert saved_cfg[field] == cfg[field], field
-    model = build_model(cfg)
+    variables, saved_cfg = _converted(name, tmp_root)
+    # The weights and the settings file agree on every field, as the importer saw them.
+    assert _plain(saved_cfg) == _plain(from_upstream(entry["model"]))
+    model = build_model(_with(saved_cfg, tadaconv_impl=impl))
     video = jnp.asarray(ref["video_ncthw"]).transpose(0, 2, 3, 4, 1)
     assert video.shape == (entry["batch"], entry["num_input_frames"], entry["crop"], entry["crop"], 3)
     n_params = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))
@@ -73,9 +96,8 @@ def test_matches_original(entry, impl, tmp_root):
 
     # One train-mode step as the fixture made it: batch statistics, no drop
     # path, the head's dropout skipped.
-    train_model = build_model(from_upstream(entry["model"], image_size=entry["crop"],
-                                            tadaconv_impl=impl, dropout_rate=0.0,
-                                            drop_path_rate=0.0))
+    train_model = build_model(_with(saved_cfg, tadaconv_impl=impl, dropout_rate=0.0,
+                                    drop_path_rate=0.0))
     labels = jnp.asarray(ref["labels"])
 
     def loss_fn(params):

@@ -2,6 +2,7 @@
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +87,42 @@ def test_implementations_agree_inside_a_trained_model_with_gradients():
         np.testing.assert_allclose(g_fast, g_vmap, atol=1e-4, rtol=1e-4)
 
 
+def _randomised(variables, seed):
+    """Every parameter and statistic moved off its initial value (no identity calibration)."""
+    rng = np.random.default_rng(seed)
+
+    def move(path, x):
+        noise = rng.normal(0.0, 0.2, x.shape).astype(x.dtype)
+        return x * np.exp(noise) if jax.tree_util.keystr(path).endswith("['var']") else x + noise
+
+    return jax.tree_util.tree_map_with_path(move, variables)
+
+
+@pytest.mark.parametrize("where,shape,ksize,internal", [
+    ("ConvNeXt-T stage 1: 7x7 depthwise, external calibration", (2, 8, 56, 56, 96), 7, False),
+    ("TAdaFormer-B/16 branch: 3x3 depthwise, own routing", (2, 8, 14, 14, 384), 3, True)])
+def test_fast_and_vmapped_agree_at_model_widths(where, shape, ksize, internal):
+    """Both implementations at the widths and grids of the released models, one jitted eval each."""
+    c = shape[-1]
+    x = jax.random.normal(jax.random.PRNGKey(7), shape)
+    rng = np.random.default_rng(c)
+    alpha = None if internal else (
+        jnp.asarray(rng.normal(1.0, 0.5, shape[:2] + (c,)), jnp.float32),
+        jnp.asarray(rng.normal(1.0, 0.5, shape[:2] + (c,)), jnp.float32))
+    options = dict(internal_rf=True, internal_temp_aggr=True, rf_ratio=2, rf_head_dim=64) \
+        if internal else {}
+    convs = {impl: TAdaConv2dV2(c, (ksize, ksize), (ksize // 2, ksize // 2), groups=c,
+                                use_bias=True, cal_dim="cout", impl=impl, **options)
+             for impl in ("fast", "vmap")}
+    variables = _randomised(convs["fast"].init(jax.random.PRNGKey(0), x[:, :, :8, :8], False,
+                                               alpha=alpha), seed=c)
+    out = {impl: np.asarray(jax.jit(lambda v, x: conv.apply(v, x, False, alpha=alpha))(variables, x))
+           for impl, conv in convs.items()}
+    scale = float(np.abs(out["vmap"]).max())
+    assert scale > 1.0
+    np.testing.assert_allclose(out["fast"], out["vmap"], atol=1e-5 * scale, rtol=1e-5, err_msg=where)
+
+
 @pytest.mark.parametrize("kernel,channels,multiplier,pad", [
     (3, 8, 1, (1, 1)), (7, 5, 1, (3, 3)), (3, 4, 2, (1, 1)), (5, 3, 1, (0, 2))])
 def test_depthwise_shifted_sum_equals_lax_conv(kernel, channels, multiplier, pad):
@@ -117,8 +154,52 @@ def test_temporal_avg_pool_counts_padding():
     np.testing.assert_allclose(temporal_avg_pool3(x)[0, :, 0], [1.0, 2.0, 3.0, 7.0 / 3.0])
 
 
-def test_route_func_head_order_and_identity_start():
-    """A fresh zero-init routing function is the identity; heads read minor-first channels."""
+def _reference_attention(y, qkv_w, qkv_b, out_w, out_b, head_dim):
+    """The original's routing attention, spelled out per head in numpy.
+
+    y: (B, T, D); projections as 1x1 temporal convs, i.e. plain matrices (D, 3D), (D, D).
+    Packed channel `s*D + d*heads + h` is part s (q, k, v) of head h, dim d; the
+    output channel of head h, dim d is `h*head_dim + d`; logits scaled by D**-0.5.
+    """
+    b, t, width = y.shape
+    heads = width // head_dim
+    qkv = y @ qkv_w + qkv_b
+    out = np.zeros((b, t, width))
+    for h in range(heads):
+        part = lambda s: qkv[..., [s * width + d * heads + h for d in range(head_dim)]]  # noqa: E731
+        q, k, v = part(0), part(1), part(2)
+        logits = np.einsum("bqd,bkd->bqk", q, k) * width ** -0.5
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        out[..., h * head_dim:(h + 1) * head_dim] = np.einsum("bqk,bkd->bqd", weights, v)
+    return out @ out_w + out_b
+
+
+def test_route_func_head_order():
+    """The routing attention reads and writes its heads in the original's channel order."""
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 3, 3, 32))
+    rf = RouteFunc(32, 2, (3, 3), head_dim=4, with_bias_cal=True, zero_init_cal=False)
+    variables = rf.init(jax.random.PRNGKey(0), x)
+    seen = {}
+
+    def capture(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, RouteFunc) and context.method_name == "_attention":
+            seen["in"], seen["out"] = np.asarray(args[0]), np.asarray(out)
+        return out
+
+    with nn.intercept_methods(capture):
+        rf.apply(variables, x)
+    p = variables["params"]
+    want = _reference_attention(
+        seen["in"].astype(np.float64), np.asarray(p["qkv_proj"]["kernel"][0]),
+        np.asarray(p["qkv_proj"]["bias"]), np.asarray(p["attn_out"]["kernel"][0]),
+        np.asarray(p["attn_out"]["bias"]), head_dim=4)
+    np.testing.assert_allclose(seen["out"], want, atol=1e-5, rtol=1e-5)
+
+
+def test_route_func_identity_start():
+    """A fresh zero-init routing function is the identity calibration."""
     x = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 3, 3, 8))
     rf = RouteFunc(8, 2, (3, 3), head_dim=2, with_bias_cal=True, zero_init_cal=True)
     variables = rf.init(jax.random.PRNGKey(0), x)

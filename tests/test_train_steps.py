@@ -68,6 +68,52 @@ def test_gradient_accumulation_equals_one_big_batch():
     assert int(s4["step"]) == 2
 
 
+def test_accumulation_carries_batch_statistics_through_the_micro_batches():
+    """A model with BatchNorm (the quick-start TAdaFormer), 4 micro-batches: the running
+    statistics are updated micro-batch after micro-batch (example i in micro-batch i mod 4,
+    each normalised with its own batch statistics), and the update uses the mean gradient."""
+    from tadax.models import build_model, default_model_config
+    model = build_model(default_model_config("tadaformer_tiny", num_classes=5, num_frames=4,
+                                             dropout_rate=0.0))
+    cfg = config(accum=4)
+    cfg.model = ml_collections.ConfigDict(dict(num_frames=4, image_size=32))
+    mesh = sharding.make_mesh(cfg.mesh)
+    tx = optax.sgd(0.1)
+    _, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
+    st = state_lib.create_train_state(model, tx, cfg, shard)
+    start = jax.device_get(st)
+    assert jax.tree_util.tree_leaves(start["batch_stats"])
+    rng = np.random.default_rng(0)
+    batch = {"video": rng.normal(size=(8, 4, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, 5, 8).astype(np.int32)}
+    step = steps.make_train_step(model, tx, lambda s: jnp.float32(0.1), cfg, mesh, shard)
+    new, _ = step(st, sharding.global_batch(batch, mesh))
+
+    rngs = {"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+
+    def micro_step(params, stats, video, labels):
+        logits, updated = model.apply({"params": params, "batch_stats": stats}, video, train=True,
+                                      mutable=["batch_stats"], rngs=rngs)
+        return steps.cross_entropy(logits, labels, 0.1), updated["batch_stats"]
+
+    grad_fn = jax.jit(jax.grad(micro_step, has_aux=True))
+    stats, grad_sum = start["batch_stats"], None
+    for i in range(4):
+        g, stats = grad_fn(start["params"], stats, batch["video"][i::4], batch["label"][i::4])
+        grad_sum = g if grad_sum is None else jax.tree_util.tree_map(jnp.add, grad_sum, g)
+    # Not carrying them would leave only the last micro-batch's update: far from it.
+    _, last_only = grad_fn(start["params"], start["batch_stats"], batch["video"][3::4],
+                           batch["label"][3::4])
+
+    for got, want in zip(*(jax.tree_util.tree_leaves(t) for t in (new["batch_stats"], stats))):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(last_only))) > 1e-3
+    for got, p0, g in zip(*(jax.tree_util.tree_leaves(t) for t in
+                            (new["params"], start["params"], grad_sum))):
+        np.testing.assert_allclose(got, p0 - 0.1 * g / 4, atol=1e-6, rtol=1e-5)
+
+
 def test_mixup_targets_drive_the_loss():
     """One-hot `label_soft` reproduces the plain step; mixed targets change it, also when
     accumulated over micro-batches."""

@@ -5,7 +5,7 @@ A model config is an `ml_collections.ConfigDict` with the fields of
 YAML settings (`VIDEO.BACKBONE.*`, `VIDEO.HEAD.*`, `DATA.NUM_INPUT_FRAMES`).
 """
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 import jax.numpy as jnp
 import ml_collections
@@ -73,54 +73,77 @@ def build_model(cfg: ml_collections.ConfigDict) -> VideoClassifier:
     return VideoClassifier(backbone, cfg.num_classes, cfg.dropout_rate)
 
 
+# Model config fields and the original's settings keys they come from.
+UPSTREAM_KEYS: Dict[str, Dict[str, str]] = {
+    "common": dict(num_classes="VIDEO.HEAD.NUM_CLASSES", num_frames="DATA.NUM_INPUT_FRAMES",
+                   dropout_rate="VIDEO.HEAD.DROPOUT_RATE", drop_path_rate="VIDEO.BACKBONE.DROP_PATH",
+                   rf_ratio="VIDEO.BACKBONE.BRANCH.ROUTE_FUNC_R",
+                   rf_kernels="VIDEO.BACKBONE.BRANCH.ROUTE_FUNC_K",
+                   rf_head_dim="VIDEO.BACKBONE.BRANCH.HEAD_DIM"),
+    "tadaformer": dict(width="VIDEO.BACKBONE.NUM_FEATURES", depth="VIDEO.BACKBONE.DEPTH",
+                       num_heads="VIDEO.BACKBONE.NUM_HEADS", patch_size="VIDEO.BACKBONE.PATCH_SIZE",
+                       image_size="VIDEO.BACKBONE.INPUT_RES",
+                       tubelet_size="VIDEO.BACKBONE.TUBLET_SIZE",
+                       tubelet_stride="VIDEO.BACKBONE.TUBLET_STRIDE",
+                       reduction="VIDEO.BACKBONE.REDUCTION",
+                       temp_enhance="VIDEO.BACKBONE.TEMP_ENHANCE",
+                       double_tada="VIDEO.BACKBONE.DOUBLE_TADA"),
+    "tadaconvnextv2": dict(depths="VIDEO.BACKBONE.DEPTH", dims="VIDEO.BACKBONE.NUM_FILTERS",
+                           stem_t_kernel="VIDEO.BACKBONE.STEM.T_KERNEL_SIZE",
+                           stem_t_stride="VIDEO.BACKBONE.STEM.T_STRIDE",
+                           layer_scale_init="VIDEO.BACKBONE.LARGE_SCALE_INIT_VALUE"),
+}
+
+
+def upstream_key(family: str, field: str) -> str:
+    """The original's settings key of a model config field of `family`."""
+    return UPSTREAM_KEYS[family].get(field) or UPSTREAM_KEYS["common"][field]
+
+
+def upstream_fields(settings: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """(named architecture, the model config fields the settings give).
+
+    settings: flat dotted keys as in the original's YAML (`VIDEO.BACKBONE.DEPTH`,
+    ...), e.g. from `tadax.weights.upstream.load_upstream_settings`. Keys that
+    are absent or empty are left out: the named architecture's defaults apply.
+    """
+    meta = settings.get("VIDEO.BACKBONE.META_ARCH")
+    if meta == "VisionTransformer":
+        family = "tadaformer"
+        if settings.get("VIDEO.BACKBONE.REQUIRE_PROJ"):
+            raise ValueError("REQUIRE_PROJ (a CLIP output projection) is not part of TAdaFormer")
+    elif meta == "ConvNeXt":
+        family = "tadaconvnextv2"
+    else:
+        raise ValueError(f"unsupported VIDEO.BACKBONE.META_ARCH {meta!r}")
+    fields = {}
+    for field, key in dict(UPSTREAM_KEYS["common"], **UPSTREAM_KEYS[family]).items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        if field in ("temp_enhance", "double_tada"):
+            value = bool(value)
+        fields[field] = value
+    if family == "tadaformer":
+        arch = "tadaformer_l14" if fields.get("patch_size") == 14 else "tadaformer_b16"
+    else:
+        dims, depths = fields.get("dims", (96,)), fields.get("depths", ())
+        if dims[0] == 128:
+            arch = "tadaconvnextv2_base"
+        else:
+            arch = "tadaconvnextv2_small" if sum(depths) > 18 else "tadaconvnextv2_tiny"
+    return arch, fields
+
+
 def from_upstream(settings: Mapping[str, Any], **overrides) -> ml_collections.ConfigDict:
     """A model config from the original's settings, e.g. the `model` block of fixtures.json.
 
     settings: flat dotted keys as in the original's YAML (`VIDEO.BACKBONE.DEPTH`,
-    `VIDEO.HEAD.NUM_CLASSES`, `DATA.NUM_INPUT_FRAMES`, ...).
+    `VIDEO.HEAD.NUM_CLASSES`, `DATA.NUM_INPUT_FRAMES`, ...); what they lack
+    comes from the named architecture they describe.
     """
-    def get(key, default=None):
-        return settings.get(key, default)
-
-    meta = get("VIDEO.BACKBONE.META_ARCH")
-    common = dict(
-        num_classes=get("VIDEO.HEAD.NUM_CLASSES"),
-        num_frames=get("DATA.NUM_INPUT_FRAMES", 16),
-        dropout_rate=get("VIDEO.HEAD.DROPOUT_RATE", 0.5),
-        drop_path_rate=get("VIDEO.BACKBONE.DROP_PATH", 0.0),
-        rf_ratio=get("VIDEO.BACKBONE.BRANCH.ROUTE_FUNC_R", 2),
-        rf_kernels=tuple(get("VIDEO.BACKBONE.BRANCH.ROUTE_FUNC_K", (3, 3))),
-    )
-    if meta == "VisionTransformer":
-        width = get("VIDEO.BACKBONE.NUM_FEATURES")
-        arch = "tadaformer_l14" if get("VIDEO.BACKBONE.PATCH_SIZE") == 14 else "tadaformer_b16"
-        if get("VIDEO.BACKBONE.REQUIRE_PROJ", False):
-            raise ValueError("REQUIRE_PROJ (a CLIP output projection) is not part of TAdaFormer")
-        fields = dict(
-            common, width=width, depth=get("VIDEO.BACKBONE.DEPTH"),
-            num_heads=get("VIDEO.BACKBONE.NUM_HEADS"),
-            patch_size=get("VIDEO.BACKBONE.PATCH_SIZE"),
-            image_size=get("VIDEO.BACKBONE.INPUT_RES"),
-            tubelet_size=get("VIDEO.BACKBONE.TUBLET_SIZE", 3),
-            tubelet_stride=get("VIDEO.BACKBONE.TUBLET_STRIDE", 2),
-            reduction=get("VIDEO.BACKBONE.REDUCTION", 2),
-            rf_head_dim=get("VIDEO.BACKBONE.BRANCH.HEAD_DIM", 64),
-            temp_enhance=bool(get("VIDEO.BACKBONE.TEMP_ENHANCE", False)),
-            double_tada=bool(get("VIDEO.BACKBONE.DOUBLE_TADA", False)),
-        )
-    elif meta == "ConvNeXt":
-        dims = tuple(get("VIDEO.BACKBONE.NUM_FILTERS"))
-        depths = tuple(get("VIDEO.BACKBONE.DEPTH"))
-        arch = {96: "tadaconvnextv2_small" if sum(depths) > 18 else "tadaconvnextv2_tiny",
-                128: "tadaconvnextv2_base"}.get(dims[0], "tadaconvnextv2_tiny")
-        fields = dict(
-            common, depths=depths, dims=dims,
-            rf_head_dim=get("VIDEO.BACKBONE.BRANCH.HEAD_DIM", 48),
-            stem_t_kernel=get("VIDEO.BACKBONE.STEM.T_KERNEL_SIZE", 3),
-            stem_t_stride=get("VIDEO.BACKBONE.STEM.T_STRIDE", 2),
-            layer_scale_init=get("VIDEO.BACKBONE.LARGE_SCALE_INIT_VALUE", 1e-6),
-        )
-    else:
-        raise ValueError(f"unsupported VIDEO.BACKBONE.META_ARCH {meta!r}")
+    arch, fields = upstream_fields(settings)
     fields.update(overrides)
     return default_model_config(arch, **fields)

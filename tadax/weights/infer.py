@@ -1,12 +1,28 @@
 """The model config of a zoo state dict, read off its keys and shapes."""
 
 import re
-from typing import Mapping
+from typing import Collection, Dict, List, Mapping
 
 import ml_collections
 import numpy as np
 
 from tadax.models import default_model_config
+from tadax.models.registry import upstream_key
+
+# Settings no weight shape shows, per family, and where their default comes from.
+UNSEEN_SETTINGS: Dict[str, Dict[str, str]] = {
+    "tadaformer": dict(num_heads="width // 64, CLIP's head width",
+                       rf_head_dim="the released TAdaFormers' value",
+                       tubelet_stride="the released TAdaFormers' value",
+                       num_frames="the released recipes' value",
+                       dropout_rate="the released recipes' value; training only",
+                       drop_path_rate="the released recipes' value; training only"),
+    "tadaconvnextv2": dict(rf_head_dim="the released recipe's value",
+                           stem_t_stride="the released TAdaConvNeXtV2s' value",
+                           num_frames="the released recipes' value",
+                           dropout_rate="the released recipes' value; training only",
+                           drop_path_rate="the released recipes' value; training only"),
+}
 
 
 class ArchitectureError(ValueError):
@@ -21,11 +37,12 @@ def _count(state_dict: Mapping[str, np.ndarray], pattern: str) -> int:
 def infer_model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> ml_collections.ConfigDict:
     """Architecture of a TAdaFormer / TAdaConvNeXtV2 state dict (keys `backbone.*`, `head.*`).
 
-    Everything that fixes a parameter shape is read from the weights; what
-    the weights cannot tell (attention heads of TAdaFormer: width / 64 as in
-    CLIP; the routing head width of ConvNeXt: the released recipe's) comes
-    from the named architecture and can be overridden, as can the input
-    frame count.
+    Everything that fixes a parameter shape is read from the weights;
+    `overrides` that contradict them are refused. What the weights cannot
+    tell (`UNSEEN_SETTINGS`: attention heads of TAdaFormer, width / 64 as in
+    CLIP; routing head width; temporal strides; frames; dropout rates) comes
+    from `overrides` or else the named architecture; `unseen_settings` lists
+    the values so taken.
     """
     sd = state_dict
     shape = lambda k: tuple(np.shape(sd[k]))  # noqa: E731
@@ -38,7 +55,7 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> ml_
         pre = "backbone.layers.0.tada."
         middle = shape(pre + "tada_pre_proj.weight")[0]
         fields.update(
-            width=width, tubelet_size=tubelet, patch_size=patch, num_heads=width // 64,
+            width=width, tubelet_size=tubelet, patch_size=patch,
             image_size=int(round((tokens - 1) ** 0.5)) * patch,
             depth=_count(sd, r"backbone\.layers\.(\d+)\."),
             temp_enhance=len(shape(pre + "tada_pre_proj.weight")) == 5,
@@ -64,10 +81,36 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> ml_
     else:
         raise ValueError("not a TAdaFormer or TAdaConvNeXtV2 state dict: it has neither "
                          "'backbone.class_embedding' nor 'backbone.downsample_layers.0.0.weight'")
+    conflicts = [f"{k}: weights {fields[k]!r}, given {v!r}" for k, v in overrides.items()
+                 if k in fields and _normal(fields[k]) != _normal(v)]
+    if conflicts:
+        raise ArchitectureError("the settings contradict the weights (" + "; ".join(conflicts) + ")")
+    if "width" in fields:
+        fields["num_heads"] = fields["width"] // 64
     fields.update(overrides)
     cfg = default_model_config(arch, **fields)
     _check_routing_heads(cfg)
     return cfg
+
+
+def _normal(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def unseen_settings(cfg: ml_collections.ConfigDict, given: Collection[str]) -> List[str]:
+    """One line per setting of `cfg` that no weight shows and that was not `given`.
+
+    Each names the value taken, where it comes from, and how to give it
+    instead (the original's settings key through `--upstream-config`, or `--set`).
+    """
+    lines = []
+    for field, origin in UNSEEN_SETTINGS[cfg.family].items():
+        if field in given:
+            continue
+        lines.append(f"note: {field}={cfg[field]!r} is not in the weights (default: {origin}); "
+                     f"if the model was trained otherwise, pass --upstream-config YOUR.yaml "
+                     f"({upstream_key(cfg.family, field)}) or --set {field}=VALUE")
+    return lines
 
 
 def _check_routing_heads(cfg: ml_collections.ConfigDict) -> None:
@@ -81,4 +124,5 @@ def _check_routing_heads(cfg: ml_collections.ConfigDict) -> None:
         raise ArchitectureError(
             f"routing-function widths {bad} are not multiples of rf_head_dim={cfg.rf_head_dim} "
             f"(the {cfg.arch} default); the weights cannot tell the head width, so give it: "
-            f"--set rf_head_dim=N (the original's VIDEO.BACKBONE.BRANCH.HEAD_DIM)")
+            f"--set rf_head_dim=N, or --upstream-config with the original's settings file "
+            f"(VIDEO.BACKBONE.BRANCH.HEAD_DIM)")
