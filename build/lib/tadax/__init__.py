@@ -1,0 +1,1 @@
+"""tadax: TAdaConv V2 video models (TAdaFormer, TAdaConvNeXtV2) in JAX/Flax."""

@@ -1,0 +1,253 @@
+"""Convert PyTorch checkpoints to tadax Orbax checkpoints, and back.
+
+  # a released zoo file (architecture read off the weights)
+  python -m tadax.convert zoo --input tadaformer_b16_k400.pyth --output ckpt/b16_k400
+  # training starting points (video-specific branches freshly initialised)
+  python -m tadax.convert clip --input ViT-B-16.pt --arch tadaformer_b16 --output ckpt/clip_b16
+  python -m tadax.convert clip_hf --input model.safetensors --arch tadaformer_b16 --output ...
+  python -m tadax.convert convnext --input convnext_tiny_1k_224_ema.pth \
+      --arch tadaconvnextv2_tiny --output ckpt/convnext_t_in1k
+  # back to the original code's format
+  python -m tadax.convert export --input ckpt/b16_k400 --output b16_k400.pyth
+
+Files are read without executing code from them and without torch (the
+OpenAI CLIP TorchScript archive is the one format that needs torch).
+Conversion is strict: every source key must land on a parameter and every
+parameter must be filled (for starting points: every parameter but the new
+video-specific ones), with shapes checked; otherwise nothing is written.
+"""
+
+import argparse
+import ast
+import os
+import sys
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tadax import checkpoint_io, torch_reader
+from tadax.models import build_model, default_model_config
+from tadax.weights import mapping, pretrained
+from tadax.weights.infer import ArchitectureError, infer_model_config
+
+
+class ConversionError(ValueError):
+    """The input cannot be converted; the message names the file and the problem."""
+
+
+def read_checkpoint_file(path: str) -> Mapping:
+    """Any supported file -> its top-level object (dict), arrays as numpy.
+
+    `.safetensors` files are read with safetensors; other files as torch.save
+    archives by the restricted reader; a TorchScript archive (OpenAI CLIP)
+    falls back to torch, which must then be installed.
+    """
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    if path.endswith(".safetensors"):
+        return torch_reader.load_safetensors(path)
+    try:
+        return torch_reader.load_torch_file(path)
+    except torch_reader.TorchScriptArchiveError:
+        return torch_reader.load_torchscript_state_dict(path)
+
+
+def select_state_dict(obj: Mapping, path: str, ema: bool = False) -> Dict[str, np.ndarray]:
+    """The state dict inside a checkpoint object, `module.` prefixes removed.
+
+    Accepts the zoo layout (`model_state`, or `model_ema_state` with `ema`),
+    the ConvNeXt layout (`model`), a `state_dict` entry, or a bare state dict.
+    """
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
+    if ema:
+        if "model_ema_state" not in obj:
+            raise ConversionError(f"{path}: --ema asked for 'model_ema_state', which this file "
+                                  f"lacks (top-level keys: {sorted(map(str, obj))[:10]})")
+        sd = obj["model_ema_state"]
+    else:
+        for key in ("model_state", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                sd = obj[key]
+                break
+        else:
+            sd = obj
+    tensors = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
+    if not tensors:
+        raise ConversionError(f"{path}: found no tensors (top-level keys: {sorted(map(str, obj))[:10]})")
+    others = sorted(k for k in sd if k not in tensors)
+    if others:
+        raise ConversionError(f"{path}: state dict entries that are not tensors: {others[:10]}")
+    return mapping.strip_prefix(tensors)
+
+
+def init_shapes(model_cfg: ml_collections.ConfigDict):
+    """Variable shapes of the model (no memory spent)."""
+    model = build_model(model_cfg)
+    video = jnp.zeros((1, model_cfg.num_frames, model_cfg.image_size, model_cfg.image_size, 3))
+    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, video))
+
+
+def init_variables(model_cfg: ml_collections.ConfigDict, seed: int):
+    """Freshly initialised variables (numpy), the original's initialisation."""
+    model = build_model(model_cfg)
+    video = jnp.zeros((1, model_cfg.num_frames, model_cfg.image_size, model_cfg.image_size, 3))
+    variables = jax.jit(lambda k: model.init({"params": k}, video))(jax.random.PRNGKey(seed))
+    return jax.tree_util.tree_map(np.asarray, variables)
+
+
+def convert_zoo(state_dict: Mapping[str, np.ndarray], model_cfg: ml_collections.ConfigDict,
+                source: str) -> Dict:
+    """A full model state dict -> Flax variables, strictly."""
+    return mapping.torch_to_flax(state_dict, init_shapes(model_cfg), source)
+
+
+def map_pretrained(kind: str, state_dict: Mapping[str, np.ndarray],
+                   model_cfg: ml_collections.ConfigDict, source: str, target: Mapping
+                   ) -> Tuple[Dict, List[str], List[str]]:
+    """Maps an image checkpoint onto the variable tree `target` (shapes suffice).
+
+    Returns (loaded variables, source keys left out on purpose, paths of the
+    video-specific parameters it does not cover). Every other parameter must
+    come from the source, or a WeightMismatchError is raised.
+    """
+    if kind == "clip":
+        sd, dropped = pretrained.from_openai_clip(state_dict, model_cfg.tubelet_size)
+    elif kind == "clip_hf":
+        sd, dropped = pretrained.from_hf_clip(state_dict, model_cfg.tubelet_size, source)
+    elif kind == "convnext":
+        sd, dropped = pretrained.from_convnext(state_dict, model_cfg.stem_t_kernel)
+    else:
+        raise ValueError(f"unknown starting point {kind!r}")
+    expected_family = "tadaconvnextv2" if kind == "convnext" else "tadaformer"
+    if model_cfg.family != expected_family:
+        raise ConversionError(f"{source}: a {kind} checkpoint initialises {expected_family} "
+                              f"models, not {model_cfg.arch}")
+    loaded = mapping.torch_to_flax(sd, target, source, strict=False)
+    flat_loaded = mapping.flatten(loaded)
+    new_param = pretrained.NEW_PARAMETERS[model_cfg.family]
+    fresh, missing = [], []
+    for path in mapping.flatten(dict(target)):
+        if path in flat_loaded:
+            continue
+        (fresh if new_param.search("/".join(path)) else missing).append("/".join(path))
+    if missing:
+        raise mapping.WeightMismatchError(source, missing=missing)
+    return loaded, dropped, fresh
+
+
+def convert_pretrained(kind: str, state_dict: Mapping[str, np.ndarray],
+                       model_cfg: ml_collections.ConfigDict, source: str, seed: int
+                       ) -> Tuple[Dict, List[str], List[str]]:
+    """An image checkpoint -> variables of a fresh video model (new branches initialised).
+
+    Returns (variables, dropped source keys, freshly initialised parameter paths).
+    """
+    loaded, dropped, fresh = map_pretrained(kind, state_dict, model_cfg, source,
+                                            init_shapes(model_cfg))
+    merged = mapping.flatten(init_variables(model_cfg, seed))
+    merged.update(mapping.flatten(loaded))
+    return mapping.unflatten(merged), dropped, fresh
+
+
+def export_state_dict(variables: Mapping, output: str, overwrite: bool) -> None:
+    """Writes Flax variables as the original's checkpoint (`{'model_state': ...}`).
+
+    `.safetensors` needs only safetensors; `.pyth` / `.pth` / `.pt` use torch.save.
+    """
+    if os.path.exists(output) and not overwrite:
+        raise ConversionError(f"{output} exists; pass --overwrite to replace it")
+    state = mapping.flax_to_torch(variables)
+    if output.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, output)
+        return
+    try:
+        import torch
+    except ImportError as e:
+        raise ConversionError(f"writing {output} in torch.save format needs torch; "
+                              "install it or write a .safetensors file instead") from e
+    torch.save({"epoch": 0, "model_state": {k: torch.from_numpy(np.ascontiguousarray(v))
+                                            for k, v in state.items()}}, output)
+
+
+def _parse_overrides(items: List[str]) -> Dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConversionError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tadax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", choices=["zoo", "clip", "clip_hf", "convnext", "export"],
+                        help="what the input is")
+    parser.add_argument("--input", required=True, help="checkpoint file (or tadax dir for export)")
+    parser.add_argument("--output", required=True, help="tadax checkpoint dir (or file for export)")
+    parser.add_argument("--arch", help="named architecture (required for starting points)")
+    parser.add_argument("--num-classes", type=int, help="classes of the new head (starting points)")
+    parser.add_argument("--num-frames", type=int, help="input frames the model is meant for")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model config field, e.g. --set rf_head_dim=48")
+    parser.add_argument("--ema", action="store_true", help="take model_ema_state from a zoo file")
+    parser.add_argument("--seed", type=int, default=0, help="init seed for new parameters")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ConversionError, mapping.WeightMismatchError, checkpoint_io.CheckpointError,
+            torch_reader.CheckpointFormatError, ArchitectureError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    if args.source != "export" and os.path.exists(args.output) and not args.overwrite:
+        raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
+    if args.source == "export":
+        variables, _ = checkpoint_io.load_variables(args.input)
+        export_state_dict(variables, args.output, args.overwrite)
+        print(f"wrote {args.output}")
+        return 0
+    overrides = _parse_overrides(args.set)
+    if args.num_frames:
+        overrides["num_frames"] = args.num_frames
+    raw = read_checkpoint_file(args.input)
+    sd = select_state_dict(raw, args.input, ema=args.ema)
+    if args.source == "zoo":
+        cfg = infer_model_config(sd, **overrides)
+        if args.arch and args.arch.split("_")[0] != cfg.arch.split("_")[0]:
+            raise ConversionError(f"{args.input} holds a {cfg.arch} model, not {args.arch}")
+        variables = convert_zoo(sd, cfg, args.input)
+        fresh: List[str] = []
+        dropped: List[str] = []
+    else:
+        if not args.arch:
+            raise ConversionError("--arch is required for starting points")
+        if args.num_classes:
+            overrides["num_classes"] = args.num_classes
+        cfg = default_model_config(args.arch, **overrides)
+        variables, dropped, fresh = convert_pretrained(args.source, sd, cfg, args.input, args.seed)
+    checkpoint_io.save_variables(args.output, variables, cfg, overwrite=args.overwrite)
+    count = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(variables.get("params", {})))
+    print(f"wrote {args.output}: {cfg.arch}, {count:,} parameters")
+    if dropped:
+        print(f"  source keys left out on purpose ({len(dropped)}): {', '.join(dropped[:8])}"
+              + (" ..." if len(dropped) > 8 else ""))
+    if fresh:
+        print(f"  new video parameters initialised fresh: {len(fresh)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

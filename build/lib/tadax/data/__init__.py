@@ -1,0 +1,1 @@
+"""Video input pipeline: dataset preparation formats, sampling, augmentation, tf.data readers."""

@@ -1,0 +1,319 @@
+"""tf.data input pipelines: host-sharded, deterministic, restartable training and
+complete, padded evaluation over prepared TFRecord shards.
+
+Training (`build_train_iterator`): the global batch is assembled from K
+reader streams (`num_streams`: gcd(global batch, shard files) by default);
+stream k reads shard files k, k+K, ... (every K-th record when there are fewer
+files than streams), shuffles file order and records per epoch with seeds
+from (seed, k, epoch), and fills positions [k B/K, (k+1) B/K) of every global
+batch; its clip number g is sampled and augmented with the stateless seed
+(seed, k, g). Host p of P owns streams [p K/P, (p+1) K/P), i.e. exactly its
+slice of each global batch. So the global batch sequence is a function of the
+seed alone, the same on 1 host or P (whenever P divides K), and a run resumed
+at step s skips s B/K raw records per stream (whole epochs without reading
+them) and sees exactly the batches an uninterrupted run saw.
+
+Evaluation (`build_eval_iterator`): video i of the split (in shard order) goes
+to host i mod P; every view of every video appears exactly once over all
+hosts; all hosts yield the same number of batches, the last ones padded with
+`mask` False.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tadax.data import annotations, augment, records, sampling, views
+from tadax.data.mixup import mix_batch, mixing_enabled
+
+# Something-Something V2 classes that name a direction: (left version, right version).
+SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
+
+
+def resolve_data_dir(data_cfg) -> str:
+    """The folder of shards: `data_dir`, or the synthetic dataset (generated on first use)."""
+    if data_cfg.data_dir:
+        return os.path.expanduser(data_cfg.data_dir)
+    if data_cfg.dataset == "synthetic":
+        from tadax.data import synthetic
+        return synthetic.ensure_synthetic(data_cfg)
+    raise ValueError(f"data.data_dir is empty for dataset {data_cfg.dataset!r}: point it at the "
+                     "folder written by `python data/prepare.py`")
+
+
+def dataset_class_names(data_cfg) -> Optional[List[str]]:
+    """The class names written beside the shards (`classes.txt`, index order), or None."""
+    path = os.path.join(resolve_data_dir(data_cfg), "classes.txt")
+    return annotations.read_classes(path) if os.path.isfile(path) else None
+
+
+def _split_name(data_cfg, split: str) -> str:
+    """'train' / 'val' resolve through the config's split names; anything else is used as is."""
+    return {"train": data_cfg.train_split, "val": data_cfg.val_split}.get(split, split)
+
+
+@functools.lru_cache(maxsize=64)
+def _records_per_file(path: str) -> int:
+    meta = os.path.join(os.path.dirname(path), "_meta", os.path.basename(path) + ".json")
+    if os.path.isfile(meta):
+        with open(meta) as f:
+            return int(json.load(f)["written"])
+    return records.count_records([path])
+
+
+def _files(data_cfg, split: str) -> List[str]:
+    return records.shard_files(resolve_data_dir(data_cfg), _split_name(data_cfg, split))
+
+
+def num_examples(data_cfg, split: str) -> int:
+    """Number of videos in `split` ('train', 'val' or a shard name prefix)."""
+    return sum(_records_per_file(f) for f in _files(data_cfg, split))
+
+
+def _hosts(process_index: Optional[int], process_count: Optional[int]):
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+def _per_host(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                         f"{process_count} hosts")
+    return global_batch_size // process_count
+
+
+def _options(data_cfg) -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.experimental_optimization.map_parallelization = True
+    return opts
+
+
+def _parallel(data_cfg) -> int:
+    return tf.data.AUTOTUNE if data_cfg.num_parallel_calls < 0 else data_cfg.num_parallel_calls
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    index: int
+    files: List[str]
+    record_shard: bool      # True: all files, keep records index, index + K, ... of the common order
+    epoch_len: int          # records per epoch in this stream
+
+
+def num_streams(data_cfg, global_batch_size: int, num_files: int, process_count: int) -> int:
+    """K, the number of training reader streams: `data.num_streams`, or gcd(batch, files).
+
+    K must divide the global batch and be a multiple of the host count; when the
+    automatic value is not, it becomes a multiple of the host count (and the data
+    order then depends on the host count).
+    """
+    b, p = global_batch_size, process_count
+    if data_cfg.num_streams:
+        k = data_cfg.num_streams
+        if b % k or k % p:
+            raise ValueError(f"data.num_streams={k} must divide the global batch {b} and be a "
+                             f"multiple of the {p} hosts")
+        return k
+    k = math.gcd(b, num_files)
+    if k % p:
+        k = p * math.gcd(b // p, max(1, num_files // p))
+    return k
+
+
+def _streams(files: List[str], k: int) -> List[_Stream]:
+    if len(files) >= k:
+        return [_Stream(i, files[i::k], False, sum(_records_per_file(f) for f in files[i::k]))
+                for i in range(k)]
+    total = sum(_records_per_file(f) for f in files)
+    return [_Stream(i, files, True, len(range(i, total, k))) for i in range(k)]
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A 31-bit id of (seed, stream): the first word of the stream's per-clip seeds."""
+    return int(np.random.default_rng([seed, stream]).integers(0, 2 ** 31 - 1))
+
+
+def _stream_records(stream: _Stream, data_cfg, seed: int, k: int, start: int) -> tf.data.Dataset:
+    """(record, ordinal, stream index) of `stream` from its `start`-th record on, forever."""
+    sid = _stream_seed(seed, stream.index)
+    order_seed = _stream_seed(seed, k) if stream.record_shard else sid
+    files = tf.constant(stream.files)
+    cycle = max(1, min(data_cfg.cycle_length, len(stream.files)))
+    buffer = max(1, data_cfg.shuffle_buffer // k)
+
+    def epoch(e):
+        keys = tf.random.stateless_uniform([len(stream.files)],
+                                           tf.stack([tf.constant(order_seed, tf.int64), e]))
+        ds = tf.data.Dataset.from_tensor_slices(tf.gather(files, tf.argsort(keys)))
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                           num_parallel_calls=cycle, deterministic=True)
+        if stream.record_shard:
+            ds = ds.shard(k, stream.index)
+        return ds.shuffle(buffer, seed=e * 1_000_003 + sid + 1)
+
+    first_epoch, within = divmod(start, stream.epoch_len)
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(within)
+    return tf.data.Dataset.zip(ds, tf.data.Dataset.counter(start=start),
+                               tf.data.Dataset.from_tensors(tf.constant(sid, tf.int64)).repeat())
+
+
+def _swap_table(num_classes: int) -> tf.Tensor:
+    table = np.arange(num_classes, dtype=np.int32)
+    for a, b in SSV2_LEFT_RIGHT:
+        if b < num_classes:
+            table[a], table[b] = b, a
+    return tf.constant(table)
+
+
+def _train_example(serialized, ordinal, data_cfg, stream_id):
+    """One record -> {'video': (T, S, S, 3), 'label': ()}, clip `ordinal` of stream `stream_id`."""
+    ex = records.parse(serialized)
+    seed = tf.stack([tf.cast(stream_id, tf.int64), tf.cast(ordinal, tf.int64)])
+    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    idx = sampling.clip_indices(data_cfg, ex["num_frames"], ex["fps"], seed=s[0])
+    if data_cfg.shuffle_frames:
+        idx = tf.gather(idx, sampling.shuffle_order(data_cfg.num_frames, s[1]))
+    frames, flipped = augment.train_clip(tf.gather(ex["frames"], idx), data_cfg, s[2])
+    label = ex["label"]
+    if data_cfg.dataset == "ssv2" and data_cfg.ssv2_flip_mode != "off":
+        table = _swap_table(data_cfg.num_classes)
+        if data_cfg.ssv2_flip_mode == "mirror":
+            swap = flipped
+        elif data_cfg.ssv2_flip_mode == "original":
+            # The original's second flip: mirrors again and swaps on its own coin.
+            swap = tf.random.stateless_uniform([], s[3]) < 0.5
+            frames = tf.cond(swap, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+        else:
+            raise ValueError(f"data.ssv2_flip_mode={data_cfg.ssv2_flip_mode!r}: "
+                             "'mirror', 'original' or 'off'")
+        label = tf.where(swap, tf.gather(table, label), label)
+    return {"video": views.normalize(frames, data_cfg), "label": label}
+
+
+def train_dataset(data_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """The infinite host-local training `tf.data.Dataset` of batches
+    `{'video': (B_host, T, S, S, 3), 'label': (B_host,) int32}` from step `start_step`."""
+    pi, pc = process_index, process_count
+    batch = _per_host(global_batch_size, pc)
+    files = _files(data_cfg, "train")
+    k = num_streams(data_cfg, global_batch_size, len(files), pc)
+    streams = _streams(files, k)
+    per = global_batch_size // k
+    mine = streams[pi * k // pc:(pi + 1) * k // pc]
+    for st in mine:
+        if st.epoch_len == 0:
+            raise ValueError(f"training stream {st.index} of {k} has no videos: prepare more "
+                             f"shards or set data.num_streams")
+    sources = [_stream_records(st, data_cfg, seed, k, start_step * per) for st in mine]
+    order = tf.data.Dataset.range(len(mine)).flat_map(
+        lambda i: tf.data.Dataset.from_tensors(i).repeat(per)).repeat()
+    ds = tf.data.Dataset.choose_from_datasets(sources, order)
+    ds = ds.map(lambda r, g, sid: _train_example(r, g, data_cfg, sid),
+                num_parallel_calls=_parallel(data_cfg), deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True)
+    return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
+
+
+def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
+                         process_index: Optional[int] = None,
+                         process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+    """Infinite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
+    int32}` (+ `'label_soft': (B_host, num_classes)` float32 when mixup/cutmix is on), where
+    B_host = global_batch_size / process_count, S = train_crop_size, dtype = data_cfg.dtype.
+    Deterministic for (seed, start_step): resuming at step s gives the batches an
+    uninterrupted run gives from step s. Mixup/cutmix mixes each stream's B/K clips
+    among themselves (one coefficient per stream and step), so it too is the same
+    on any number of hosts.
+    """
+    pi, pc = _hosts(process_index, process_count)
+    ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
+                       start_step=start_step, process_index=pi, process_count=pc)
+    mixing = mixing_enabled(data_cfg)
+    k = num_streams(data_cfg, global_batch_size, len(_files(data_cfg, "train")), pc)
+    per, first = global_batch_size // k, pi * k // pc
+    for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):
+        if mixing:
+            chunks = [mix_batch({key: v[j * per:(j + 1) * per] for key, v in batch.items()},
+                                data_cfg, np.random.default_rng([seed, first + j, step]))
+                      for j in range(len(batch["label"]) // per)]
+            batch = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        yield batch
+
+
+def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
+    """Views of temporal clip `clip_idx` of one record -> a dict of (num_crops, ...) tensors."""
+    ex = records.parse(serialized)
+    num_clips = data_cfg.num_clips if multi_view else 1
+    num_crops = data_cfg.num_crops if multi_view else 1
+
+    def get_frames(idx):
+        if data_cfg.shuffle_frames:
+            order = sampling.shuffle_order(
+                data_cfg.num_frames, tf.stack([video_id, tf.cast(clip_idx, tf.int64)]))
+            idx = tf.gather(idx, order)
+        return augment.decode_all(tf.gather(ex["frames"], idx))
+
+    clips = views.clip_views(get_frames, ex["num_frames"], ex["fps"], data_cfg, clip_idx,
+                             num_clips, num_crops)
+    n = num_crops
+    return {"video": views.normalize(clips, data_cfg),
+            "label": tf.fill([n], ex["label"]),
+            "video_id": tf.fill([n], video_id),
+            "view": tf.cast(clip_idx, tf.int32) * num_crops + tf.range(n, dtype=tf.int32),
+            "mask": tf.ones([n], tf.bool)}
+
+
+def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
+                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """The finite host-local eval `tf.data.Dataset`; see `build_eval_iterator`."""
+    pi, pc = process_index, process_count
+    batch = _per_host(global_batch_size, pc)
+    files = _files(data_cfg, split)
+    total = sum(_records_per_file(f) for f in files)
+    per_video = views.num_views(data_cfg, multi_view)
+    num_clips = data_cfg.num_clips if multi_view else 1
+    mine = len(range(pi, total, pc)) * per_video
+    most = len(range(0, total, pc)) * per_video
+    num_batches = -(-most // batch)
+    ds = tf.data.TFRecordDataset(files).enumerate().shard(pc, pi)
+    ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
+    ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
+                num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
+    size = data_cfg.test_crop_size
+    pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],
+                             tf.dtypes.as_dtype(data_cfg.dtype)),
+           "label": tf.constant(0, tf.int32), "video_id": tf.constant(-1, tf.int64),
+           "view": tf.constant(-1, tf.int32), "mask": tf.constant(False)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch - mine))
+    ds = ds.batch(batch, drop_remainder=True)
+    return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
+
+
+def build_eval_iterator(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+    """Finite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
+    int32, 'video_id': (B_host,) int64, 'view': (B_host,) int32, 'mask': (B_host,) bool}`.
+
+    S = test_crop_size. `multi_view`: num_clips x num_crops views per video (view =
+    clip * num_crops + crop), else the single centre view. Every view of every video is
+    in exactly one host's batches once; every host yields the same number of batches;
+    padding has mask False, video_id -1, view -1.
+    """
+    pi, pc = _hosts(process_index, process_count)
+    ds = eval_dataset(data_cfg, split=split, global_batch_size=global_batch_size,
+                      multi_view=multi_view, process_index=pi, process_count=pc)
+    return ds.as_numpy_iterator()

@@ -1,0 +1,93 @@
+"""The on-disk format: DMVR-layout `tf.train.SequenceExample` records in sharded TFRecords.
+
+Context: `clip/label/index` (int64), `clip/label/text`, `video/filename`,
+`clip/start/timestamp` / `clip/end/timestamp` (microseconds), and ours:
+`video/fps` (float) and `video/num_frames` (int64). Feature list:
+`image/encoded`, one JPEG per frame. Shards are `NAME-00000-of-00128`.
+Data written by DMVR's scripts (no fps / frame count) is read as well.
+"""
+
+import glob
+import os
+import re
+from typing import List, Sequence
+
+import tensorflow as tf
+
+FRAMES_KEY = "image/encoded"
+LABEL_KEY = "clip/label/index"
+TEXT_KEY = "clip/label/text"
+FILENAME_KEY = "video/filename"
+START_KEY = "clip/start/timestamp"
+END_KEY = "clip/end/timestamp"
+FPS_KEY = "video/fps"
+NUM_FRAMES_KEY = "video/num_frames"
+DEFAULT_FPS = 30.0
+
+
+def shard_name(name: str, index: int, count: int) -> str:
+    """`NAME-00003-of-00128`."""
+    return f"{name}-{index:05d}-of-{count:05d}"
+
+
+def shard_files(data_dir: str, split: str) -> List[str]:
+    """Sorted shard paths of `split` in `data_dir`; raises FileNotFoundError naming what is missing."""
+    pattern = os.path.join(glob.escape(data_dir), f"{glob.escape(split)}-*-of-*")
+    files = sorted(f for f in glob.glob(pattern)
+                   if re.fullmatch(r".*-\d{5}-of-\d{5}", f))
+    if not files:
+        raise FileNotFoundError(
+            f"no shards '{split}-NNNNN-of-NNNNN' in {data_dir!r}: prepare the dataset with "
+            "`python data/prepare.py ...` or set data.data_dir")
+    counts = {int(f[-5:]) for f in files}
+    if len(counts) != 1 or len(files) != counts.pop():
+        raise FileNotFoundError(f"incomplete shard set for split {split!r} in {data_dir!r}: "
+                                f"{len(files)} files, names say otherwise (an unfinished preparation?)")
+    return files
+
+
+def sequence_example(frames_jpeg: Sequence[bytes], *, label: int, text: str, filename: str,
+                     start_us: int, end_us: int, fps: float) -> bytes:
+    """One serialized SequenceExample holding a video's JPEG frames and its context."""
+    ex = tf.train.SequenceExample()
+    ctx = ex.context.feature
+    ctx[LABEL_KEY].int64_list.value.append(int(label))
+    ctx[TEXT_KEY].bytes_list.value.append(text.encode())
+    ctx[FILENAME_KEY].bytes_list.value.append(filename.encode())
+    ctx[START_KEY].int64_list.value.append(int(start_us))
+    ctx[END_KEY].int64_list.value.append(int(end_us))
+    ctx[FPS_KEY].float_list.value.append(float(fps))
+    ctx[NUM_FRAMES_KEY].int64_list.value.append(len(frames_jpeg))
+    frames = ex.feature_lists.feature_list[FRAMES_KEY]
+    for jpeg in frames_jpeg:
+        frames.feature.add().bytes_list.value.append(jpeg)
+    return ex.SerializeToString()
+
+
+def parse(serialized):
+    """Serialized SequenceExample -> dict: `frames` (N,) JPEG strings, `label` int32,
+    `fps` float32 (from the record, else from its timestamps, else 30), `num_frames` int32,
+    `filename` string."""
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={
+            LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+            FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            START_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+            END_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+            FPS_KEY: tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
+        },
+        sequence_features={FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+    frames = sequence[FRAMES_KEY]
+    n = tf.shape(frames)[0]
+    span = tf.cast(context[END_KEY] - context[START_KEY], tf.float32) / 1e6
+    from_span = tf.where(span > 0, tf.cast(n, tf.float32) / tf.maximum(span, 1e-6), DEFAULT_FPS)
+    fps = tf.where(context[FPS_KEY] > 0, context[FPS_KEY], from_span)
+    return {"frames": frames, "label": tf.cast(context[LABEL_KEY], tf.int32), "fps": fps,
+            "num_frames": n, "filename": context[FILENAME_KEY]}
+
+
+def count_records(files: Sequence[str]) -> int:
+    """Number of records in `files` (reads them through once)."""
+    ds = tf.data.TFRecordDataset(list(files))
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1).numpy())

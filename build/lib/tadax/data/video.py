@@ -1,0 +1,115 @@
+"""Reading video files with PyAV, and the evaluation views of one file.
+
+`decode_video` is what dataset preparation stores; `load_views` gives the
+evaluation views of one file exactly as the TFRecord eval pipeline builds them.
+"""
+
+import dataclasses
+from typing import Optional
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+
+class VideoDecodeError(ValueError):
+    """A video file could not be decoded into frames; the message names the file and why."""
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    """Frames `(N, H, W, 3)` uint8 RGB, their rate, and the timestamps of the kept span."""
+    frames: np.ndarray
+    fps: float
+    start_us: int
+    end_us: int
+
+
+def resized_size(width: int, height: int, short_side: int) -> tuple:
+    """(width, height) with the short side at `short_side` (even sizes); unchanged if 0."""
+    if not short_side:
+        return width, height
+    if width <= height:
+        new_w = short_side
+        new_h = int(round(height * short_side / width))
+    else:
+        new_h = short_side
+        new_w = int(round(width * short_side / height))
+    return max(2, new_w - new_w % 2), max(2, new_h - new_h % 2)
+
+
+def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
+                 start_sec: Optional[float] = None, end_sec: Optional[float] = None
+                 ) -> DecodedVideo:
+    """Decodes `path` -> `DecodedVideo` with frames `(N, H, W, 3)` uint8 RGB.
+
+    short_side: resize so that min(H, W) = short_side (0 keeps the size).
+    target_fps: keep the frames nearest to a `target_fps` grid (0 keeps all
+        frames at the native rate); never raises the rate above the native one.
+    start_sec/end_sec: keep only frames with timestamps in [start, end).
+    Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
+    """
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from e
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        native_fps = float(rate) if rate else 0.0
+        fps = native_fps if not target_fps or not native_fps else min(target_fps, native_fps)
+        frames, times = [], []
+        next_slot = 0.0
+        reformatter = VideoReformatter()    # one conversion context per video, not per frame
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else len(times) / (native_fps or 30.0)
+                if start_sec is not None and t < start_sec:
+                    continue
+                if end_sec is not None and t >= end_sec:
+                    break
+                if target_fps and native_fps and fps < native_fps:
+                    base = start_sec or 0.0
+                    if t - base + 0.5 / native_fps < next_slot:
+                        continue
+                    next_slot += 1.0 / fps
+                w, h = resized_size(frame.width, frame.height, short_side)
+                frames.append(reformatter.reformat(frame, format="rgb24", width=w,
+                                                   height=h).to_ndarray())
+                times.append(t)
+        except (av.error.FFmpegError, ValueError) as e:
+            if not frames:
+                raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
+            # A truncated tail: keep the frames decoded before the damage.
+    if not frames:
+        raise VideoDecodeError(f"{path}: no frames decoded"
+                               + (f" in [{start_sec}, {end_sec}) s" if start_sec is not None else ""))
+    if not fps:
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 30.0
+    end = times[-1] + 1.0 / fps
+    return DecodedVideo(frames=np.stack(frames), fps=float(fps),
+                        start_us=int(round(times[0] * 1e6)), end_us=int(round(end * 1e6)))
+
+
+def load_views(path: str, data_cfg, *, multi_view: bool = True) -> np.ndarray:
+    """The evaluation views of one video file -> `(V, T, H, W, 3)` normalised, `data_cfg.dtype`.
+
+    V = num_clips x num_crops (clip-major) when `multi_view`, else 1 (the centre
+    view). All frames are decoded at the native rate and go through the same
+    sampling, resizing, cropping and normalisation as the TFRecord eval pipeline.
+    """
+    import tensorflow as tf
+
+    from tadax.data import views as views_lib
+
+    video = decode_video(path)
+    frames = tf.constant(video.frames)
+
+    def get_frames(indices):
+        return tf.gather(frames, indices)
+
+    clips = views_lib.eval_views(get_frames, tf.shape(frames)[0], tf.constant(video.fps, tf.float32),
+                                 data_cfg, multi_view=multi_view)
+    return views_lib.normalize(clips, data_cfg).numpy()

@@ -1,0 +1,111 @@
+"""TAdaConvNeXtV2: ConvNeXt whose depthwise convs are temporally adaptive."""
+
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tadax.models.layers import (DropPath, layer_norm, materialise, quick_gelu,
+                                 upstream_trunc_normal)
+from tadax.models.layers import temporal_avg_pool3
+from tadax.models.tadaconv import RouteFunc, TAdaConv2dV2
+
+
+def _conv3d(features: int, kernel: Tuple[int, int, int], stride: Tuple[int, int, int],
+            padding, dtype, name: str) -> nn.Conv:
+    return nn.Conv(features, kernel, strides=stride, padding=padding,
+                   kernel_init=upstream_trunc_normal, bias_init=nn.initializers.zeros,
+                   dtype=dtype, name=name)
+
+
+def _dense(features: int, dtype, name: str) -> nn.Dense:
+    return nn.Dense(features, kernel_init=upstream_trunc_normal,
+                    bias_init=nn.initializers.zeros, dtype=dtype, name=name)
+
+
+class TAdaConvNeXtV2Block(nn.Module):
+    """One block, `(B, T, H, W, C) -> (B, T, H, W, C)`.
+
+    Depthwise 7x7 TAdaConv (calibrated by a routing function on the block
+    input, starting at the identity), temporal aggregation
+    `norm(y) + norm_avgpool(avgpool_t(y))` (the second LayerNorm starts at
+    zero), the inverted-bottleneck MLP with QuickGELU, layer scale `gamma`,
+    and a residual dropped per clip.
+    """
+    dim: int
+    rf_ratio: int
+    rf_kernels: Tuple[int, int]
+    rf_head_dim: int
+    drop_path_rate: float
+    layer_scale_init: float
+    tadaconv_impl: str
+    depthwise_impl: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = materialise(x)
+        alpha = RouteFunc(self.dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
+                          with_bias_cal=True, zero_init_cal=True, dtype=self.dtype,
+                          name="dwconv_rf")(x)
+        y = TAdaConv2dV2(self.dim, (7, 7), (3, 3), groups=self.dim, use_bias=True,
+                         cal_dim="cout", impl=self.tadaconv_impl,
+                         depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                         name="dwconv")(x, train, alpha=alpha)
+        norm_avgpool = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False,
+                                    scale_init=nn.initializers.zeros, name="norm_avgpool")
+        y = layer_norm(1e-6, "norm")(y) + norm_avgpool(temporal_avg_pool3(y))
+        y = quick_gelu(_dense(4 * self.dim, self.dtype, "pwconv1")(y))
+        y = _dense(self.dim, self.dtype, "pwconv2")(y)
+        if self.layer_scale_init > 0:
+            gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init),
+                               (self.dim,), jnp.float32)
+            y = gamma.astype(y.dtype) * y
+        return x + DropPath(self.drop_path_rate)(y, train).astype(x.dtype)
+
+
+class TAdaConvNeXtV2Backbone(nn.Module):
+    """`(B, T, H, W, 3)` video -> `(B, dims[-1])` clip features.
+
+    Stem: 3x4x4 conv with temporal stride 2 and LayerNorm; stages 2-4 start
+    with LayerNorm + 1x2x2 strided conv; features are the mean over T, H, W
+    followed by LayerNorm.
+    """
+    depths: Sequence[int]
+    dims: Sequence[int]
+    rf_head_dim: int
+    rf_ratio: int = 2
+    rf_kernels: Tuple[int, int] = (3, 3)
+    stem_t_kernel: int = 3
+    stem_t_stride: int = 2
+    drop_path_rate: float = 0.0
+    layer_scale_init: float = 1e-6
+    tadaconv_impl: str = "fast"
+    depthwise_impl: str = "auto"
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, video: jax.Array, train: bool) -> jax.Array:
+        pad_t = (self.stem_t_kernel - 1) // 2
+        x = _conv3d(self.dims[0], (self.stem_t_kernel, 4, 4), (self.stem_t_stride, 4, 4),
+                    ((pad_t, pad_t), (0, 0), (0, 0)), self.dtype, "stem_conv")(video)
+        x = layer_norm(1e-6, "stem_norm")(x)
+        rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
+        block_cls = (nn.remat(TAdaConvNeXtV2Block, static_argnums=(2,)) if self.remat
+                     else TAdaConvNeXtV2Block)
+        index = 0
+        for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+            if stage > 0:
+                x = layer_norm(1e-6, f"downsample_{stage}_norm")(x)
+                x = _conv3d(dim, (1, 2, 2), (1, 2, 2), "VALID", self.dtype,
+                            f"downsample_{stage}_conv")(x)
+            for j in range(depth):
+                x = block_cls(dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
+                              float(rates[index]), self.layer_scale_init, self.tadaconv_impl,
+                              self.depthwise_impl, dtype=self.dtype,
+                              name=f"stages_{stage}_{j}")(x, train)
+                index += 1
+        return layer_norm(1e-6, "norm")(jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3)))

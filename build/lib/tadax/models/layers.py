@@ -1,0 +1,230 @@
+"""Small building blocks shared by both model families.
+
+Layouts are channels-last throughout: videos are `(B, T, H, W, C)`.
+"""
+
+import functools
+from typing import Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# timm's trunc_normal_(std=.02) truncates at +-2 in absolute value, i.e. at
+# +-100 standard deviations: in effect a plain normal of std 0.02.
+upstream_trunc_normal = nn.initializers.truncated_normal(
+    stddev=0.02, lower=-100.0, upper=100.0)
+# PyTorch's default for nn.Linear / nn.Conv weights (kaiming_uniform, a=sqrt(5)).
+torch_default_kernel = nn.initializers.variance_scaling(
+    1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int):
+    """PyTorch's default bias init for a layer with `fan_in` inputs: U(-1/sqrt(fan_in), +)."""
+    bound = 1.0 / (fan_in ** 0.5)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's GELU approximation `x * sigmoid(1.702 x)`, elementwise."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    """LayerNorm over the last axis with the exact (two-pass) variance PyTorch uses."""
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+
+
+def temporal_avg_pool3(x: jax.Array) -> jax.Array:
+    """Average over a 3-frame window along T, zero padded, always divided by 3.
+
+    Matches `nn.AvgPool3d((3, 1, 1), stride=1, padding=(1, 0, 0))` (which
+    counts the padding). x: `(B, T, ...)` -> same shape.
+    """
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (1, 1)
+    xp = jnp.pad(x, pad)
+    return (xp[:, :-2] + xp[:, 1:-1] + xp[:, 2:]) / 3.0
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """Maps 'auto' to the depthwise implementation that is fast on this backend.
+
+    XLA:CPU's grouped convolution is 30-80x slower than a sum of shifted,
+    scaled slices for depthwise kernels; GPU and TPU have good kernels.
+    """
+    if impl == "auto":
+        return "shifted" if jax.default_backend() == "cpu" else "lax"
+    if impl not in ("shifted", "lax"):
+        raise ValueError(f"depthwise_impl must be 'auto', 'shifted' or 'lax', got {impl!r}")
+    return impl
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
+    """Per-channel cross-correlation as a sum of kh*kw shifted, scaled slices (one fused loop).
+
+    x `(N, H, W, C)`, kernel `(kh, kw, C)`, padding `(pad_h, pad_w)` -> `(N, H', W', C)`.
+    """
+    kh, kw, _ = kernel.shape
+    ph, pw = padding
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    h_out = xp.shape[1] - kh + 1
+    w_out = xp.shape[2] - kw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = xp[:, i:i + h_out, j:j + w_out, :] * kernel[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x: jax.Array, kernel: jax.Array, padding: Tuple[int, int]) -> jax.Array:
+    """Depthwise conv, x `(N, H, W, C)`, kernel `(kh, kw, C)` -> `(N, H', W', C)`.
+
+    The gradients are written by hand: left to autodiff, the input gradient
+    becomes kh*kw padded copies of the output gradient summed afterwards, and
+    the kernel gradient kh*kw separate passes over both tensors, which inside
+    a whole model cost 5-10x the forward pass on XLA:CPU.
+    """
+    return _shifted_sum(x, kernel, padding)
+
+
+def _depthwise_fwd(x, kernel, padding):
+    return _shifted_sum(x, kernel, padding), (x, kernel)
+
+
+def _depthwise_bwd(padding, residuals, grad_out):
+    x, kernel = residuals
+    kh, kw, _ = kernel.shape
+    ph, pw = padding
+    # The input gradient is the output gradient correlated with the flipped kernel.
+    grad_x = _shifted_sum(grad_out, kernel[::-1, ::-1], (kh - 1 - ph, kw - 1 - pw))
+    # Kernel gradient, one kernel row at a time: contract the output gradient with the
+    # input rows shifted by i over (N, H') as a batched matmul per channel, giving
+    # every pair of columns (w + j, w); tap j is the sum of the j-th diagonal.
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    h_out, w_out = grad_out.shape[1], grad_out.shape[2]
+    rows = []
+    for i in range(kh):
+        pairs = jnp.einsum("nhpc,nhwc->cpw", xp[:, i:i + h_out], grad_out,
+                           preferred_element_type=jnp.float32)
+        rows.append(jnp.stack([jnp.trace(pairs[:, j:j + w_out, :], axis1=1, axis2=2)
+                               for j in range(kw)], axis=0))
+    grad_kernel = jnp.stack(rows, axis=0).astype(kernel.dtype)   # (kh, kw, C)
+    return grad_x.astype(x.dtype), grad_kernel
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
+    """Depthwise conv as a sum of kh*kw shifted slices. x `(N, H, W, C)`, kernel `(kh, kw, 1, C_out)`."""
+    multiplier = kernel.shape[3] // x.shape[-1]
+    if multiplier > 1:
+        x = jnp.repeat(x, multiplier, axis=-1)
+    return _depthwise(x, kernel[:, :, 0, :], tuple(padding))
+
+
+def grouped_conv2d(x: jax.Array, kernel: jax.Array, padding: Sequence[int], groups: int,
+                   depthwise_impl: str = "auto") -> jax.Array:
+    """Stride-1 2D convolution of a batch of frames, PyTorch semantics (cross-correlation).
+
+    Args:
+      x: `(N, H, W, C_in)`.
+      kernel: `(kh, kw, C_in // groups, C_out)` (HWIO).
+      padding: `(pad_h, pad_w)`, symmetric zero padding.
+      groups: feature groups; `groups == C_in` is a depthwise conv.
+      depthwise_impl: 'auto' | 'shifted' | 'lax' (see `resolve_depthwise_impl`).
+    Returns:
+      `(N, H', W', C_out)`.
+    """
+    depthwise = groups == x.shape[-1] and kernel.shape[2] == 1
+    if depthwise and resolve_depthwise_impl(depthwise_impl) == "shifted":
+        return _depthwise_shifted(x, kernel, padding)
+    ph, pw = padding
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=((ph, ph), (pw, pw)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def materialise(x: jax.Array) -> jax.Array:
+    """Identity that makes `x`, and its gradient, buffers of their own. Any shape.
+
+    Placed on the residual stream at each block's input. Without it XLA:CPU
+    fuses the cheap element-wise residual sums (forward) and gradient sums
+    (backward) into every consumer and recomputes them there, through all
+    later blocks: time quadratic in depth (5x slower TAdaConvNeXtV2-T
+    training). XLA never fuses across a conditional, and it drops
+    `optimization_barrier` before fusing, hence a conditional whose other
+    branch only runs when `x` already holds a NaN (it then returns all NaN).
+    Other backends get `x` unchanged: a conditional costs a GPU a predicate
+    read by the host.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: jnp.full_like(v, jnp.nan),
+                        lambda v: v, x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth that drops whole clips: every frame and token of a clip together.
+
+    The input's leading axis is `B * frames_per_clip` (frames of a clip are
+    contiguous), so TAdaFormer's per-frame token tensors drop per clip as the
+    original's "L(BT)C" mode does. Uses the 'drop_path' rng stream.
+    """
+    rate: float
+    frames_per_clip: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        clips = x.shape[0] // self.frames_per_clip
+        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, (clips,))
+        mask = jnp.repeat(mask, self.frames_per_clip)
+        mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over all axes but the last, with PyTorch's running-statistics rule.
+
+    Train mode normalises with the (biased) batch statistics and moves the
+    running estimates `momentum` of the way towards the batch values, the
+    variance towards the unbiased estimate, as `torch.nn.BatchNorm3d` does.
+    Under `jit` with a sharded batch the statistics are those of the global
+    batch. Eval mode uses the running estimates. x: `(..., C)`.
+    """
+    eps: float = 1e-5
+    momentum: float = 0.1
+    zero_init: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
+        scale = self.param("scale", init, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            if not self.is_initializing():
+                n = xf.size // c
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.eps).astype(x.dtype)
+        return y * scale.astype(x.dtype) + bias.astype(x.dtype)

@@ -1,0 +1,2 @@
+"""Training and evaluation: mesh and sharding rules, optimizer, train state,
+jitted steps, Orbax checkpoints, logging, and multi-view evaluation."""

@@ -1,0 +1,116 @@
+"""Train-state checkpoints of a run (Orbax `CheckpointManager`), and loading weights
+from either a run or a converted model directory.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`: `state` is the whole train
+state (params, batch_stats, optimizer state, step, EMA), `data` the JSON data
+position `{"step": ...}` (the iterator restarts from it). Saves are
+asynchronous and atomic (written to a temporary directory, renamed when
+complete), so a run killed at any moment (SIGKILL included) leaves its
+previous checkpoints intact and resumes from the newest finished one.
+Kept: the newest `keep` and the `keep_best` with the best validation metric.
+"""
+
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from tadax import checkpoint_io
+
+
+class RunCheckpoints:
+    """The checkpoints of one run directory.
+
+    cfg: `config.checkpoint` (`keep`, `keep_best`, `best_metric`).
+    """
+
+    def __init__(self, directory: str, cfg: ml_collections.ConfigDict):
+        self.directory = os.path.abspath(directory)
+        metric = cfg.best_metric
+        policies = [pp.LatestN(n=cfg.keep)]
+        if cfg.keep_best:
+            policies.append(pp.BestN(get_metric_fn=lambda m: m[metric], reverse=False,
+                                     n=cfg.keep_best, keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data"))
+
+    def latest_step(self) -> Optional[int]:
+        """The newest complete checkpoint's step, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_step: int,
+             metrics: Optional[Mapping[str, float]] = None) -> None:
+        """Starts an asynchronous save of `state` at `step`; returns before it is written."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave({"step": int(data_step)})),
+            metrics=dict(metrics) if metrics else None, force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
+        """(state with the shardings of `abstract_state`, data position) at `step`."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=abstract_state,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+            data=ocp.args.JsonRestore()))
+        return restored.state, dict(restored.data)
+
+    def wait(self) -> None:
+        """Blocks until pending saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _step_dir(path: str) -> Optional[str]:
+    """The step directory of a run checkpoint path (run dir, checkpoints dir or step dir)."""
+    path = os.path.abspath(path)
+    for candidate in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(os.path.join(candidate, "state")):
+            return candidate
+        if os.path.isdir(candidate):
+            steps = [int(d) for d in os.listdir(candidate)
+                     if d.isdigit() and os.path.isdir(os.path.join(candidate, d, "state"))]
+            if steps:
+                return os.path.join(candidate, str(max(steps)))
+    return None
+
+
+def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Optional[ml_collections.ConfigDict]]:
+    """Model variables from a converted directory or a run's checkpoint -> (variables, model config).
+
+    path: a `tadax.convert` output (`DIR/variables`), or a run directory, its
+    `checkpoints/` directory or one step directory (the newest step is used).
+    use_ema: take the EMA weights of a run checkpoint that has them.
+    Returns numpy `{'params': ..., 'batch_stats'?: ...}` (whatever the devices
+    that wrote them) and the model config
+    stored with a converted directory (None for run checkpoints, whose
+    config is the run's).
+    """
+    if os.path.isdir(os.path.join(path, "variables")):
+        return checkpoint_io.load_variables(path)
+    step_dir = _step_dir(path)
+    if step_dir is None:
+        raise checkpoint_io.CheckpointError(
+            f"{path} is neither a converted model directory (with 'variables/') nor a tadax "
+            "run checkpoint (with 'checkpoints/<step>/state')")
+    checkpointer = ocp.PyTreeCheckpointer()
+    state_dir = os.path.join(step_dir, "state")
+    metadata = checkpointer.metadata(state_dir).item_metadata.tree
+    source = "ema" if use_ema and metadata.get("ema") else None
+    wanted = metadata[source] if source else metadata
+    # Only the model variables are read: the optimizer state (twice the parameters'
+    # size with AdamW) never reaches host memory.
+    wanted = {k: wanted[k] for k in ("params", "batch_stats") if wanted.get(k)}
+    item = {source: wanted} if source else wanted
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=as_numpy, partial_restore=True))
+    return (tree[source] if source else tree), None

@@ -1,0 +1,156 @@
+"""Multi-view evaluation: run the views, sum their softmax scores per video, report.
+
+The original's protocol (`runs/test.py`, `TestMeter`): every video is seen
+as `clips x crops` views, the softmax scores of its views are summed and the
+sum's top-k decides. Batches are padded to a fixed size and carry a `mask`,
+so the batch layout does not depend on the device count.
+"""
+
+import json
+import os
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from tadax.models import build_model
+from tadax.train import plots
+from tadax.train.checkpointing import load_weights
+from tadax.train.sharding import global_batch, tree_shardings
+from tadax.train.state import abstract_variables, select_pretrained
+
+CONFUSION_MAX_CLASSES = 200
+
+
+def load_model(checkpoint: str, config: ml_collections.ConfigDict, mesh: Mesh,
+               use_ema: bool = False) -> Tuple[nn.Module, Dict[str, Any], ml_collections.ConfigDict]:
+    """(model, variables sharded by `config.sharding`, model config) of a checkpoint.
+
+    checkpoint: a converted directory (its stored model config is used) or a
+    training run (`config.model` is used). Weights that do not fit the model
+    are refused (`InitError`) before anything runs.
+    """
+    loaded, stored_cfg = load_weights(checkpoint, use_ema=use_ema)
+    model_cfg = stored_cfg if stored_cfg is not None else config.model
+    model = build_model(model_cfg)
+    abstract = abstract_variables(model, model_cfg)
+    variables = select_pretrained(loaded, abstract, fresh=r"^$")
+    shardings = tree_shardings(mesh, abstract, config.sharding.rules,
+                               config.sharding.fsdp_min_size)
+    return model, jax.device_put(variables, shardings), model_cfg
+
+
+def _all_hosts(local: np.ndarray) -> np.ndarray:
+    """Concatenates every host's share of a batch field in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+
+def run_views(eval_step: Callable, variables: Any, batches: Iterable[Mapping[str, np.ndarray]],
+              mesh: Mesh, progress: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
+    """Scores every view of an eval iterator -> `{'probs': (N, C), 'label', 'video_id', 'view': (N,)}`.
+
+    batches: this host's padded batches with `video`, `label`, `video_id`,
+    `view` (absent for single-view data: 0) and `mask`; padding is dropped.
+    progress: called with the batch count after each batch.
+    """
+    out = {"probs": [], "label": [], "video_id": [], "view": []}
+    for i, batch in enumerate(batches):
+        probs = np.asarray(eval_step(variables, global_batch({"video": batch["video"]},
+                                                             mesh)["video"]))
+        mask = _all_hosts(batch["mask"]).astype(bool)
+        out["probs"].append(probs[mask])
+        for key in ("label", "video_id"):
+            out[key].append(_all_hosts(batch[key])[mask])
+        view = batch.get("view", np.zeros_like(batch["label"]))
+        out["view"].append(_all_hosts(view)[mask])
+        if progress is not None:
+            progress(i + 1)
+    if not out["probs"]:
+        raise ValueError("the evaluation split is empty")
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def aggregate_views(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray
+                    ) -> Dict[str, np.ndarray]:
+    """Sums the `(N, C)` view scores per video -> `{'video_id': (V,), 'scores': (V, C),
+    'label': (V,), 'num_views': (V,)}`, videos in increasing id order.
+
+    Raises ValueError if the views of one video disagree on its label.
+    """
+    ids, inverse = np.unique(video_ids, return_inverse=True)
+    scores = np.zeros((len(ids), probs.shape[1]), np.float64)
+    np.add.at(scores, inverse, probs.astype(np.float64))
+    counts = np.bincount(inverse, minlength=len(ids))
+    video_labels = np.full(len(ids), -1, np.int64)
+    video_labels[inverse] = labels
+    if np.any(video_labels[inverse] != labels):
+        bad = ids[np.unique(inverse[video_labels[inverse] != labels])]
+        raise ValueError(f"views of videos {bad[:10].tolist()} disagree on the label")
+    return {"video_id": ids, "scores": scores, "label": video_labels, "num_views": counts}
+
+
+def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """`(N,)` bool: the label is among the k highest of each `(N, C)` row (ties: lower index first)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.any(top == labels[:, None], axis=1)
+
+
+def confusion(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """`(C, C)` counts, rows the true class, columns the predicted class."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def metrics(views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+    """Video- and view-level top-1/top-5 (percent), per-class and mean per-class video accuracy."""
+    num_classes = views["probs"].shape[1]
+    k5 = min(5, num_classes)
+    v_correct = topk_correct(videos["scores"], videos["label"], 1)
+    per_class = []
+    for c in range(num_classes):
+        sel = videos["label"] == c
+        per_class.append(float(v_correct[sel].mean() * 100) if sel.any() else None)
+    present = [a for a in per_class if a is not None]
+    return {
+        "top1": float(v_correct.mean() * 100),
+        "top5": float(topk_correct(videos["scores"], videos["label"], k5).mean() * 100),
+        "view_top1": float(topk_correct(views["probs"], views["label"], 1).mean() * 100),
+        "view_top5": float(topk_correct(views["probs"], views["label"], k5).mean() * 100),
+        "mean_class_accuracy": float(np.mean(present)),
+        "num_videos": int(len(videos["video_id"])),
+        "num_views": int(len(views["label"])),
+        "views_per_video": [int(videos["num_views"].min()), int(videos["num_views"].max())],
+        "per_class_accuracy": per_class,
+    }
+
+
+def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray],
+                 result: Mapping[str, Any], class_names: Optional[Sequence[str]] = None) -> None:
+    """Writes `predictions.jsonl` (one video a line: label, top-5 classes and summed
+    scores, view count), `metrics.json`, and `confusion.png` (up to 200 classes)."""
+    os.makedirs(outdir, exist_ok=True)
+    num_classes = videos["scores"].shape[1]
+    top = np.argsort(-videos["scores"], axis=1, kind="stable")[:, :min(5, num_classes)]
+    with open(os.path.join(outdir, "predictions.jsonl"), "w") as f:
+        for i, vid in enumerate(videos["video_id"]):
+            row = {"video_id": int(vid), "label": int(videos["label"][i]),
+                   "top5": top[i].tolist(),
+                   "top5_scores": [round(float(videos["scores"][i, c]), 6) for c in top[i]],
+                   "num_views": int(videos["num_views"][i])}
+            if class_names is not None:
+                row["label_name"] = class_names[row["label"]]
+                row["top5_names"] = [class_names[c] for c in top[i]]
+            f.write(json.dumps(row) + "\n")
+    with open(os.path.join(outdir, "metrics.json"), "w") as f:
+        json.dump(dict(result), f, indent=1)
+    if num_classes <= CONFUSION_MAX_CLASSES:
+        matrix = confusion(top[:, 0], videos["label"], num_classes)
+        plots.confusion_matrix(matrix, os.path.join(outdir, "confusion.png"), class_names,
+                               title=f"top-1 {result['top1']:.2f}% over {len(top)} videos")

@@ -1,0 +1,191 @@
+"""The training loop: resume or initialise, train, validate, checkpoint, evaluate.
+
+`train_and_evaluate(config, workdir)` runs the same on one CPU, many local
+devices or many hosts (call `jax.distributed.initialize()` first). A run
+directory holds everything of a run; rerunning the same command continues
+from its newest checkpoint with the same data order, random numbers and
+learning rate, so an interrupted run ends where an uninterrupted one does.
+"""
+
+import json
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from tadax.data import pipeline
+from tadax.models import build_model
+from tadax.train import evaluation, plots
+from tadax.train.checkpointing import RunCheckpoints, load_weights
+from tadax.train.logging import MetricLogger, read_history
+from tadax.train.optim import build_optimizer, describe_groups
+from tadax.train.sharding import global_batch, make_mesh
+from tadax.train.state import (abstract_variables, create_train_state, select_pretrained,
+                               train_state_spec)
+from tadax.train.steps import eval_variables, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before saving that state."""
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """`config.train.steps_per_epoch`, or the train split's size over the global batch."""
+    if config.train.steps_per_epoch:
+        return int(config.train.steps_per_epoch)
+    examples = pipeline.num_examples(config.data, "train")
+    return max(1, examples // config.train.global_batch_size)
+
+
+def _check_batch_layout(config: ml_collections.ConfigDict) -> None:
+    batch, accum = config.train.global_batch_size, config.train.grad_accum_steps
+    unit = jax.device_count() * accum
+    if batch % unit:
+        raise ValueError(f"train.global_batch_size={batch} must be a multiple of "
+                         f"{jax.device_count()} devices x {accum} accumulation steps")
+    if config.eval.batch_size % jax.device_count():
+        raise ValueError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
+                         f"the {jax.device_count()} devices")
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
+
+
+def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, split: str,
+             multi_view: bool, logger: MetricLogger):
+    """(views, videos, metrics) of `split`, single- or multi-view."""
+    batches = pipeline.build_eval_iterator(
+        config.data, split=split, global_batch_size=config.eval.batch_size,
+        multi_view=multi_view, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    start = time.time()
+    views = evaluation.run_views(eval_step, variables, batches, mesh)
+    videos = evaluation.aggregate_views(views["probs"], views["label"], views["video_id"])
+    result = evaluation.metrics(views, videos)
+    logger.line(f"{split} ({'multi' if multi_view else 'single'}-view): top-1 "
+                f"{result['top1']:.2f} top-5 {result['top5']:.2f} over {result['num_videos']} "
+                f"videos, {result['num_views']} views in {time.time() - start:.0f}s")
+    return views, videos, result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics."""
+    _check_batch_layout(config)
+    mesh = make_mesh(config.mesh)
+    model = build_model(config.model)
+    epoch_steps = steps_per_epoch(config)
+    total = int(round(config.train.epochs * epoch_steps))
+    abstract = abstract_variables(model, config.model)
+    tx, schedule = build_optimizer(abstract["params"], config.optimizer, epoch_steps,
+                                   config.train.epochs)
+    abstract_state, shardings = train_state_spec(model, tx, config, mesh)
+
+    _save_config(config, workdir)
+    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint)
+    latest = ckpts.latest_step()
+    if latest is not None:
+        state, position = ckpts.restore(latest, abstract_state)
+        start = int(position["step"])
+    else:
+        pretrained = None
+        if config.init.checkpoint:
+            loaded, _ = load_weights(config.init.checkpoint)
+            pretrained = select_pretrained(loaded, abstract, config.init.fresh)
+        state = create_train_state(model, tx, config, shardings, pretrained)
+        start = 0
+
+    logger = MetricLogger(workdir, total, start, config.train.global_batch_size)
+    logger.line(f"{config.model.arch}: {jax.device_count()} devices on {jax.process_count()} "
+                f"hosts, mesh {dict(mesh.shape)}; {total} steps of "
+                f"{config.train.global_batch_size} clips ({epoch_steps} per epoch); "
+                + (f"resuming at step {start}" if latest is not None else
+                   f"initialised from {config.init.checkpoint or 'scratch'}"))
+    groups = describe_groups(abstract["params"], config.optimizer)
+    logger.line("parameter groups (lr mult, wd mult): arrays  " + ", ".join(
+        f"({lr:g}, {wd:g}): {n}" for (lr, wd), n in sorted(groups.items())))
+
+    train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
+    eval_step = make_eval_step(model, mesh, eval_variables(shardings, config.eval.use_ema))
+    batches = pipeline.build_train_iterator(
+        config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
+        start_step=start, process_index=jax.process_index(), process_count=jax.process_count())
+
+    eval_every = config.eval.every_steps or epoch_steps
+    log_every = config.train.log_every_steps
+    sums: Dict[str, float] = {}
+    count = 0
+    last_save = time.time()
+
+    def consume(step, metrics):
+        nonlocal sums, count
+        values = jax.device_get(metrics)
+        if not np.isfinite(values["loss"]):
+            ckpts.wait()
+            raise NonFiniteLossError(
+                f"loss is {values['loss']} at step {step}: stopping. The last good checkpoint "
+                f"is step {ckpts.latest_step()} in {ckpts.directory}; lower the learning "
+                "rate or check the data before resuming.")
+        sums = {k: sums.get(k, 0.0) + float(v) for k, v in values.items()}
+        count += 1
+        if step % log_every == 0 or step == total:
+            logger.train(step, {k: v / count for k, v in sums.items()})
+            sums, count = {}, 0
+
+    pending = None
+    for step in range(start + 1, total + 1):
+        local = next(batches)
+        batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
+                              if k in local}, mesh)
+        state, metrics = train_step(state, batch)
+        if pending is not None:
+            consume(*pending)
+        pending = (step, metrics)
+        do_eval = step % eval_every == 0 or step == total
+        do_save = step % config.checkpoint.every_steps == 0 or step == total or do_eval
+        if step % log_every == 0 and not do_save:
+            due = time.time() - last_save >= config.checkpoint.every_secs
+            do_save = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+        if not (do_eval or do_save or step % log_every == 0):
+            continue
+        consume(*pending)
+        pending = None
+        val = None
+        if do_eval:
+            _, _, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
+                                    config, mesh, config.eval.val_split, False, logger)
+            val = {"val/top1": result["top1"], "val/top5": result["top5"]}
+            logger.write(step, val)
+        if do_save:
+            ckpts.save(step, state, step, val)
+            last_save = time.time()
+    ckpts.wait()
+
+    final: Dict[str, Any] = {"step": total}
+    if config.eval.final_multi_view:
+        views, videos, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
+                                         config, mesh, config.eval.test_split, True, logger)
+        if jax.process_index() == 0:
+            names = pipeline.dataset_class_names(config.data)
+            if names is not None and len(names) != config.model.num_classes:
+                names = None
+            evaluation.write_report(os.path.join(workdir, "eval"), views, videos, result, names)
+        final.update({f"test/{k}": v for k, v in result.items() if k != "per_class_accuracy"})
+    if jax.process_index() == 0:
+        history = read_history(logger.path)
+        for entry in history:   # the last value of every logged metric
+            final.update({k: v for k, v in entry.items() if k != "step"})
+        plots.training_curves(history, os.path.join(workdir, "training_curves.png"),
+                              title=config.get("name", ""))
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=1)
+    logger.close()
+    ckpts.close()
+    return final
