@@ -16,7 +16,6 @@ from conftest import REPO_ROOT
 from tadax.data import synthetic
 from tadax.train.checkpointing import load_weights
 
-pytest.importorskip("tadax.data.pipeline", reason="train.py needs the data pipeline (tadax.data)")
 
 STEPS = 6
 # A tiny quick-start: 6 steps of 8 clips, checkpoints every 2 steps, validation at 3 and 6.
