@@ -86,6 +86,7 @@ def classify_video(config, mesh, model, variables, model_cfg) -> None:
         print(f"  {scores[c]:.4f}  {label}")
 
 
+@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

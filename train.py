@@ -25,6 +25,7 @@ flags.DEFINE_string("workdir", None, "Run directory; default: the config's `work
 FLAGS = flags.FLAGS
 
 
+@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

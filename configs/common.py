@@ -31,6 +31,9 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
     c.init = ml_collections.ConfigDict(dict(
         checkpoint="",        # converted starting point or any tadax checkpoint
         fresh=r"^$",          # regex of parameters kept at their fresh init (e.g. 'head/')
+        start_from="",        # what the recipe fine-tunes from ('' = trained from scratch);
+                              # a new run of such a recipe needs `checkpoint` ...
+        from_scratch=False,   # ... unless this says to train from scratch anyway
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -89,9 +92,11 @@ def parse_arg(arg: str, **defaults) -> dict:
 def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, frames: int,
                       base_lr: float, epochs: float, warmup_epochs: float,
                       warmup_start_lr: float, layer_decay: float, batch: int,
-                      drop_path: float = 0.0, ssv2: bool = False) -> ml_collections.ConfigDict:
+                      start_from: str, drop_path: float = 0.0,
+                      ssv2: bool = False) -> ml_collections.ConfigDict:
     """A TAdaFormer fine-tuning recipe from CLIP (AdamW, cosine_v2 after warmup, wd 0.05,
-    label smoothing 0.1, layer-wise lr decay)."""
+    label smoothing 0.1, layer-wise lr decay). `start_from`: the starting point a new run
+    needs (`init.start_from`), with the command that makes it."""
     c = base_config(
         name=name, arch=arch, dataset=dataset, num_classes=num_classes, frames=frames,
         epochs=epochs, warmup_epochs=warmup_epochs, base_lr=base_lr, weight_decay=0.05,
@@ -99,6 +104,7 @@ def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, f
         label_smoothing=0.1, drop_path=drop_path,
         model_overrides=dict(temp_enhance=True, double_tada=True) if ssv2 else None)
     c.data.update(recipe_overrides("tadaformer", dataset))
+    c.init.start_from = start_from
     rules.tadaformer_rules(c.optimizer, depth=c.model.depth, layer_decay=layer_decay)
     c.train.global_batch_size = batch
     return c
@@ -106,14 +112,15 @@ def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, f
 
 def convnext_recipe(*, name: str, arch: str, dataset: str, num_classes: int, frames: int,
                     base_lr: float, epochs: float, warmup_epochs: float, batch: int,
-                    drop_path: float) -> ml_collections.ConfigDict:
+                    drop_path: float, start_from: str) -> ml_collections.ConfigDict:
     """A TAdaConvNeXtV2 recipe (AdamW, cosine with warmup from 1e-6, wd 0.02, no label
-    smoothing, the legacy parameter groups)."""
+    smoothing, the legacy parameter groups). `start_from`: as in `tadaformer_recipe`."""
     c = base_config(
         name=name, arch=arch, dataset=dataset, num_classes=num_classes, frames=frames,
         epochs=epochs, warmup_epochs=warmup_epochs, base_lr=base_lr, weight_decay=0.02,
         schedule="cosine", warmup_start_lr=1e-6, label_smoothing=0.0, drop_path=drop_path)
     c.data.update(recipe_overrides("convnext", dataset))
+    c.init.start_from = start_from
     rules.convnext_rules(c.optimizer)
     c.train.global_batch_size = batch
     return c

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from tadax.errors import ConfigError
 from tadax.train.optim import path_str
 
 BATCH_AXES = ("data", "fsdp")
@@ -30,7 +31,7 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
     n = jax.device_count()
     fsdp = n if cfg.fsdp == -1 else cfg.fsdp
     if fsdp < 1 or n % fsdp:
-        raise ValueError(f"mesh.fsdp={cfg.fsdp} does not divide the {n} devices")
+        raise ConfigError(f"mesh.fsdp={cfg.fsdp} does not divide the {n} devices")
     return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES,
                          axis_types=(AxisType.Auto,) * len(BATCH_AXES))
 

@@ -18,8 +18,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from tadax.data import pipeline
+from tadax.errors import ConfigError
 from tadax.models import build_model
-from tadax.train import evaluation, plots
+from tadax.train import evaluation, plots, preflight
 from tadax.train.checkpointing import RunCheckpoints, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
@@ -45,10 +46,10 @@ def _check_batch_layout(config: ml_collections.ConfigDict) -> None:
     batch, accum = config.train.global_batch_size, config.train.grad_accum_steps
     unit = jax.device_count() * accum
     if batch % unit:
-        raise ValueError(f"train.global_batch_size={batch} must be a multiple of "
+        raise ConfigError(f"train.global_batch_size={batch} must be a multiple of "
                          f"{jax.device_count()} devices x {accum} accumulation steps")
     if config.eval.batch_size % jax.device_count():
-        raise ValueError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
+        raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
                          f"the {jax.device_count()} devices")
 
 
@@ -79,6 +80,13 @@ def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, spli
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics."""
     _check_batch_layout(config)
+    splits = {"train", config.eval.val_split}
+    if config.eval.final_multi_view:
+        splits.add(config.eval.test_split)
+    preflight.check_data(config.data, *sorted(splits))
+    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint)
+    latest = ckpts.latest_step()
+    preflight.check_start(config.init, latest)
     mesh = make_mesh(config.mesh)
     model = build_model(config.model)
     epoch_steps = steps_per_epoch(config)
@@ -89,8 +97,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
     _save_config(config, workdir)
-    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    latest = ckpts.latest_step()
     if latest is not None:
         state, position = ckpts.restore(latest, abstract_state)
         start = int(position["step"])
