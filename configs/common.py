@@ -51,6 +51,15 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         warmup_start_lr=warmup_start_lr, weight_decay=weight_decay,
         b1=0.9, b2=0.999, eps=1e-8))
 
+    _add_device_blocks(c)
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000, every_secs=1800.0, keep=2, keep_best=1, best_metric="val/top1",
+    ))
+    return c
+
+
+def _add_device_blocks(c: ml_collections.ConfigDict) -> None:
+    """The blocks training and evaluation share: `mesh`, `sharding`, `eval`."""
     c.mesh = ml_collections.ConfigDict(dict(
         fsdp=1,               # devices each large matrix is split over; -1: all devices
     ))
@@ -61,9 +70,6 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         rules=[(r"batch_stats", "replicate"), (r".*", "fsdp")],
         fsdp_min_size=2 ** 16,
     ))
-    c.checkpoint = ml_collections.ConfigDict(dict(
-        every_steps=1000, every_secs=1800.0, keep=2, keep_best=1, best_metric="val/top1",
-    ))
     c.eval = ml_collections.ConfigDict(dict(
         every_steps=0,        # 0: once per epoch; single view, on `val_split`
         val_split="val",
@@ -72,6 +78,17 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         final_multi_view=True,
         use_ema=False,
     ))
+
+
+def model_eval_config(name: str, model: ml_collections.ConfigDict,
+                      data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What eval.py reads (name, model, data, mesh, sharding, eval) for a model without a
+    run config, e.g. a converted release."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.model = model
+    c.data = data
+    _add_device_blocks(c)
     return c
 
 

@@ -24,6 +24,7 @@ from tadax.train import evaluation, plots, preflight
 from tadax.train.checkpointing import RunCheckpoints, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
+from tadax.train.run_config import write_run_config
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import (abstract_variables, create_train_state, select_pretrained,
                                train_state_spec)
@@ -51,13 +52,6 @@ def _check_batch_layout(config: ml_collections.ConfigDict) -> None:
     if config.eval.batch_size % jax.device_count():
         raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
                          f"the {jax.device_count()} devices")
-
-
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
 
 
 def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, split: str,
@@ -96,7 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                    config.train.epochs)
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
-    _save_config(config, workdir)
+    if jax.process_index() == 0:
+        write_run_config(config, workdir)
     if latest is not None:
         state, position = ckpts.restore(latest, abstract_state)
         start = int(position["step"])
