@@ -149,10 +149,11 @@ def test_typo_in_override_is_an_error(tmp_path):
 
 
 def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
-    """eval.py on a training run: single view on the val split gives the run's last
-    validation accuracy; multi-view writes the report."""
+    """eval.py on a training run, without --config or overrides (it reads back the run's
+    saved config: the tiny model and its data): single view on the val split gives the
+    run's last validation accuracy; multi-view writes the report."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    base = [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}", *TINY]
+    base = [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}"]
     out = subprocess.run(base + ["--single_view", f"--output={tmp_path / 'single'}"], cwd=REPO_ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -178,7 +179,7 @@ def test_eval_cli_classifies_one_video_file(reference, tmp_path):
                     "--train=0", "--val=1"], check=True, capture_output=True, cwd=REPO_ROOT)
     video = next((tmp_path / "videos" / "val").glob("*.mp4"))
     out = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}", *TINY,
+        [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}",
          f"--video={video}", f"--labels={tmp_path / 'classes.txt'}"],
         cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
         text=True, timeout=300)
