@@ -1,1 +1,0 @@
-"""Video input pipeline: dataset preparation formats, sampling, augmentation, tf.data readers."""
