@@ -3,6 +3,7 @@ kill-and-resume, NaN stop, and the quick-start command."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,6 +131,34 @@ def test_sigkill_and_resume_match_uninterrupted(reference, tmp_path):
     code, out = run_train(tmp_path)
     assert code == 0, out
     assert f"resuming at step {max(done)}" in out
+    np.testing.assert_allclose(losses(tmp_path), losses(reference), rtol=1e-5)
+    assert_trees_close(final_params(tmp_path), final_params(reference), rtol=1e-5, atol=1e-7)
+
+
+def test_sigterm_saves_the_current_step_and_resumes_to_the_same_result(reference, tmp_path):
+    """A preemption notice (SIGTERM) mid-run: the run saves the step it is at (periodic
+    saves are off here: only the first step, validations at 3 and 6, and the last are
+    scheduled), exits with 143; the rerun resumes from it and ends where an uninterrupted
+    run ends."""
+    no_periodic = "--config.checkpoint.every_steps=1000"
+    proc = run_train(tmp_path, no_periodic, wait=False, env_extra={"PYTHONUNBUFFERED": "1"})
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if f"step 1/{STEPS} " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out.append(proc.communicate(timeout=300)[0])
+    out = "".join(out)
+    assert proc.returncode == 143, out
+    match = re.search(r"preempted: checkpoint saved at step (\d+)", out)
+    assert match, out
+    step = int(match.group(1))
+    assert 1 < step < STEPS, out
+    assert (tmp_path / "checkpoints" / str(step) / "state").is_dir()
+    code, out = run_train(tmp_path, no_periodic)
+    assert code == 0, out
+    assert f"resuming at step {step}" in out
     np.testing.assert_allclose(losses(tmp_path), losses(reference), rtol=1e-5)
     assert_trees_close(final_params(tmp_path), final_params(reference), rtol=1e-5, atol=1e-7)
 

@@ -15,7 +15,6 @@ from typing import Any, Dict
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from tadax.data import pipeline
 from tadax.errors import ConfigError
@@ -24,6 +23,7 @@ from tadax.train import evaluation, plots, preflight
 from tadax.train.checkpointing import RunCheckpoints, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
+from tadax.train.preemption import Preempted, SigtermWatch
 from tadax.train.run_config import write_run_config
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import (abstract_variables, create_train_state, select_pretrained,
@@ -72,19 +72,25 @@ def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, spli
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics."""
+    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics.
+
+    Raises `Preempted` after saving the current step when the run is preempted
+    (SIGTERM on one process, JAX's preemption sync point on several).
+    """
     _check_batch_layout(config)
     splits = {"train", config.eval.val_split}
     if config.eval.final_multi_view:
         splits.add(config.eval.test_split)
     preflight.check_data(config.data, *sorted(splits))
-    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint)
+    epoch_steps = steps_per_epoch(config)
+    total = int(round(config.train.epochs * epoch_steps))
+    eval_every = config.eval.every_steps or epoch_steps
+    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint,
+                           every=(eval_every,), on_steps=(total,))
     latest = ckpts.latest_step()
     preflight.check_start(config.init, latest)
     mesh = make_mesh(config.mesh)
     model = build_model(config.model)
-    epoch_steps = steps_per_epoch(config)
-    total = int(round(config.train.epochs * epoch_steps))
     abstract = abstract_variables(model, config.model)
     tx, schedule = build_optimizer(abstract["params"], config.optimizer, epoch_steps,
                                    config.train.epochs)
@@ -119,11 +125,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
         start_step=start, process_index=jax.process_index(), process_count=jax.process_count())
 
-    eval_every = config.eval.every_steps or epoch_steps
     log_every = config.train.log_every_steps
     sums: Dict[str, float] = {}
     count = 0
-    last_save = time.time()
 
     def consume(step, metrics):
         nonlocal sums, count
@@ -141,32 +145,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             sums, count = {}, 0
 
     pending = None
-    for step in range(start + 1, total + 1):
-        local = next(batches)
-        batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
-                              if k in local}, mesh)
-        state, metrics = train_step(state, batch)
-        if pending is not None:
+    with SigtermWatch() as sigterm:
+        for step in range(start + 1, total + 1):
+            local = next(batches)
+            batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
+                                  if k in local}, mesh)
+            state, metrics = train_step(state, batch)
+            if pending is not None:
+                consume(*pending)
+            pending = (step, metrics)
+            preempted = sigterm.requested or ckpts.reached_preemption(step)
+            # Orbax decides (every_steps, validations, the last step, every_secs,
+            # preemption); validation steps are among its save steps.
+            do_save = preempted or ckpts.should_save(step)
+            do_eval = (step % eval_every == 0 or step == total) and not preempted
+            if not (do_eval or do_save or step % log_every == 0):
+                continue
             consume(*pending)
-        pending = (step, metrics)
-        do_eval = step % eval_every == 0 or step == total
-        do_save = step % config.checkpoint.every_steps == 0 or step == total or do_eval
-        if step % log_every == 0 and not do_save:
-            due = time.time() - last_save >= config.checkpoint.every_secs
-            do_save = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
-        if not (do_eval or do_save or step % log_every == 0):
-            continue
-        consume(*pending)
-        pending = None
-        val = None
-        if do_eval:
-            _, _, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
-                                    config, mesh, config.eval.val_split, False, logger)
-            val = {"val/top1": result["top1"], "val/top5": result["top5"]}
-            logger.write(step, val)
-        if do_save:
-            ckpts.save(step, state, step, val)
-            last_save = time.time()
+            pending = None
+            val = None
+            if do_eval:
+                _, _, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
+                                        config, mesh, config.eval.val_split, False, logger)
+                val = {"val/top1": result["top1"], "val/top5": result["top5"]}
+                logger.write(step, val)
+            if do_save:
+                ckpts.save(step, state, step, val)
+            if preempted:
+                ckpts.wait()
+                logger.close()
+                ckpts.close()
+                raise Preempted(step, ckpts.directory)
     ckpts.wait()
 
     final: Dict[str, Any] = {"step": total}
