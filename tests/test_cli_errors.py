@@ -47,6 +47,7 @@ def test_fine_tune_recipe_refuses_to_start_without_a_starting_point(tmp_path):
                     f"--config.data.data_dir={data_dir}")
     assert_one_line_error(code, out, "fine-tunes from CLIP ViT-B/16", "python -m tadax.convert clip",
                           "--config.init.checkpoint=", "--config.init.from_scratch=True")
+    assert not (tmp_path / "run").exists()            # nothing written for a refused run
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -54,16 +55,16 @@ def test_every_fine_tune_recipe_names_its_starting_point(recipe):
     config = importlib.import_module(f"configs.{recipe}").get_config()
     assert config.init.start_from and not config.init.from_scratch
     with pytest.raises(ConfigError, match="--config.init.checkpoint"):
-        preflight.check_start(config.init, None)
+        preflight.check_start(config.init, resuming=False)
 
 
 def test_start_checks_pass_when_told_how_to_start():
     init = ml_collections.ConfigDict(dict(checkpoint="", start_from="CLIP", from_scratch=False))
-    preflight.check_start(init, 120)                 # resuming a run
+    preflight.check_start(init, resuming=True)
     init.from_scratch = True
-    preflight.check_start(init, None)
+    preflight.check_start(init, resuming=False)
     init.from_scratch, init.checkpoint = False, "ckpt/clip_b16"
-    preflight.check_start(init, None)
+    preflight.check_start(init, resuming=False)
     assert not importlib.import_module("configs.quickstart").get_config().init.start_from
 
 

@@ -16,12 +16,13 @@ Kept: the newest `keep` and the `keep_best` with the best validation metric.
 """
 
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as sdp
 
@@ -93,6 +94,13 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def finished_steps(directory: str) -> List[int]:
+    """Steps of the complete checkpoints in a run's `checkpoints/` directory (none if absent),
+    read without starting a checkpoint manager."""
+    path = epath.Path(directory)
+    return sorted(ocp.utils.checkpoint_steps(path)) if path.is_dir() else []
 
 
 def _step_dir(path: str) -> Optional[str]:

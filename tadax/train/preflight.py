@@ -1,8 +1,6 @@
 """Checks a run's configuration before anything is built, so that a mistake costs a
 one-line message instead of a traceback (or, worse, a run that cannot succeed)."""
 
-from typing import Optional
-
 import ml_collections
 
 from tadax.data import pipeline
@@ -45,13 +43,13 @@ def check_data(data_cfg: ml_collections.ConfigDict, *splits: str) -> None:
                 "--config.data.data_dir=DIR") from None
 
 
-def check_start(init_cfg: ml_collections.ConfigDict, resuming_from: Optional[int]) -> None:
+def check_start(init_cfg: ml_collections.ConfigDict, resuming: bool) -> None:
     """Refuses a new run of a fine-tuning recipe that has no starting point.
 
     init_cfg: `config.init`; a recipe with `start_from` set needs `checkpoint`
-    unless `from_scratch`. A run that resumes (`resuming_from` is a step) needs neither.
+    unless `from_scratch`. A run that resumes from its checkpoints needs neither.
     """
-    if resuming_from is not None or init_cfg.checkpoint or init_cfg.from_scratch:
+    if resuming or init_cfg.checkpoint or init_cfg.from_scratch:
         return
     if init_cfg.get("start_from"):
         raise ConfigError(

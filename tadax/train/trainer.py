@@ -20,7 +20,7 @@ from tadax.data import pipeline
 from tadax.errors import ConfigError
 from tadax.models import build_model
 from tadax.train import evaluation, plots, preflight
-from tadax.train.checkpointing import RunCheckpoints, load_weights
+from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
 from tadax.train.preemption import Preempted, SigtermWatch
@@ -85,10 +85,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     epoch_steps = steps_per_epoch(config)
     total = int(round(config.train.epochs * epoch_steps))
     eval_every = config.eval.every_steps or epoch_steps
-    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint,
-                           every=(eval_every,), on_steps=(total,))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    preflight.check_start(config.init, resuming=bool(finished_steps(ckpt_dir)))
+    ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
     latest = ckpts.latest_step()
-    preflight.check_start(config.init, latest)
     mesh = make_mesh(config.mesh)
     model = build_model(config.model)
     abstract = abstract_variables(model, config.model)
