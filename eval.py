@@ -1,23 +1,27 @@
 """Evaluate a checkpoint with the original's multi-view protocol, or classify one video.
 
-  # a dataset split, multi-view (the recipe's clips x crops), with a report
-  python eval.py --config configs/tadaformer_b16.py --checkpoint ckpt/tadaformer_b16_k400 \
-      --config.data.data_dir=/data/k400 --output eval/b16_k400
-  # one video file: the top-5 classes
-  python eval.py --video clip.mp4 --config configs/tadaformer_b16.py \
-      --checkpoint ckpt/tadaformer_b16_k400 --labels ../shared/data/kinetics400_classes.txt
+  # a training run: its own saved config (model, data, views), the val split
+  python eval.py --checkpoint workdirs/quickstart
+  # a converted release: the original's preprocessing and views for its family and dataset
+  python eval.py --checkpoint ckpt/tadaformer_b16_k400 --config.data.data_dir=/data/k400 \
+      --output eval/b16_k400
+  # one video file: the top-5 classes (Kinetics-400 names ship with the package)
+  python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400
   # ... and PNGs of the scores per view and the temporal calibration (tadax/explain.py)
   python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400 --explain out/
 
 `--checkpoint` is a converted model directory (`python -m tadax.convert`) or
-a training run (its directory, `checkpoints/` or one step). The model is the
-one stored with a converted directory, else the config's. For `--video`, the
-clip length and crop follow the model and the sampling and normalisation the
-config: pass the model's recipe. The report (`--output`): metrics.json (top-1/top-5 video and view level, per-class
-accuracy), predictions.jsonl, confusion.png.
+a training run (its directory, `checkpoints/` or one step). Without
+`--config` the config is the checkpoint's own (`configs/checkpoint.py`): the
+run's saved `config.json`, or for a converted directory its stored model
+with the recipe's data settings; `--config.x.y=v` overrides it. `--config`
+replaces it (the model of a converted directory is still the stored one).
+The report (`--output`): metrics.json (top-1/top-5 video and view level,
+per-class accuracy), predictions.jsonl, confusion.png.
 """
 
 import os
+import re
 import sys
 
 import jax
@@ -26,18 +30,32 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tadax import explain
+from tadax import checkpoint_io, explain
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
-from tadax.train import cli, evaluation
+from tadax.errors import ConfigError
+from tadax.labels import shipped_class_names
+from tadax.train import cli, evaluation, preflight, run_config
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _checkpoint_arg(argv) -> str:
+    """The --checkpoint value on the command line ('' if absent): the default config is
+    the checkpoint's own, and config_flags loads a default when the flag is defined."""
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(r"--?checkpoint(=(.*))?", arg)
+        if match:
+            return match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else "")
+    return ""
+
+
 config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "quickstart.py"),
-    "Recipe config (data, eval and mesh settings; the model too for run checkpoints).",
-    lock_config=True)
+    "config", os.path.join(_HERE, "configs", "checkpoint.py") + ":" + _checkpoint_arg(sys.argv),
+    "Config (data, eval and mesh settings; the model too for run checkpoints); default: the "
+    "checkpoint's own (configs/checkpoint.py).", lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                     required=True)
 flags.DEFINE_string("output", None, "Report directory; default: CHECKPOINT/eval.")
@@ -51,17 +69,32 @@ flags.DEFINE_string("explain", None, "With --video: write the scores of each vie
 FLAGS = flags.FLAGS
 
 
-def class_names(num_classes, data_cfg=None):
-    """`--labels`, else the evaluated dataset's `classes.txt` (with `data_cfg`), else None."""
+def check_config_source() -> None:
+    """Without --config the checkpoint must carry its config (a converted directory or a
+    run with its saved config.json)."""
+    if any(re.fullmatch(r"--?config(=.*)?", a) for a in sys.argv):
+        return
+    if not checkpoint_io.is_model_dir(FLAGS.checkpoint) and \
+            run_config.run_dir_of(FLAGS.checkpoint) is None:
+        raise ConfigError(f"--checkpoint={FLAGS.checkpoint} is neither a converted model "
+                          f"directory nor a training run with a saved {run_config.CONFIG_FILE}: "
+                          "pass the recipe with --config")
+
+
+def class_names(num_classes, data_cfg, from_dataset: bool):
+    """`--labels`, else the evaluated dataset's `classes.txt` (`from_dataset`), else the
+    names shipped for `data_cfg.dataset` (Kinetics-400), else None."""
+    names = None
     if FLAGS.labels:
-        source, names = FLAGS.labels, annotations.read_classes(FLAGS.labels)
-    else:
-        source = "the dataset's classes.txt"
-        names = pipeline.dataset_class_names(data_cfg) if data_cfg is not None else None
-        if names is None:
+        source, names = f"--labels={FLAGS.labels}", annotations.read_classes(FLAGS.labels)
+    elif from_dataset:
+        source, names = "the dataset's classes.txt", pipeline.dataset_class_names(data_cfg)
+    if names is None:
+        source, names = f"the {data_cfg.dataset} class list", shipped_class_names(data_cfg.dataset)
+        if names is None or len(names) != num_classes:
             return None
     if len(names) != num_classes:
-        raise ValueError(f"{source} has {len(names)} names; the model has {num_classes} classes")
+        raise ConfigError(f"{source} has {len(names)} names; the model has {num_classes} classes")
     return names
 
 
@@ -85,20 +118,22 @@ def classify_video(config, mesh, model, variables, model_cfg) -> None:
     step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
     probs = np.asarray(step(variables, global_batch({"video": batch}, mesh)["video"]))[:n]
     scores = probs.sum(0) / n
-    names = class_names(model_cfg.num_classes)
+    names = class_names(model_cfg.num_classes, config.data, from_dataset=False)
     print(f"{FLAGS.video}: {n} views")
     for c in np.argsort(-scores)[:5]:
         label = names[c] if names else str(c)
         print(f"  {scores[c]:.4f}  {label}")
 
 
+@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.explain and not FLAGS.video:
-        sys.exit("eval.py: --explain needs --video (it explains one video)")
+        raise ConfigError("--explain needs --video (it explains one video)")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
+    check_config_source()
     config = FLAGS.config
     mesh = make_mesh(config.mesh)
     model, variables, model_cfg = evaluation.load_model(FLAGS.checkpoint, config, mesh,
@@ -108,12 +143,14 @@ def main(argv):
         if FLAGS.explain:
             explain.explain_video(FLAGS.video, video_data_config(config, model_cfg), model,
                                   variables, FLAGS.explain, top_k=config.eval.explain_top_k,
-                                  class_names=class_names(model_cfg.num_classes),
+                                  class_names=class_names(model_cfg.num_classes, config.data,
+                                                          from_dataset=False),
                                   multi_view=not FLAGS.single_view)
             print(f"explanation -> {FLAGS.explain}")
         return
     step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
     split = FLAGS.split or config.eval.test_split
+    preflight.check_data(config.data, split)
     batches = pipeline.build_eval_iterator(
         config.data, split=split, global_batch_size=config.eval.batch_size,
         multi_view=not FLAGS.single_view, process_index=jax.process_index(),
@@ -128,7 +165,7 @@ def main(argv):
     output = FLAGS.output or os.path.join(FLAGS.checkpoint, "eval")
     if jax.process_index() == 0:
         evaluation.write_report(output, views, videos, result,
-                                class_names(model_cfg.num_classes, config.data))
+                                class_names(model_cfg.num_classes, config.data, from_dataset=True))
         if "top1" not in result:
             print(f"\n{split}: unlabelled split, predictions only for {result['num_videos']} "
                   f"videos, {result['num_views']} views -> {output}/predictions.jsonl")

@@ -6,14 +6,16 @@ multi-host TPU/GPU slice (`--distributed`, which calls
 `jax.distributed.initialize()`; pass the coordinator flags where the platform
 does not provide them). Rerunning a command resumes its run from the newest
 checkpoint in the run directory (`--workdir`, default `config.workdir`).
+A SIGTERM (preemption) saves the current step and exits with code 143.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tadax.train import cli
+from tadax.train import cli, preemption
 from tadax.train.trainer import train_and_evaluate
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,13 +27,18 @@ flags.DEFINE_string("workdir", None, "Run directory; default: the config's `work
 FLAGS = flags.FLAGS
 
 
+@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save info lines out of the log
     cli.initialize_distributed()
     config = FLAGS.config
-    train_and_evaluate(config, FLAGS.workdir or config.workdir)
+    try:
+        train_and_evaluate(config, FLAGS.workdir or config.workdir)
+    except preemption.Preempted as e:
+        print(e, flush=True)
+        sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == "__main__":

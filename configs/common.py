@@ -31,6 +31,9 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
     c.init = ml_collections.ConfigDict(dict(
         checkpoint="",        # converted starting point or any tadax checkpoint
         fresh=r"^$",          # regex of parameters kept at their fresh init (e.g. 'head/')
+        start_from="",        # what the recipe fine-tunes from ('' = trained from scratch);
+                              # a new run of such a recipe needs `checkpoint` ...
+        from_scratch=False,   # ... unless this says to train from scratch anyway
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -48,6 +51,15 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         warmup_start_lr=warmup_start_lr, weight_decay=weight_decay,
         b1=0.9, b2=0.999, eps=1e-8))
 
+    _add_device_blocks(c)
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000, every_secs=1800.0, keep=2, keep_best=1, best_metric="val/top1",
+    ))
+    return c
+
+
+def _add_device_blocks(c: ml_collections.ConfigDict) -> None:
+    """The blocks training and evaluation share: `mesh`, `sharding`, `eval`."""
     c.mesh = ml_collections.ConfigDict(dict(
         fsdp=1,               # devices each large matrix is split over; -1: all devices
     ))
@@ -57,9 +69,6 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         # with at least `fsdp_min_size` elements; the rest is replicated.
         rules=[(r"batch_stats", "replicate"), (r".*", "fsdp")],
         fsdp_min_size=2 ** 16,
-    ))
-    c.checkpoint = ml_collections.ConfigDict(dict(
-        every_steps=1000, every_secs=1800.0, keep=2, keep_best=1, best_metric="val/top1",
     ))
     c.eval = ml_collections.ConfigDict(dict(
         every_steps=0,        # 0: once per epoch; single view, on `val_split`
@@ -77,6 +86,17 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
         pre_pool=False,       # also write the features before pooling (large: tokens / maps)
         decode_workers=4,     # video files decoded in parallel (folder input)
     ))
+
+
+def model_eval_config(name: str, model: ml_collections.ConfigDict,
+                      data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What eval.py reads (name, model, data, mesh, sharding, eval) for a model without a
+    run config, e.g. a converted release."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.model = model
+    c.data = data
+    _add_device_blocks(c)
     return c
 
 
@@ -97,9 +117,11 @@ def parse_arg(arg: str, **defaults) -> dict:
 def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, frames: int,
                       base_lr: float, epochs: float, warmup_epochs: float,
                       warmup_start_lr: float, layer_decay: float, batch: int,
-                      drop_path: float = 0.0, ssv2: bool = False) -> ml_collections.ConfigDict:
+                      start_from: str, drop_path: float = 0.0,
+                      ssv2: bool = False) -> ml_collections.ConfigDict:
     """A TAdaFormer fine-tuning recipe from CLIP (AdamW, cosine_v2 after warmup, wd 0.05,
-    label smoothing 0.1, layer-wise lr decay)."""
+    label smoothing 0.1, layer-wise lr decay). `start_from`: the starting point a new run
+    needs (`init.start_from`), with the command that makes it."""
     c = base_config(
         name=name, arch=arch, dataset=dataset, num_classes=num_classes, frames=frames,
         epochs=epochs, warmup_epochs=warmup_epochs, base_lr=base_lr, weight_decay=0.05,
@@ -107,6 +129,7 @@ def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, f
         label_smoothing=0.1, drop_path=drop_path,
         model_overrides=dict(temp_enhance=True, double_tada=True) if ssv2 else None)
     c.data.update(recipe_overrides("tadaformer", dataset))
+    c.init.start_from = start_from
     rules.tadaformer_rules(c.optimizer, depth=c.model.depth, layer_decay=layer_decay)
     c.train.global_batch_size = batch
     return c
@@ -114,14 +137,15 @@ def tadaformer_recipe(*, name: str, arch: str, dataset: str, num_classes: int, f
 
 def convnext_recipe(*, name: str, arch: str, dataset: str, num_classes: int, frames: int,
                     base_lr: float, epochs: float, warmup_epochs: float, batch: int,
-                    drop_path: float) -> ml_collections.ConfigDict:
+                    drop_path: float, start_from: str) -> ml_collections.ConfigDict:
     """A TAdaConvNeXtV2 recipe (AdamW, cosine with warmup from 1e-6, wd 0.02, no label
-    smoothing, the legacy parameter groups)."""
+    smoothing, the legacy parameter groups). `start_from`: as in `tadaformer_recipe`."""
     c = base_config(
         name=name, arch=arch, dataset=dataset, num_classes=num_classes, frames=frames,
         epochs=epochs, warmup_epochs=warmup_epochs, base_lr=base_lr, weight_decay=0.02,
         schedule="cosine", warmup_start_lr=1e-6, label_smoothing=0.0, drop_path=drop_path)
     c.data.update(recipe_overrides("convnext", dataset))
+    c.init.start_from = start_from
     rules.convnext_rules(c.optimizer)
     c.train.global_batch_size = batch
     return c

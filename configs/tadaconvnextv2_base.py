@@ -18,4 +18,8 @@ def get_config(arg: str = ""):
     return common.convnext_recipe(
         name=f"tadaconvnextv2_base_k400_{a['frames']}f", arch="tadaconvnextv2_base",
         dataset="kinetics400", num_classes=400, frames=a["frames"], base_lr=0.00025, epochs=100,
-        warmup_epochs=8, batch=256, drop_path=0.6)
+        warmup_epochs=8, batch=256, drop_path=0.6,
+        start_from=(
+            "ConvNeXt-B ImageNet-1K weights, converted with `python -m tadax.convert "
+            "convnext --input convnext_base_1k_224_ema.pth --arch tadaconvnextv2_base "
+            "--output ckpt/convnext_b_in1k`"))

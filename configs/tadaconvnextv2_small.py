@@ -18,4 +18,8 @@ def get_config(arg: str = ""):
     return common.convnext_recipe(
         name=f"tadaconvnextv2_small_k400_{a['frames']}f", arch="tadaconvnextv2_small",
         dataset="kinetics400", num_classes=400, frames=a["frames"], base_lr=0.00025, epochs=100,
-        warmup_epochs=8, batch=256, drop_path=0.4)
+        warmup_epochs=8, batch=256, drop_path=0.4,
+        start_from=(
+            "ConvNeXt-S ImageNet-1K weights, converted with `python -m tadax.convert "
+            "convnext --input convnext_small_1k_224_ema.pth --arch tadaconvnextv2_small "
+            "--output ckpt/convnext_s_in1k`"))

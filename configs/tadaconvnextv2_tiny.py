@@ -18,4 +18,8 @@ def get_config(arg: str = ""):
     return common.convnext_recipe(
         name=f"tadaconvnextv2_tiny_k400_{a['frames']}f", arch="tadaconvnextv2_tiny",
         dataset="kinetics400", num_classes=400, frames=a["frames"], base_lr=0.0005, epochs=100,
-        warmup_epochs=8, batch=512, drop_path=0.2)
+        warmup_epochs=8, batch=512, drop_path=0.2,
+        start_from=(
+            "ConvNeXt-T ImageNet-1K weights, converted with `python -m tadax.convert "
+            "convnext --input convnext_tiny_1k_224_ema.pth --arch tadaconvnextv2_tiny "
+            "--output ckpt/convnext_t_in1k`"))

@@ -17,6 +17,10 @@ def get_config(arg: str = ""):
     c = common.convnext_recipe(
         name=f"tadaconvnextv2_tiny_ssv2_{a['frames']}f", arch="tadaconvnextv2_tiny",
         dataset="ssv2", num_classes=174, frames=a["frames"], base_lr=0.0005, epochs=64,
-        warmup_epochs=2.5, batch=512, drop_path=0.3)
+        warmup_epochs=2.5, batch=512, drop_path=0.3,
+        start_from=(
+            "its Kinetics-400 model, converted with `python -m tadax.convert zoo --input "
+            "tadaconvnextv2_tiny_k400_16f.pyth --output ckpt/tadaconvnextv2_tiny_k400` (or "
+            "a K400 run)"))
     c.init.fresh = r"^head/"
     return c

@@ -22,4 +22,7 @@ def get_config(arg: str = ""):
     return common.tadaformer_recipe(
         name=f"tadaformer_b16_k400_{a['frames']}f", arch="tadaformer_b16", dataset="kinetics400",
         num_classes=400, frames=a["frames"], base_lr=5e-5, epochs=30, warmup_epochs=5,
-        warmup_start_lr=1e-6, layer_decay=0.7, batch=256)
+        warmup_start_lr=1e-6, layer_decay=0.7, batch=256,
+        start_from=(
+            "CLIP ViT-B/16, converted with `python -m tadax.convert clip --input "
+            "ViT-B-16.pt --arch tadaformer_b16 --num-classes 400 --output ckpt/clip_b16`"))

@@ -19,4 +19,7 @@ def get_config(arg: str = ""):
     return common.tadaformer_recipe(
         name=f"tadaformer_b16_ssv2_{a['frames']}f", arch="tadaformer_b16", dataset="ssv2",
         num_classes=174, frames=a["frames"], base_lr=5e-4, epochs=24, warmup_epochs=4,
-        warmup_start_lr=1e-8, layer_decay=0.7, batch=256, ssv2=True)
+        warmup_start_lr=1e-8, layer_decay=0.7, batch=256, ssv2=True,
+        start_from=(
+            "CLIP ViT-B/16, converted with `python -m tadax.convert clip --input "
+            "ViT-B-16.pt --arch tadaformer_b16 --num-classes 174 --output ckpt/clip_b16`"))

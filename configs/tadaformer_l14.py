@@ -21,4 +21,7 @@ def get_config(arg: str = ""):
     return common.tadaformer_recipe(
         name=f"tadaformer_l14_k400_{a['frames']}f", arch="tadaformer_l14", dataset="kinetics400",
         num_classes=400, frames=a["frames"], base_lr=2e-5, epochs=24, warmup_epochs=5,
-        warmup_start_lr=1e-6, layer_decay=0.85, batch=64)
+        warmup_start_lr=1e-6, layer_decay=0.85, batch=64,
+        start_from=(
+            "CLIP ViT-L/14, converted with `python -m tadax.convert clip --input "
+            "ViT-L-14.pt --arch tadaformer_l14 --num-classes 400 --output ckpt/clip_l14`"))

@@ -18,4 +18,7 @@ def get_config(arg: str = ""):
     return common.tadaformer_recipe(
         name=f"tadaformer_l14_ssv2_{a['frames']}f", arch="tadaformer_l14", dataset="ssv2",
         num_classes=174, frames=a["frames"], base_lr=2.5e-4, epochs=24, warmup_epochs=4,
-        warmup_start_lr=1e-8, layer_decay=0.85, batch=128, drop_path=0.2, ssv2=True)
+        warmup_start_lr=1e-8, layer_decay=0.85, batch=128, drop_path=0.2, ssv2=True,
+        start_from=(
+            "CLIP ViT-L/14, converted with `python -m tadax.convert clip --input "
+            "ViT-L-14.pt --arch tadaformer_l14 --num-classes 174 --output ckpt/clip_l14`"))

@@ -49,6 +49,28 @@ def save_variables(path: str, variables: Mapping[str, Any],
     os.replace(tmp, path)
 
 
+def _model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    config = dict(stored)
+    for key in ("rf_kernels", "depths", "dims"):
+        if key in config:
+            config[key] = tuple(config[key])
+    return ml_collections.ConfigDict(config)
+
+
+def is_model_dir(path: str) -> bool:
+    """Whether `path` is a directory written by `save_variables`."""
+    return (epath.Path(path) / "variables").is_dir()
+
+
+def read_model_config(path: str) -> ml_collections.ConfigDict:
+    """The model config stored in a directory written by `save_variables` (no arrays read)."""
+    if not is_model_dir(path):
+        raise CheckpointError(f"{path} is not a tadax model checkpoint (no 'variables' inside)")
+    restored = _checkpointer().restore(epath.Path(path), ocp.args.Composite(
+        model_config=ocp.args.JsonRestore()))
+    return _model_config(restored.model_config)
+
+
 def load_variables(path: str, target: Optional[Mapping[str, Any]] = None
                    ) -> Tuple[Dict[str, Any], ml_collections.ConfigDict]:
     """Reads a directory written by `save_variables` -> (variables, model config).
@@ -68,8 +90,4 @@ def load_variables(path: str, target: Optional[Mapping[str, Any]] = None
             restore_args=ocp.checkpoint_utils.construct_restore_args(dict(target)))
     restored = _checkpointer().restore(epath.Path(path), ocp.args.Composite(
         variables=restore, model_config=ocp.args.JsonRestore()))
-    config = dict(restored.model_config)
-    for key in ("rf_kernels", "depths", "dims"):
-        if key in config:
-            config[key] = tuple(config[key])
-    return dict(restored.variables), ml_collections.ConfigDict(config)
+    return dict(restored.variables), _model_config(restored.model_config)

@@ -307,12 +307,24 @@ def _run(args) -> int:
         return _export(args, overrides)
     if args.upstream_config and args.source != "zoo":
         raise ConversionError("--upstream-config describes a zoo model; starting points take --arch")
+    if args.source != "zoo":
+        if not args.arch:
+            raise ConversionError("--arch is required for starting points")
+        if args.num_classes:
+            overrides["num_classes"] = args.num_classes
+        try:   # an unknown --arch or --set field is refused before the input is read
+            cfg = default_model_config(args.arch, **overrides)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
     given = dict(upstream_settings(args.upstream_config)) if args.upstream_config else {}
     given.update(overrides)
     raw = read_checkpoint_file(args.input)
     sd = select_state_dict(raw, args.input, ema=args.ema)
     if args.source == "zoo":
-        cfg = infer_model_config(sd, **given)
+        try:
+            cfg = infer_model_config(sd, **given)
+        except ValueError as e:
+            raise ConversionError(f"{args.input}: {e}") from None
         if args.arch and args.arch.split("_")[0] != cfg.arch.split("_")[0]:
             raise ConversionError(f"{args.input} holds a {cfg.arch} model, not {args.arch}")
         for line in unseen_settings(cfg, given):
@@ -321,11 +333,6 @@ def _run(args) -> int:
         fresh: List[str] = []
         dropped: List[str] = []
     else:
-        if not args.arch:
-            raise ConversionError("--arch is required for starting points")
-        if args.num_classes:
-            overrides["num_classes"] = args.num_classes
-        cfg = default_model_config(args.arch, **overrides)
         variables, dropped, fresh = convert_pretrained(args.source, sd, cfg, args.input, args.seed)
     checkpoint_io.save_variables(args.output, variables, cfg, overwrite=args.overwrite)
     count = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(variables.get("params", {})))

@@ -6,14 +6,12 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("importlib_resources", reason="tensorflow_datasets needs it to prepare")
-
-from tadax.data import synthetic, tfds_builders  # noqa: E402,F401  (registers the builders)
-from tadax.data.encode import EncodeOptions, jpeg_bytes  # noqa: E402
-from tadax.data.video import decode_video  # noqa: E402
+from tadax.data import synthetic, tfds_builders  # noqa: F401  (registers the builders)
+from tadax.data.encode import EncodeOptions, jpeg_bytes
+from tadax.data.video import decode_video
 
 
 def _frames_close(stored: np.ndarray, path: str) -> None:

@@ -3,6 +3,7 @@ kill-and-resume, NaN stop, and the quick-start command."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,6 @@ from conftest import REPO_ROOT
 from tadax.data import synthetic
 from tadax.train.checkpointing import load_weights
 
-pytest.importorskip("tadax.data.pipeline", reason="train.py needs the data pipeline (tadax.data)")
 
 STEPS = 6
 # A tiny quick-start: 6 steps of 8 clips, checkpoints every 2 steps, validation at 3 and 6.
@@ -135,6 +135,34 @@ def test_sigkill_and_resume_match_uninterrupted(reference, tmp_path):
     assert_trees_close(final_params(tmp_path), final_params(reference), rtol=1e-5, atol=1e-7)
 
 
+def test_sigterm_saves_the_current_step_and_resumes_to_the_same_result(reference, tmp_path):
+    """A preemption notice (SIGTERM) mid-run: the run saves the step it is at (periodic
+    saves are off here: only the first step, validations at 3 and 6, and the last are
+    scheduled), exits with 143; the rerun resumes from it and ends where an uninterrupted
+    run ends."""
+    no_periodic = "--config.checkpoint.every_steps=1000"
+    proc = run_train(tmp_path, no_periodic, wait=False, env_extra={"PYTHONUNBUFFERED": "1"})
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if f"step 1/{STEPS} " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out.append(proc.communicate(timeout=300)[0])
+    out = "".join(out)
+    assert proc.returncode == 143, out
+    match = re.search(r"preempted: checkpoint saved at step (\d+)", out)
+    assert match, out
+    step = int(match.group(1))
+    assert 1 < step < STEPS, out
+    assert (tmp_path / "checkpoints" / str(step) / "state").is_dir()
+    code, out = run_train(tmp_path, no_periodic)
+    assert code == 0, out
+    assert f"resuming at step {step}" in out
+    np.testing.assert_allclose(losses(tmp_path), losses(reference), rtol=1e-5)
+    assert_trees_close(final_params(tmp_path), final_params(reference), rtol=1e-5, atol=1e-7)
+
+
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
     code, out = run_train(tmp_path, "--config.optimizer.base_lr=1e30",
                           "--config.optimizer.warmup_epochs=0", "--config.checkpoint.every_steps=1")
@@ -150,10 +178,11 @@ def test_typo_in_override_is_an_error(tmp_path):
 
 
 def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
-    """eval.py on a training run: single view on the val split gives the run's last
-    validation accuracy; multi-view writes the report."""
+    """eval.py on a training run, without --config or overrides (it reads back the run's
+    saved config: the tiny model and its data): single view on the val split gives the
+    run's last validation accuracy; multi-view writes the report."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    base = [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}", *TINY]
+    base = [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}"]
     out = subprocess.run(base + ["--single_view", f"--output={tmp_path / 'single'}"], cwd=REPO_ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -179,7 +208,7 @@ def test_eval_cli_classifies_one_video_file(reference, tmp_path):
                     "--train=0", "--val=1"], check=True, capture_output=True, cwd=REPO_ROOT)
     video = next((tmp_path / "videos" / "val").glob("*.mp4"))
     out = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}", *TINY,
+        [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}",
          f"--video={video}", f"--labels={tmp_path / 'classes.txt'}"],
         cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
         text=True, timeout=300)

@@ -173,7 +173,8 @@ def test_pretrained_weights_that_do_not_fit_are_refused():
 
 def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
     from tadax.train.checkpointing import RunCheckpoints
-    cfg = ml_collections.ConfigDict(dict(keep=2, keep_best=1, best_metric="val/top1"))
+    cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=2, keep_best=1,
+                                         best_metric="val/top1"))
     ckpts = RunCheckpoints(str(tmp_path), cfg)
     for step, top1 in zip(range(1, 6), [50.0, 90.0, 10.0, 20.0, 30.0]):
         ckpts.save(step, {"w": np.full(3, step, np.float32)}, step, {"val/top1": top1})
@@ -186,11 +187,29 @@ def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
     ckpts.close()
 
 
+def test_save_decisions_are_orbax_policies(tmp_path):
+    """every_steps, the validation interval, the last step, and a time policy that also
+    saves a new run's first step; nothing else."""
+    from tadax.train.checkpointing import RunCheckpoints
+    cfg = ml_collections.ConfigDict(dict(every_steps=4, every_secs=3600.0, keep=20, keep_best=0,
+                                         best_metric="val/top1"))
+    ckpts = RunCheckpoints(str(tmp_path), cfg, every=(3,), on_steps=(10,))
+    saved = []
+    for step in range(1, 11):
+        if ckpts.should_save(step):
+            ckpts.save(step, {"w": np.zeros(2, np.float32)}, step)
+            saved.append(step)
+        assert not ckpts.reached_preemption(step)
+    ckpts.wait()
+    ckpts.close()
+    assert saved == [1, 3, 4, 6, 8, 9, 10]
+
+
 def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     """From a run checkpoint: params (and the EMA ones on request), never the optimizer state."""
     from tadax.train.checkpointing import RunCheckpoints, load_weights
     ckpts = RunCheckpoints(str(tmp_path / "checkpoints"), ml_collections.ConfigDict(
-        dict(keep=1, keep_best=0, best_metric="val/top1")))
+        dict(every_steps=1, every_secs=3600.0, keep=1, keep_best=0, best_metric="val/top1")))
     params = {"embed": {"kernel": jnp.ones((3, 2))}}
     ema = {"embed": {"kernel": jnp.full((3, 2), 2.0)}}
     ckpts.save(4, {"step": jnp.int32(4), "params": params, "batch_stats": {},

@@ -24,6 +24,7 @@ _DATASETS: Dict[str, Dict[str, Any]] = {
     "kinetics400": dict(num_classes=400, num_clips=4, num_crops=3),
     "kinetics600": dict(num_classes=600, num_clips=4, num_crops=3),
     "kinetics700": dict(num_classes=700, num_clips=4, num_crops=3),
+    "kinetics710": dict(num_classes=710, num_clips=4, num_crops=3),
     "ssv2": dict(num_classes=174, num_clips=2, num_crops=3),
     "ssv1": dict(num_classes=174, num_clips=2, num_crops=3),
     # The built-in temporal toy set: tiny frames, no flip (it would turn
@@ -131,3 +132,26 @@ def recipe_overrides(family: str, dataset: str) -> Dict[str, Any]:
             out.update(sampling="interval", sampling_rate=5, target_fps=30.0)
         return out
     raise ValueError(f"unknown model family {family!r}: 'tadaformer' or 'convnext'")
+
+
+# The dataset of a released model, told by its number of classes (SSv1 and SSv2 both
+# have 174 and the same views; the zoo's 174-class models are SSv2's).
+DATASET_OF_CLASSES = {400: "kinetics400", 600: "kinetics600", 700: "kinetics700",
+                      710: "kinetics710", 174: "ssv2"}
+
+
+def released_model_data_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The original's evaluation preprocessing and views for a model, from its config alone.
+
+    The dataset comes from the class count (`DATASET_OF_CLASSES`, else a generic
+    one), the recipe settings from the family (`recipe_overrides`); clips have
+    the model's `num_frames`. TAdaFormer's views are cut at its `image_size`
+    (its position embedding fixes it); ConvNeXt keeps the recipe's 256.
+    """
+    dataset = DATASET_OF_CLASSES.get(model_cfg.num_classes, "custom")
+    family = "tadaformer" if model_cfg.family == "tadaformer" else "convnext"
+    c = data_config(dataset=dataset, num_classes=model_cfg.num_classes,
+                    num_frames=model_cfg.num_frames, **recipe_overrides(family, dataset))
+    if family == "tadaformer":
+        c.test_scale = c.test_crop_size = model_cfg.image_size
+    return c

@@ -5,7 +5,7 @@ evaluation views of one file exactly as the TFRecord eval pipeline builds them.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import av
 import numpy as np
@@ -93,23 +93,84 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
                         start_us=int(round(times[0] * 1e6)), end_us=int(round(end * 1e6)))
 
 
+def count_frames(path: str) -> Tuple[int, float]:
+    """(number of video frames, native frame rate) of `path`, read from the packets
+    without decoding any picture. Raises `VideoDecodeError` naming the file."""
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from e
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        try:
+            count = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
+    if not count:
+        raise VideoDecodeError(f"{path}: no frames")
+    return count, float(rate) if rate else 30.0
+
+
+def decode_frames(path: str, indices: Sequence[int], short_side: int = 0) -> Dict[int, np.ndarray]:
+    """The frames at `indices` (decode order, 0-based) -> {index: (H, W, 3) uint8 RGB}.
+
+    Every frame is decoded (inter-frame codecs need it), but only the wanted
+    ones are converted to RGB, each resized as it is converted so that
+    min(H, W) = short_side (0 keeps the size): memory holds the wanted frames at
+    the wanted size, never the whole video. Indices past a truncated end get the
+    last frame decoded.
+    """
+    wanted = set(int(i) for i in indices)
+    out: Dict[int, np.ndarray] = {}
+    with av.open(path) as container:
+        reformatter = VideoReformatter()
+        try:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                if i > max(wanted):
+                    break
+                if i in wanted:
+                    w, h = resized_size(frame.width, frame.height, short_side)
+                    out[i] = reformatter.reformat(frame, format="rgb24", width=w,
+                                                  height=h).to_ndarray()
+        except (av.error.FFmpegError, ValueError) as e:
+            if not out:
+                raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
+    if not out:
+        raise VideoDecodeError(f"{path}: no frames decoded")
+    fill = out[max(out)]
+    return {i: out.get(i, fill) for i in sorted(wanted)}
+
+
 def load_views(path: str, data_cfg, *, multi_view: bool = True) -> np.ndarray:
     """The evaluation views of one video file -> `(V, T, H, W, 3)` normalised, `data_cfg.dtype`.
 
     V = num_clips x num_crops (clip-major) when `multi_view`, else 1 (the centre
-    view). All frames are decoded at the native rate and go through the same
-    sampling, resizing, cropping and normalisation as the TFRecord eval pipeline.
+    view). The views' frame indices come from the frame count and rate (read
+    from the packets), then only those frames are kept, resized to the short
+    side `data_cfg.test_scale` as they are decoded; they go through the same
+    sampling, cropping and normalisation as the TFRecord eval pipeline.
     """
     import tensorflow as tf
 
-    from tadax.data import views as views_lib
+    from tadax.data import sampling, views as views_lib
 
-    video = decode_video(path)
-    frames = tf.constant(video.frames)
+    num_total, fps = count_frames(path)
+    num_clips = data_cfg.num_clips if multi_view else 1
+    wanted = np.concatenate([sampling.clip_indices(data_cfg, num_total, fps, clip_idx=k,
+                                                   num_clips=num_clips).numpy()
+                             for k in range(num_clips)])
+    decoded = decode_frames(path, wanted, short_side=data_cfg.test_scale)
+    order = sorted(decoded)
+    frames = tf.constant(np.stack([decoded[i] for i in order]))
+    position = tf.constant(np.searchsorted(order, np.arange(num_total)).clip(0, len(order) - 1),
+                           tf.int32)
 
     def get_frames(indices):
-        return tf.gather(frames, indices)
+        return tf.gather(frames, tf.gather(position, indices))
 
-    clips = views_lib.eval_views(get_frames, tf.shape(frames)[0], tf.constant(video.fps, tf.float32),
+    clips = views_lib.eval_views(get_frames, num_total, tf.constant(fps, tf.float32),
                                  data_cfg, multi_view=multi_view)
     return views_lib.normalize(clips, data_cfg).numpy()

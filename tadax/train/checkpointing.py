@@ -7,17 +7,24 @@ position `{"step": ...}` (the iterator restarts from it). Saves are
 asynchronous and atomic (written to a temporary directory, renamed when
 complete), so a run killed at any moment (SIGKILL included) leaves its
 previous checkpoints intact and resumes from the newest finished one.
+When to save is Orbax's decision (`save_decision_policy`): every
+`every_steps` steps, at the given extra steps (validations, the last step),
+when the newest checkpoint is older than `every_secs` and none is being
+written (also right at the start of a new run, which proves early that the
+run directory is writable), and at a multi-host preemption sync point.
 Kept: the newest `keep` and the `keep_best` with the best validation metric.
 """
 
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+from orbax.checkpoint.checkpoint_managers import save_decision_policy as sdp
 
 from tadax import checkpoint_io
 
@@ -25,17 +32,25 @@ from tadax import checkpoint_io
 class RunCheckpoints:
     """The checkpoints of one run directory.
 
-    cfg: `config.checkpoint` (`keep`, `keep_best`, `best_metric`).
+    cfg: `config.checkpoint` (`every_steps`, `every_secs`, `keep`, `keep_best`,
+    `best_metric`). every: further save intervals in steps (the validation
+    interval); on_steps: further steps to save at (the last one).
     """
 
-    def __init__(self, directory: str, cfg: ml_collections.ConfigDict):
+    def __init__(self, directory: str, cfg: ml_collections.ConfigDict,
+                 every: Sequence[int] = (), on_steps: Sequence[int] = ()):
         self.directory = os.path.abspath(directory)
         metric = cfg.best_metric
         policies = [pp.LatestN(n=cfg.keep)]
         if cfg.keep_best:
             policies.append(pp.BestN(get_metric_fn=lambda m: m[metric], reverse=False,
                                      n=cfg.keep_best, keep_checkpoints_without_metrics=False))
+        saves = [sdp.FixedIntervalPolicy(n) for n in (cfg.every_steps, *every) if n]
+        saves += [sdp.SpecificStepsPolicy(list(on_steps)),
+                  sdp.ContinuousCheckpointingPolicy(minimum_interval_secs=int(cfg.every_secs)),
+                  sdp.PreemptionCheckpointingPolicy()]
         options = ocp.CheckpointManagerOptions(
+            save_decision_policy=sdp.AnySavePolicy(saves),
             preservation_policy=pp.AnyPreservationPolicy(policies),
             enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -45,9 +60,21 @@ class RunCheckpoints:
         """The newest complete checkpoint's step, or None."""
         return self.manager.latest_step()
 
+    def should_save(self, step: int) -> bool:
+        """Orbax's decision for `step` (call at every step, on every host)."""
+        return self.manager.should_save(step)
+
+    def reached_preemption(self, step: int) -> bool:
+        """True at the step all hosts save at after a multi-host preemption notice."""
+        return self.manager.reached_preemption(step)
+
     def save(self, step: int, state: Any, data_step: int,
              metrics: Optional[Mapping[str, float]] = None) -> None:
-        """Starts an asynchronous save of `state` at `step`; returns before it is written."""
+        """Starts an asynchronous save of `state` at `step`; returns before it is written.
+
+        Call it where `should_save(step)` said so or for a single-process
+        preemption: the decision is not taken a second time.
+        """
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave({"step": int(data_step)})),
             metrics=dict(metrics) if metrics else None, force=True)
@@ -67,6 +94,13 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def finished_steps(directory: str) -> List[int]:
+    """Steps of the complete checkpoints in a run's `checkpoints/` directory (none if absent),
+    read without starting a checkpoint manager."""
+    path = epath.Path(directory)
+    return sorted(ocp.utils.checkpoint_steps(path)) if path.is_dir() else []
 
 
 def _step_dir(path: str) -> Optional[str]:

@@ -2,7 +2,10 @@
 
 The mesh has two named axes over all devices of all hosts: 'data' (pure data
 parallelism) and 'fsdp' (data parallelism whose devices also split the large
-parameter and optimizer-state arrays). Batches are split over both.
+parameter and optimizer-state arrays). Batches are split over both. It is
+built by `jax.make_mesh`, which orders the devices by the physical topology on
+TPU (so the fsdp groups, the minor axis, are neighbours on the interconnect)
+and by host on GPU (an fsdp group that fits in one node stays inside it).
 """
 
 import re
@@ -11,21 +14,26 @@ from typing import Any, Mapping, Sequence, Tuple
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from tadax.errors import ConfigError
 from tadax.train.optim import path_str
 
 BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
-    """A ('data', 'fsdp') mesh over `jax.devices()`; `cfg.fsdp` = -1 puts all devices on fsdp."""
+    """A ('data', 'fsdp') mesh over all devices of all hosts, shape (devices / fsdp, fsdp).
+
+    `cfg.fsdp` = -1 puts all devices on fsdp. Axes are `Auto` (the compiler
+    propagates shardings from the ones we give in and out of `jax.jit`).
+    """
     n = jax.device_count()
     fsdp = n if cfg.fsdp == -1 else cfg.fsdp
     if fsdp < 1 or n % fsdp:
-        raise ValueError(f"mesh.fsdp={cfg.fsdp} does not divide the {n} devices")
-    devices = np.asarray(jax.devices()).reshape(n // fsdp, fsdp)
-    return Mesh(devices, BATCH_AXES)
+        raise ConfigError(f"mesh.fsdp={cfg.fsdp} does not divide the {n} devices")
+    return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES,
+                         axis_types=(AxisType.Auto,) * len(BATCH_AXES))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

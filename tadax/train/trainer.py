@@ -15,14 +15,16 @@ from typing import Any, Dict
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from tadax.data import pipeline
+from tadax.errors import ConfigError
 from tadax.models import build_model
-from tadax.train import evaluation, plots
-from tadax.train.checkpointing import RunCheckpoints, load_weights
+from tadax.train import evaluation, plots, preflight
+from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
+from tadax.train.preemption import Preempted, SigtermWatch
+from tadax.train.run_config import write_run_config
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import (abstract_variables, create_train_state, select_pretrained,
                                train_state_spec)
@@ -45,18 +47,11 @@ def _check_batch_layout(config: ml_collections.ConfigDict) -> None:
     batch, accum = config.train.global_batch_size, config.train.grad_accum_steps
     unit = jax.device_count() * accum
     if batch % unit:
-        raise ValueError(f"train.global_batch_size={batch} must be a multiple of "
+        raise ConfigError(f"train.global_batch_size={batch} must be a multiple of "
                          f"{jax.device_count()} devices x {accum} accumulation steps")
     if config.eval.batch_size % jax.device_count():
-        raise ValueError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
+        raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
                          f"the {jax.device_count()} devices")
-
-
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
 
 
 def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, split: str,
@@ -77,20 +72,32 @@ def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, spli
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics."""
+    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics.
+
+    Raises `Preempted` after saving the current step when the run is preempted
+    (SIGTERM on one process, JAX's preemption sync point on several).
+    """
     _check_batch_layout(config)
-    mesh = make_mesh(config.mesh)
-    model = build_model(config.model)
+    splits = {"train", config.eval.val_split}
+    if config.eval.final_multi_view:
+        splits.add(config.eval.test_split)
+    preflight.check_data(config.data, *sorted(splits))
     epoch_steps = steps_per_epoch(config)
     total = int(round(config.train.epochs * epoch_steps))
+    eval_every = config.eval.every_steps or epoch_steps
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    preflight.check_start(config.init, resuming=bool(finished_steps(ckpt_dir)))
+    ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
+    latest = ckpts.latest_step()
+    mesh = make_mesh(config.mesh)
+    model = build_model(config.model)
     abstract = abstract_variables(model, config.model)
     tx, schedule = build_optimizer(abstract["params"], config.optimizer, epoch_steps,
                                    config.train.epochs)
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
-    _save_config(config, workdir)
-    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    latest = ckpts.latest_step()
+    if jax.process_index() == 0:
+        write_run_config(config, workdir)
     if latest is not None:
         state, position = ckpts.restore(latest, abstract_state)
         start = int(position["step"])
@@ -118,11 +125,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
         start_step=start, process_index=jax.process_index(), process_count=jax.process_count())
 
-    eval_every = config.eval.every_steps or epoch_steps
     log_every = config.train.log_every_steps
     sums: Dict[str, float] = {}
     count = 0
-    last_save = time.time()
 
     def consume(step, metrics):
         nonlocal sums, count
@@ -140,32 +145,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             sums, count = {}, 0
 
     pending = None
-    for step in range(start + 1, total + 1):
-        local = next(batches)
-        batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
-                              if k in local}, mesh)
-        state, metrics = train_step(state, batch)
-        if pending is not None:
+    with SigtermWatch() as sigterm:
+        for step in range(start + 1, total + 1):
+            local = next(batches)
+            batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
+                                  if k in local}, mesh)
+            state, metrics = train_step(state, batch)
+            if pending is not None:
+                consume(*pending)
+            pending = (step, metrics)
+            preempted = sigterm.requested or ckpts.reached_preemption(step)
+            # Orbax decides (every_steps, validations, the last step, every_secs,
+            # preemption); validation steps are among its save steps.
+            do_save = preempted or ckpts.should_save(step)
+            do_eval = (step % eval_every == 0 or step == total) and not preempted
+            if not (do_eval or do_save or step % log_every == 0):
+                continue
             consume(*pending)
-        pending = (step, metrics)
-        do_eval = step % eval_every == 0 or step == total
-        do_save = step % config.checkpoint.every_steps == 0 or step == total or do_eval
-        if step % log_every == 0 and not do_save:
-            due = time.time() - last_save >= config.checkpoint.every_secs
-            do_save = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
-        if not (do_eval or do_save or step % log_every == 0):
-            continue
-        consume(*pending)
-        pending = None
-        val = None
-        if do_eval:
-            _, _, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
-                                    config, mesh, config.eval.val_split, False, logger)
-            val = {"val/top1": result["top1"], "val/top5": result["top5"]}
-            logger.write(step, val)
-        if do_save:
-            ckpts.save(step, state, step, val)
-            last_save = time.time()
+            pending = None
+            val = None
+            if do_eval:
+                _, _, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
+                                        config, mesh, config.eval.val_split, False, logger)
+                val = {"val/top1": result["top1"], "val/top5": result["top5"]}
+                logger.write(step, val)
+            if do_save:
+                ckpts.save(step, state, step, val)
+            if preempted:
+                ckpts.wait()
+                logger.close()
+                ckpts.close()
+                raise Preempted(step, ckpts.directory)
     ckpts.wait()
 
     final: Dict[str, Any] = {"step": total}

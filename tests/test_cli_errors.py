@@ -1,0 +1,79 @@
+"""Configuration mistakes end the real commands with one line that says what to do, and a
+non-zero exit; fine-tuning recipes refuse to start from scratch unless told to."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from conftest import REPO_ROOT
+from tadax.data import pipeline
+from tadax.data.config import data_config
+from tadax.errors import ConfigError
+from tadax.train import preflight
+
+RECIPES = sorted(p[:-3] for p in os.listdir(REPO_ROOT / "configs") if p.startswith("tada"))
+
+
+def run(*cmd):
+    out = subprocess.run([sys.executable, *map(str, cmd)], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return out.returncode, out.stdout + out.stderr
+
+
+def assert_one_line_error(code, out, *parts):
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for part in parts:
+        assert part in last, (part, last)
+
+
+def test_train_without_prepared_data_names_the_prepare_command(tmp_path):
+    code, out = run("train.py", "--config", "configs/tadaformer_b16.py", f"--workdir={tmp_path}")
+    assert_one_line_error(code, out, "no prepared kinetics400 split", "python data/prepare.py kinetics",
+                          "--config.data.data_dir=")
+
+
+def test_fine_tune_recipe_refuses_to_start_without_a_starting_point(tmp_path):
+    data = data_config(cache_dir=str(tmp_path / "cache"),
+                       synthetic=dict(num_train=8, num_val=4, frames=8, size=32, num_shards=1))
+    data_dir = pipeline.resolve_data_dir(data)
+    code, out = run("train.py", "--config", "configs/tadaformer_b16.py", f"--workdir={tmp_path / 'run'}",
+                    f"--config.data.data_dir={data_dir}")
+    assert_one_line_error(code, out, "fine-tunes from CLIP ViT-B/16", "python -m tadax.convert clip",
+                          "--config.init.checkpoint=", "--config.init.from_scratch=True")
+    assert not (tmp_path / "run").exists()            # nothing written for a refused run
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_fine_tune_recipe_names_its_starting_point(recipe):
+    config = importlib.import_module(f"configs.{recipe}").get_config()
+    assert config.init.start_from and not config.init.from_scratch
+    with pytest.raises(ConfigError, match="--config.init.checkpoint"):
+        preflight.check_start(config.init, resuming=False)
+
+
+def test_start_checks_pass_when_told_how_to_start():
+    init = ml_collections.ConfigDict(dict(checkpoint="", start_from="CLIP", from_scratch=False))
+    preflight.check_start(init, resuming=True)
+    init.from_scratch = True
+    preflight.check_start(init, resuming=False)
+    init.from_scratch, init.checkpoint = False, "ckpt/clip_b16"
+    preflight.check_start(init, resuming=False)
+    assert not importlib.import_module("configs.quickstart").get_config().init.start_from
+
+
+def test_eval_on_a_path_that_is_no_checkpoint(tmp_path):
+    code, out = run("eval.py", f"--checkpoint={tmp_path / 'missing'}")
+    assert_one_line_error(code, out, "--checkpoint=", "pass the recipe with --config")
+
+
+def test_convert_with_an_unknown_architecture(tmp_path):
+    code, out = run("-m", "tadax.convert", "clip", "--input", tmp_path / "ViT-B-16.pt",
+                    "--arch", "tadaformer_b61", "--output", tmp_path / "out")
+    assert_one_line_error(code, out, "unknown architecture 'tadaformer_b61'")
