@@ -285,7 +285,8 @@ def _gradient_clip(width: int, height: int, frames: int = 12) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     out = []
     for t in range(frames):
-        f = np.stack([255 * xx / width, 255 * yy / height, 128 + 100 * np.sin((xx + 3 * t) / 7)], -1)
+        ripple = 128 + 100 * np.sin((xx + 3 * t) / 7)
+        f = np.stack([255 * xx / width, 255 * yy / height, ripple], -1)
         f[(xx - 20 - 2 * t) ** 2 + (yy - height / 2) ** 2 < 100] = (230, 20, 30)
         out.append(np.clip(f, 0, 255).astype(np.uint8))
     return np.stack(out)
@@ -304,7 +305,8 @@ def test_resized_frames_match_rgb_then_resize(tmp_path, size, short_side):
     path = str(tmp_path / "v.mp4")
     write_mp4(path, _gradient_clip(*size), 8)
     with av.open(path) as container:
-        native = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        native = [f.to_ndarray(format="rgb24")
+                  for f in container.decode(container.streams.video[0])]
     got = decode_video(path, short_side=short_side).frames
     assert min(got.shape[1:3]) == (short_side or min(size))
     ref = np.stack([np.asarray(Image.fromarray(f).resize((got.shape[2], got.shape[1]),

@@ -11,7 +11,8 @@ from PIL import Image
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("importlib_resources", reason="tensorflow_datasets needs it to prepare")
 
-from tadax.data import pipeline, synthetic, tfds_builders  # noqa: E402,F401  (registers the builders)
+# tfds_builders registers the builders.
+from tadax.data import pipeline, synthetic, tfds_builders  # noqa: E402,F401
 from tadax.data.config import data_config  # noqa: E402
 from tadax.data.encode import EncodeOptions, jpeg_bytes  # noqa: E402
 from tadax.data.video import decode_video  # noqa: E402

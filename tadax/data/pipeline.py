@@ -314,7 +314,8 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],
                              tf.dtypes.as_dtype(data_cfg.dtype)),
            "label": tf.constant(0, tf.int32), "video_id": tf.constant(-1, tf.int64),
-           "filename": tf.constant(b""), "view": tf.constant(-1, tf.int32), "mask": tf.constant(False)}
+           "filename": tf.constant(b""), "view": tf.constant(-1, tf.int32),
+           "mask": tf.constant(False)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch - mine))
     ds = ds.batch(batch, drop_remainder=True)
     return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
