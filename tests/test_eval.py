@@ -197,8 +197,9 @@ def test_predictions_name_each_file_once_over_two_hosts(tmp_path):
 
     def report(process_count, out):
         parts = [evaluation.run_views(step, weights, pipeline.build_eval_iterator(
-            cfg, split="val", global_batch_size=4, multi_view=True, process_index=pi,
-            process_count=process_count), mesh) for pi in range(process_count)]
+            cfg, split="val", global_batch_size=4 * process_count, multi_view=True,
+            process_index=pi, process_count=process_count), mesh)
+            for pi in range(process_count)]
         views = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         videos = evaluation.aggregate_views(views["probs"], views["label"], views["video_id"])
         evaluation.write_report(str(out), views, videos, evaluation.metrics(views, videos))
