@@ -182,11 +182,13 @@ def test_train_deterministic_and_resumable(cfg):
 
 def test_train_hosts_read_disjoint_data(cfg):
     files = records.shard_files(pipeline.resolve_data_dir(cfg), "train")
+    shards = pipeline._shards(cfg, "train")
+    assert list(shards) == files
     assert pipeline.num_streams(cfg, 8, len(files), 1) == 4
-    streams = pipeline._streams(files, 4)
+    streams = pipeline._streams(shards, 4)
     assert sorted(f for st in streams for f in st.files) == files
     assert sum(st.epoch_len for st in streams) == 40
-    few = pipeline._streams(files, 8)                  # more streams than files: record-level
+    few = pipeline._streams(shards, 8)                 # more streams than files: record-level
     assert all(st.record_shard for st in few) and sum(st.epoch_len for st in few) == 40
     with pytest.raises(ValueError, match="num_streams=3"):
         pipeline.num_streams(data_config(num_streams=3), 8, 4, 1)

@@ -280,6 +280,41 @@ def test_resume_rewrites_only_missing_shards_identically(kinetics, tmp_path):
     assert summary["shards_already_complete"] == 1 and summary["num_examples"] == 6
 
 
+def _gradient_clip(width: int, height: int, frames: int = 12) -> np.ndarray:
+    """(F, H, W, 3): red and green ramps, a blue ripple moving right, a red disc moving right."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = []
+    for t in range(frames):
+        ripple = 128 + 100 * np.sin((xx + 3 * t) / 7)
+        f = np.stack([255 * xx / width, 255 * yy / height, ripple], -1)
+        f[(xx - 20 - 2 * t) ** 2 + (yy - height / 2) ** 2 < 100] = (230, 20, 30)
+        out.append(np.clip(f, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("size,short_side", [((128, 96), 48), ((128, 96), 160),
+                                             ((120, 80), 48), ((1280, 720), 320), ((56, 40), 0),
+                                             ((120, 80), 0)])
+def test_resized_frames_match_rgb_then_resize(tmp_path, size, short_side):
+    """Conversion and resizing in one swscale call give, within 3 grey levels on average,
+    PyAV's full-size RGB frames resized by Pillow (bilinear): the two filter chroma and
+    scale differently (~2.5 levels here); swapped channels or frames are tens of levels off.
+    Without a resize the frames are PyAV's RGB frames exactly."""
+    from PIL import Image
+
+    path = str(tmp_path / "v.mp4")
+    write_mp4(path, _gradient_clip(*size), 8)
+    with av.open(path) as container:
+        native = [f.to_ndarray(format="rgb24")
+                  for f in container.decode(container.streams.video[0])]
+    got = decode_video(path, short_side=short_side).frames
+    assert min(got.shape[1:3]) == (short_side or min(size))
+    ref = np.stack([np.asarray(Image.fromarray(f).resize((got.shape[2], got.shape[1]),
+                                                         Image.BILINEAR)) for f in native])
+    err = np.abs(got.astype(np.float32) - ref).mean()
+    assert err < (3.0 if short_side else 1e-6), err
+
+
 def test_target_fps_keeps_the_nearest_frames(tmp_path):
     clip = smooth_clip(7, frames=30)
     write_mp4(str(tmp_path / "v.mp4"), clip, 30)

@@ -9,7 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tadax.data import synthetic, tfds_builders  # noqa: F401  (registers the builders)
+# tfds_builders registers the builders.
+from tadax.data import pipeline, synthetic, tfds_builders  # noqa: F401
+from tadax.data.config import data_config
 from tadax.data.encode import EncodeOptions, jpeg_bytes
 from tadax.data.video import decode_video
 
@@ -92,3 +94,72 @@ def test_missing_annotations_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="labels.json"):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def k400_prepared(tmp_path_factory):
+    """The same generated Kinetics layout prepared twice: by the TFDS builder and by
+    `data/prepare.py` (DMVR shards) -> (TFDS data_dir, DMVR folder, raw folder)."""
+    from tadax.data import cli
+
+    root = tmp_path_factory.mktemp("k400")
+    raw = root / "raw"
+    synthetic.write_dataset(str(raw), {"train": 8, "validate": 5}, frames=8, size=32, fps=8)
+    builder = tfds.builder("kinetics400/native", data_dir=str(root / "tfds"))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(raw)))
+    assert cli.main(["kinetics", "--quiet", "--root", str(raw / "videos"), "--out",
+                     str(root / "dmvr"), "--shards", "2", "--short-side", "0", "--workers", "1",
+                     "--split", f"validation={raw / 'validate.csv'}"]) == 0
+    return root / "tfds", root / "dmvr", raw
+
+
+def _small(**overrides):
+    return data_config(**{**dict(dataset="kinetics400", num_classes=len(synthetic.CLASSES),
+                                 num_frames=4, train_crop_size=16, test_scale=16,
+                                 test_crop_size=16, randaugment="", num_clips=2, num_crops=1,
+                                 val_split="validation"), **overrides})
+
+
+def test_pipeline_reads_what_the_builder_wrote(k400_prepared):
+    """`data.tfds_name` feeds the TFDS builder's records to the training streams and the
+    eval views: training batches come out, the 5 validation videos are each seen once over
+    two hosts, with the views and file names the DMVR shards of the same videos give."""
+    tfds_dir, dmvr_dir, raw = k400_prepared
+    cfg = _small(tfds_name="kinetics400/native", data_dir=str(tfds_dir))
+    assert pipeline.num_examples(cfg, "train") == 8 and pipeline.num_examples(cfg, "val") == 5
+    assert pipeline.dataset_class_names(cfg) == sorted(synthetic.CLASSES)
+    batch = next(pipeline.build_train_iterator(cfg, global_batch_size=4, seed=0,
+                                               process_index=1, process_count=2))
+    assert batch["video"].shape == (2, 4, 16, 16, 3) and np.isfinite(batch["video"]).all()
+    assert set(batch["label"].tolist()) <= set(range(len(synthetic.CLASSES)))
+
+    def views_by_file(c, pc):
+        out = {}
+        for pi in range(pc):
+            for b in pipeline.build_eval_iterator(c, split="val", global_batch_size=4,
+                                                  multi_view=True, process_index=pi,
+                                                  process_count=pc):
+                for i in np.flatnonzero(b["mask"]):
+                    key = (b["filename"][i].decode(), int(b["view"][i]))
+                    assert key not in out, f"{key} seen twice"
+                    out[key] = (b["video"][i], int(b["label"][i]))
+        return out
+
+    from_tfds = views_by_file(cfg, 2)
+    names = {p.name for p in (raw / "videos" / "validate").iterdir()}
+    assert {name for name, _ in from_tfds} == names and len(from_tfds) == 2 * len(names)
+    from_dmvr = views_by_file(_small(data_dir=str(dmvr_dir)), 1)
+    assert from_tfds.keys() == from_dmvr.keys()
+    for key, (video, label) in from_tfds.items():
+        np.testing.assert_array_equal(video, from_dmvr[key][0])
+        assert label == from_dmvr[key][1]
+
+
+def test_unknown_tfds_split_or_builder_is_a_clear_error(k400_prepared, tmp_path):
+    tfds_dir, _, _ = k400_prepared
+    with pytest.raises(FileNotFoundError, match=r"no split 'val'.*\['train', 'validation'\]"):
+        pipeline.num_examples(_small(tfds_name="kinetics400/native", data_dir=str(tfds_dir),
+                                     val_split="val"), "val")
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        pipeline.num_examples(_small(tfds_name="ssv2", data_dir=str(tmp_path)), "train")

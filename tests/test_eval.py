@@ -142,3 +142,72 @@ def test_unlabelled_videos_get_predictions_and_no_metrics(tmp_path):
             .splitlines()]
     assert [r["label_name"] for r in rows] == [None] * 3
     assert not (tmp_path / "all" / "confusion.png").exists()
+
+
+def test_file_names_are_gathered_from_every_host(monkeypatch):
+    """Two hosts (threads behind a simulated `process_allgather`) with names of different
+    lengths, empty and non-ASCII: every host gets all names, in process order."""
+    import threading
+
+    names = [[b"a.mp4", b"", "\u00e9t\u00e9.webm".encode()],
+             [b"kinetics_clip_000001_000011.mp4", b"x", b"b.mp4"]]
+    barrier, slots, rank = threading.Barrier(2), {}, threading.local()
+
+    def allgather(x, tiled):
+        assert tiled
+        rank.calls = getattr(rank, "calls", 0) + 1
+        slots[(rank.calls, rank.index)] = np.asarray(x)
+        barrier.wait()
+        out = np.concatenate([slots[(rank.calls, i)] for i in range(2)])
+        barrier.wait()
+        return out
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(evaluation.multihost_utils, "process_allgather", allgather)
+    results = [None, None]
+
+    def host(i):
+        rank.index = i
+        results[i] = evaluation._all_hosts_bytes(np.array(names[i], dtype=object))
+
+    threads = [threading.Thread(target=host, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for r in results:
+        assert r.tolist() == names[0] + names[1]
+
+
+def test_predictions_name_each_file_once_over_two_hosts(tmp_path):
+    """An eval split of 10 prepared videos read as two hosts: predictions.jsonl names every
+    file exactly once, beside the label its record holds (the synthetic files are named by
+    their index, label = index mod 8) and the same scores one host gives."""
+    import ml_collections
+
+    from tadax.data import pipeline
+    from tadax.data.config import data_config
+    from tadax.train.sharding import make_mesh
+
+    cfg = data_config(cache_dir=str(tmp_path / "cache"), num_clips=2, num_crops=1,
+                      synthetic=dict(num_train=2, num_val=10, frames=8, size=32, num_shards=3))
+    mesh = make_mesh(ml_collections.ConfigDict(dict(fsdp=1)))
+    weights = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32) * 30
+    step = jax.jit(lambda w, video: jax.nn.softmax(video.mean(axis=(1, 2, 3)) @ w))
+
+    def report(process_count, out):
+        parts = [evaluation.run_views(step, weights, pipeline.build_eval_iterator(
+            cfg, split="val", global_batch_size=4 * process_count, multi_view=True,
+            process_index=pi, process_count=process_count), mesh)
+            for pi in range(process_count)]
+        views = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        videos = evaluation.aggregate_views(views["probs"], views["label"], views["video_id"])
+        evaluation.write_report(str(out), views, videos, evaluation.metrics(views, videos))
+        return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+    rows = report(2, tmp_path / "two")
+    files = [r["filename"] for r in rows]
+    assert sorted(files) == [f"val{i:06d}_000000_000001.mp4" for i in range(10)]
+    for r in rows:
+        assert r["label"] == int(r["filename"][3:9]) % 8 and r["num_views"] == 2
+    assert rows == report(1, tmp_path / "one")

@@ -48,7 +48,8 @@ def test_explain_from_the_command_line(quickstart):
     root, config, model = quickstart["root"], quickstart["config"], quickstart["model"]
     out = root / "out"
     cmd = [sys.executable, "eval.py", "--video", str(quickstart["video"]), "--checkpoint",
-           str(root / "ckpt"), "--explain", str(out), "--labels", str(root / "classes.txt")]
+           str(root / "ckpt"), "--explain", str(out), "--labels", str(root / "classes.txt"),
+           "--config", "configs/quickstart.py"]
     run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     for name in ("scores.png", "calibration.png"):

@@ -71,7 +71,7 @@ def test_a_training_run_exports_with_its_config(converted, tmp_path):
     variables, cfg = checkpoint_io.load_variables(str(directory))
     run = tmp_path / "run"
     checkpoints = RunCheckpoints(str(run / "checkpoints"), ml_collections.ConfigDict(
-        dict(keep=1, keep_best=0, best_metric="val_loss")))
+        dict(keep=1, keep_best=0, best_metric="val_loss", every_steps=0, every_secs=0)))
     checkpoints.save(7, dict(variables, step=np.int32(7)), data_step=7)
     checkpoints.wait()
     checkpoints.close()

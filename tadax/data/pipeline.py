@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tadax.data import annotations, augment, records, sampling, views
+from tadax.data import annotations, augment, records, sampling, tfds_source, views
 from tadax.data.mixup import mix_batch, mixing_enabled
 
 # Something-Something V2 classes that name a direction: (left version, right version).
@@ -37,7 +37,10 @@ SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
 
 
 def resolve_data_dir(data_cfg) -> str:
-    """The folder of shards: `data_dir`, or the synthetic dataset (generated on first use)."""
+    """The folder of shards: `data_dir`, the prepared TFDS builder `tfds_name` (under TFDS
+    `data_dir`), or the synthetic dataset (generated on first use)."""
+    if data_cfg.tfds_name:
+        return tfds_source.builder_dir(data_cfg.tfds_name, _tfds_data_dir(data_cfg))
     if data_cfg.data_dir:
         return os.path.expanduser(data_cfg.data_dir)
     if data_cfg.dataset == "synthetic":
@@ -45,6 +48,10 @@ def resolve_data_dir(data_cfg) -> str:
         return synthetic.ensure_synthetic(data_cfg)
     raise ValueError(f"data.data_dir is empty for dataset {data_cfg.dataset!r}: point it at the "
                      "folder written by `python data/prepare.py`")
+
+
+def _tfds_data_dir(data_cfg) -> Optional[str]:
+    return os.path.expanduser(data_cfg.data_dir) if data_cfg.data_dir else None
 
 
 def dataset_class_names(data_cfg) -> Optional[List[str]]:
@@ -67,13 +74,22 @@ def _records_per_file(path: str) -> int:
     return records.count_records([path])
 
 
-def _files(data_cfg, split: str) -> List[str]:
-    return records.shard_files(resolve_data_dir(data_cfg), _split_name(data_cfg, split))
+def _shards(data_cfg, split: str) -> Dict[str, int]:
+    """{shard path: number of records} of `split`, in shard order (DMVR or TFDS layout)."""
+    name = _split_name(data_cfg, split)
+    if data_cfg.tfds_name:
+        return tfds_source.split_shards(data_cfg.tfds_name, _tfds_data_dir(data_cfg), name)
+    return {f: _records_per_file(f) for f in records.shard_files(resolve_data_dir(data_cfg), name)}
+
+
+def _parse(data_cfg, serialized):
+    """One record of the configured layout -> the dict of `records.parse`."""
+    return tfds_source.parse(serialized) if data_cfg.tfds_name else records.parse(serialized)
 
 
 def num_examples(data_cfg, split: str) -> int:
     """Number of videos in `split` ('train', 'val' or a shard name prefix)."""
-    return sum(_records_per_file(f) for f in _files(data_cfg, split))
+    return sum(_shards(data_cfg, split).values())
 
 
 def _hosts(process_index: Optional[int], process_count: Optional[int]):
@@ -132,11 +148,12 @@ def num_streams(data_cfg, global_batch_size: int, num_files: int, process_count:
     return k
 
 
-def _streams(files: List[str], k: int) -> List[_Stream]:
+def _streams(shards: Dict[str, int], k: int) -> List[_Stream]:
+    files = list(shards)
     if len(files) >= k:
-        return [_Stream(i, files[i::k], False, sum(_records_per_file(f) for f in files[i::k]))
+        return [_Stream(i, files[i::k], False, sum(shards[f] for f in files[i::k]))
                 for i in range(k)]
-    total = sum(_records_per_file(f) for f in files)
+    total = sum(shards.values())
     return [_Stream(i, files, True, len(range(i, total, k))) for i in range(k)]
 
 
@@ -179,7 +196,7 @@ def _swap_table(num_classes: int) -> tf.Tensor:
 
 def _train_example(serialized, ordinal, data_cfg, stream_id):
     """One record -> {'video': (T, S, S, 3), 'label': ()}, clip `ordinal` of stream `stream_id`."""
-    ex = records.parse(serialized)
+    ex = _parse(data_cfg, serialized)
     seed = tf.stack([tf.cast(stream_id, tf.int64), tf.cast(ordinal, tf.int64)])
     s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     idx = sampling.clip_indices(data_cfg, ex["num_frames"], ex["fps"], seed=s[0])
@@ -208,9 +225,9 @@ def train_dataset(data_cfg, *, global_batch_size: int, seed: int, start_step: in
     `{'video': (B_host, T, S, S, 3), 'label': (B_host,) int32}` from step `start_step`."""
     pi, pc = process_index, process_count
     batch = _per_host(global_batch_size, pc)
-    files = _files(data_cfg, "train")
-    k = num_streams(data_cfg, global_batch_size, len(files), pc)
-    streams = _streams(files, k)
+    shards = _shards(data_cfg, "train")
+    k = num_streams(data_cfg, global_batch_size, len(shards), pc)
+    streams = _streams(shards, k)
     per = global_batch_size // k
     mine = streams[pi * k // pc:(pi + 1) * k // pc]
     for st in mine:
@@ -242,7 +259,7 @@ def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_s
     ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
                        start_step=start_step, process_index=pi, process_count=pc)
     mixing = mixing_enabled(data_cfg)
-    k = num_streams(data_cfg, global_batch_size, len(_files(data_cfg, "train")), pc)
+    k = num_streams(data_cfg, global_batch_size, len(_shards(data_cfg, "train")), pc)
     per, first = global_batch_size // k, pi * k // pc
     for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):
         if mixing:
@@ -255,7 +272,7 @@ def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_s
 
 def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
     """Views of temporal clip `clip_idx` of one record -> a dict of (num_crops, ...) tensors."""
-    ex = records.parse(serialized)
+    ex = _parse(data_cfg, serialized)
     num_clips = data_cfg.num_clips if multi_view else 1
     num_crops = data_cfg.num_crops if multi_view else 1
 
@@ -272,9 +289,9 @@ def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
     return {"video": views.normalize(clips, data_cfg),
             "label": tf.fill([n], ex["label"]),
             "video_id": tf.fill([n], video_id),
+            "filename": tf.fill([n], ex["filename"]),
             "view": tf.cast(clip_idx, tf.int32) * num_crops + tf.range(n, dtype=tf.int32),
-            "mask": tf.ones([n], tf.bool),
-            "filename": tf.fill([n], ex["filename"])}
+            "mask": tf.ones([n], tf.bool)}
 
 
 def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
@@ -283,9 +300,9 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     """The finite host-local eval `tf.data.Dataset`; see `build_eval_iterator`."""
     pi, pc = process_index, process_count
     batch = _per_host(global_batch_size, pc)
-    files = _files(data_cfg, split)
-    total = sum(_records_per_file(f) for f in files)
-    ds = tf.data.TFRecordDataset(files).enumerate()
+    shards = _shards(data_cfg, split)
+    total = sum(shards.values())
+    ds = tf.data.TFRecordDataset(list(shards)).enumerate()
     if video_ids is not None:
         keep = np.zeros(total, bool)
         ids = np.asarray(video_ids, np.int64)
@@ -308,8 +325,8 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],
                              tf.dtypes.as_dtype(data_cfg.dtype)),
            "label": tf.constant(0, tf.int32), "video_id": tf.constant(-1, tf.int64),
-           "view": tf.constant(-1, tf.int32), "mask": tf.constant(False),
-           "filename": tf.constant(b"")}
+           "filename": tf.constant(b""), "view": tf.constant(-1, tf.int32),
+           "mask": tf.constant(False)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch - mine))
     ds = ds.batch(batch, drop_remainder=True)
     return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
@@ -321,13 +338,13 @@ def build_eval_iterator(data_cfg, *, split: str, global_batch_size: int, multi_v
                         video_ids: Optional[Sequence[int]] = None
                         ) -> Iterator[Dict[str, np.ndarray]]:
     """Finite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
-    int32, 'video_id': (B_host,) int64, 'view': (B_host,) int32, 'mask': (B_host,) bool,
-    'filename': (B_host,) bytes}`.
+    int32, 'video_id': (B_host,) int64, 'filename': (B_host,) bytes (the record's
+    `video/filename`, b'' if it has none), 'view': (B_host,) int32, 'mask': (B_host,) bool}`.
 
     S = test_crop_size. `multi_view`: num_clips x num_crops views per video (view =
     clip * num_crops + crop), else the single centre view. Every view of every video is
     in exactly one host's batches once; every host yields the same number of batches;
-    padding has mask False, video_id -1, view -1, filename b''. `video_ids`: only these
+    padding has mask False, video_id -1, filename b'', view -1. `video_ids`: only these
     videos (positions in the split; the k-th of them in split order goes to host k mod P).
     """
     pi, pc = _hosts(process_index, process_count)

@@ -13,6 +13,10 @@ logs how many. Usage:
         download_config=tfds.download.DownloadConfig(manual_dir="/data/k400_raw"))
     ds = builder.as_dataset(split="validation")   # {'video': (N, H, W, 3) uint8, 'label', ...}
 
+Training and evaluation read a prepared builder with `data.tfds_name` (e.g.
+'kinetics400/native') and `data.data_dir` (the TFDS data dir): see
+`tadax.data.tfds_source`.
+
 Manual dir layouts:
 * Kinetics-400: `train.csv`, `validate.csv` (official CSVs) and the clips
   `ID_START_END.mp4` anywhere below the folder.

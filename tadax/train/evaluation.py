@@ -51,15 +51,35 @@ def _all_hosts(local: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
 
 
+def _all_hosts_bytes(local: np.ndarray) -> np.ndarray:
+    """Concatenates every host's `(B,)` byte strings in process order -> `(P B,)` object array.
+
+    Strings travel as zero-padded uint8 rows as wide as the longest string of any host,
+    beside their lengths (`process_allgather` moves arrays of one shape and dtype).
+    """
+    strings = [bytes(x) for x in np.asarray(local, dtype=object)]
+    if jax.process_count() == 1:
+        return np.array(strings, dtype=object)
+    lengths = np.array([len(x) for x in strings], np.int64)
+    all_lengths = _all_hosts(lengths)
+    rows = np.zeros((len(strings), max(1, int(all_lengths.max()))), np.uint8)
+    for row, x in zip(rows, strings):
+        row[:len(x)] = np.frombuffer(x, np.uint8)
+    return np.array([row[:n].tobytes() for row, n in zip(_all_hosts(rows), all_lengths)],
+                    dtype=object)
+
+
 def run_views(eval_step: Callable, variables: Any, batches: Iterable[Mapping[str, np.ndarray]],
               mesh: Mesh, progress: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
-    """Scores every view of an eval iterator -> `{'probs': (N, C), 'label', 'video_id', 'view': (N,)}`.
+    """Scores every view of an eval iterator -> `{'probs': (N, C), 'label', 'video_id', 'view',
+    'filename': (N,)}` (filename: bytes objects), every host's views on every host.
 
     batches: this host's padded batches with `video`, `label`, `video_id`,
-    `view` (absent for single-view data: 0) and `mask`; padding is dropped.
+    `view` (absent for single-view data: 0), `filename` (absent: b'') and `mask`;
+    padding is dropped.
     progress: called with the batch count after each batch.
     """
-    out = {"probs": [], "label": [], "video_id": [], "view": []}
+    out = {"probs": [], "label": [], "video_id": [], "view": [], "filename": []}
     for i, batch in enumerate(batches):
         probs = np.asarray(eval_step(variables, global_batch({"video": batch["video"]},
                                                              mesh)["video"]))
@@ -69,6 +89,8 @@ def run_views(eval_step: Callable, variables: Any, batches: Iterable[Mapping[str
             out[key].append(_all_hosts(batch[key])[mask])
         view = batch.get("view", np.zeros_like(batch["label"]))
         out["view"].append(_all_hosts(view)[mask])
+        names = batch.get("filename", np.full(len(batch["label"]), b"", dtype=object))
+        out["filename"].append(_all_hosts_bytes(names)[mask])
         if progress is not None:
             progress(i + 1)
     if not out["probs"]:
@@ -142,20 +164,30 @@ def metrics(views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -
     }
 
 
+def _video_filenames(views: Mapping[str, np.ndarray], video_ids: np.ndarray) -> list:
+    """The file name (str, or None when unknown) of each of `video_ids`, from its views."""
+    if "filename" not in views:
+        return [None] * len(video_ids)
+    by_id = {int(v): bytes(f) for v, f in zip(views["video_id"], views["filename"])}
+    return [by_id[int(v)].decode("utf-8", "replace") or None for v in video_ids]
+
+
 def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray],
                  result: Mapping[str, Any], class_names: Optional[Sequence[str]] = None) -> None:
     """Writes `predictions.jsonl` (one video a line: label, top-5 classes and summed
-    scores, view count; label -1 and label_name null for an unlabelled video),
+    scores, view count, the record's file name (null if it has none, or `views` has no
+    `filename`); label -1 and label_name null for an unlabelled video),
     `metrics.json`, and `confusion.png` (labelled videos, up to 200 classes)."""
     os.makedirs(outdir, exist_ok=True)
     num_classes = videos["scores"].shape[1]
     top = np.argsort(-videos["scores"], axis=1, kind="stable")[:, :min(5, num_classes)]
+    filenames = _video_filenames(views, videos["video_id"])
     with open(os.path.join(outdir, "predictions.jsonl"), "w") as f:
         for i, vid in enumerate(videos["video_id"]):
             row = {"video_id": int(vid), "label": int(videos["label"][i]),
                    "top5": top[i].tolist(),
                    "top5_scores": [round(float(videos["scores"][i, c]), 6) for c in top[i]],
-                   "num_views": int(videos["num_views"][i])}
+                   "num_views": int(videos["num_views"][i]), "filename": filenames[i]}
             if class_names is not None:
                 row["label_name"] = class_names[row["label"]] if row["label"] >= 0 else None
                 row["top5_names"] = [class_names[c] for c in top[i]]
