@@ -12,10 +12,12 @@ a training run (its directory, `checkpoints/` or one step). The model is the
 one stored with a converted directory, else the config's. For `--video`, the
 clip length and crop follow the model and the sampling and normalisation the
 config: pass the model's recipe. The report (`--output`): metrics.json (top-1/top-5 video and view level, per-class
-accuracy), predictions.jsonl, confusion.png.
+accuracy), predictions.jsonl, confusion.png. Every path may be local or gs://.
 """
 
+import contextlib
 import os
+import tempfile
 
 import jax
 import ml_collections
@@ -25,6 +27,7 @@ from ml_collections import config_flags
 
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
+from tadax.paths import is_remote, user_path
 from tadax.train import cli, evaluation
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
@@ -69,10 +72,24 @@ def video_data_config(config, model_cfg):
     return data
 
 
+@contextlib.contextmanager
+def local_copy(path: str):
+    """A local file path for `path`: itself, or a temporary copy of a gs://... file
+    (the decoder reads local files)."""
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = user_path(tmp) / user_path(path).name
+        local.write_bytes(user_path(path).read_bytes())
+        yield str(local)
+
+
 def classify_video(config, mesh, model, variables, model_cfg) -> None:
     """Prints the top-5 classes of `--video` (softmax scores averaged over its views)."""
-    views = load_views(FLAGS.video, video_data_config(config, model_cfg),
-                       multi_view=not FLAGS.single_view).astype(np.float32)
+    with local_copy(FLAGS.video) as video:
+        views = load_views(video, video_data_config(config, model_cfg),
+                           multi_view=not FLAGS.single_view).astype(np.float32)
     n = len(views)
     pad = (-n) % jax.device_count()
     batch = np.concatenate([views, np.zeros((pad,) + views.shape[1:], views.dtype)])
@@ -109,9 +126,9 @@ def main(argv):
         progress=lambda i: print(f"\r{i} batches", end="", flush=True) if i % 10 == 0 else None)
     videos = evaluation.aggregate_views(views["probs"], views["label"], views["video_id"])
     result = evaluation.metrics(views, videos)
-    result.update(checkpoint=os.path.abspath(FLAGS.checkpoint), split=split,
+    result.update(checkpoint=str(user_path(FLAGS.checkpoint)), split=split,
                   multi_view=not FLAGS.single_view)
-    output = FLAGS.output or os.path.join(FLAGS.checkpoint, "eval")
+    output = user_path(FLAGS.output) if FLAGS.output else user_path(FLAGS.checkpoint) / "eval"
     if jax.process_index() == 0:
         evaluation.write_report(output, views, videos, result,
                                 class_names(model_cfg.num_classes, config.data))

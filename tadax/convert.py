@@ -19,7 +19,7 @@ video-specific ones), with shapes checked; otherwise nothing is written.
 
 import argparse
 import ast
-import os
+import io
 import sys
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from tadax import checkpoint_io, torch_reader
 from tadax.models import build_model, default_model_config
+from tadax.paths import user_path
 from tadax.weights import mapping, pretrained
 from tadax.weights.infer import ArchitectureError, infer_model_config
 
@@ -45,7 +46,7 @@ def read_checkpoint_file(path: str) -> Mapping:
     archives by the restricted reader; a TorchScript archive (OpenAI CLIP)
     falls back to torch, which must then be installed.
     """
-    if not os.path.isfile(path):
+    if not user_path(path).is_file():
         raise ConversionError(f"{path}: no such file")
     if path.endswith(".safetensors"):
         return torch_reader.load_safetensors(path)
@@ -158,20 +159,23 @@ def export_state_dict(variables: Mapping, output: str, overwrite: bool) -> None:
 
     `.safetensors` needs only safetensors; `.pyth` / `.pth` / `.pt` use torch.save.
     """
-    if os.path.exists(output) and not overwrite:
+    target = user_path(output)
+    if target.exists() and not overwrite:
         raise ConversionError(f"{output} exists; pass --overwrite to replace it")
     state = mapping.flax_to_torch(variables)
     if output.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, output)
+        from safetensors.numpy import save
+        target.write_bytes(save({k: np.ascontiguousarray(v) for k, v in state.items()}))
         return
     try:
         import torch
     except ImportError as e:
         raise ConversionError(f"writing {output} in torch.save format needs torch; "
                               "install it or write a .safetensors file instead") from e
+    buffer = io.BytesIO()
     torch.save({"epoch": 0, "model_state": {k: torch.from_numpy(np.ascontiguousarray(v))
-                                            for k, v in state.items()}}, output)
+                                            for k, v in state.items()}}, buffer)
+    target.write_bytes(buffer.getvalue())
 
 
 def _parse_overrides(items: List[str]) -> Dict:
@@ -212,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args) -> int:
-    if args.source != "export" and os.path.exists(args.output) and not args.overwrite:
+    if args.source != "export" and user_path(args.output).exists() and not args.overwrite:
         raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
     if args.source == "export":
         variables, _ = checkpoint_io.load_variables(args.input)

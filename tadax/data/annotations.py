@@ -14,6 +14,8 @@ import json
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from etils import epath
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv")
 
 
@@ -37,8 +39,7 @@ class Problem:
 
 def read_classes(path: str) -> List[str]:
     """Class names, one a line, in index order."""
-    with open(path) as f:
-        names = [line.rstrip("\n") for line in f if line.strip()]
+    names = [line for line in epath.Path(path).read_text().splitlines() if line.strip()]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: duplicate class names")
     return names
@@ -46,8 +47,7 @@ def read_classes(path: str) -> List[str]:
 
 def write_classes(path: str, names: Sequence[str]) -> None:
     """Writes class names one a line (index order)."""
-    with open(path, "w") as f:
-        f.write("".join(f"{n}\n" for n in names))
+    epath.Path(path).write_text("".join(f"{n}\n" for n in names))
 
 
 def index_videos(root: str) -> Dict[str, str]:

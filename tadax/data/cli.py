@@ -18,6 +18,8 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from etils import epath
+
 from tadax.data import annotations
 from tadax.data.encode import EncodeOptions
 
@@ -94,8 +96,8 @@ def _entries(args, path: str, classes: List[str], videos):
 
 
 def _check_classes(out: str, classes: List[str]) -> None:
-    path = os.path.join(out, "classes.txt")
-    if os.path.isfile(path):
+    path = epath.Path(out) / "classes.txt"
+    if path.is_file():
         existing = annotations.read_classes(path)
         if existing != classes:
             raise SystemExit(f"{path} exists with a different class list ({len(existing)} vs "
@@ -113,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     splits = _splits(args.split)
     if not os.path.isdir(args.root):
         raise SystemExit(f"--root {args.root!r} is not a folder")
-    os.makedirs(args.out, exist_ok=True)
+    epath.Path(args.out).mkdir(parents=True, exist_ok=True)
     classes = _classes(args, splits)
     _check_classes(args.out, classes)
     short = DEFAULT_SHORT_SIDE[args.layout] if args.short_side is None else args.short_side

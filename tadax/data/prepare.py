@@ -62,10 +62,10 @@ def _write_shard(path: str, meta_path: str, results: Iterable[Encoded], bar) -> 
                 end_us=enc.end_us, fps=enc.fps))
             written += 1
     meta = {"written": written, "skipped": skipped}
-    with open(meta_path + ".tmp", "w") as f:
+    with tf.io.gfile.GFile(meta_path + ".tmp", "w") as f:
         json.dump(meta, f)
-    os.replace(tmp, path)
-    os.replace(meta_path + ".tmp", meta_path)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    tf.io.gfile.rename(meta_path + ".tmp", meta_path, overwrite=True)
     return meta
 
 
@@ -82,14 +82,14 @@ def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    os.makedirs(os.path.join(out_dir, META_DIR), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.join(out_dir, META_DIR))
     shards = assign_shards(entries, num_shards)
     todo, metas = [], {}
     for k, shard in enumerate(shards):
         base = records.shard_name(name, k, num_shards)
         path, meta_path = os.path.join(out_dir, base), os.path.join(out_dir, META_DIR, base + ".json")
-        if os.path.exists(path) and os.path.exists(meta_path):
-            with open(meta_path) as f:
+        if tf.io.gfile.exists(path) and tf.io.gfile.exists(meta_path):
+            with tf.io.gfile.GFile(meta_path) as f:
                 metas[k] = json.load(f)
         else:
             todo.append((k, path, meta_path, shard))
@@ -124,9 +124,9 @@ def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_
         "target_fps": opts.target_fps,
         "seconds": round(time.time() - start, 1),
     }
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    with open(os.path.join(out_dir, f"{name}-report.txt"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(out_dir, f"{name}-report.txt"), "w") as f:
         f.write(f"# {name}: {summary['num_examples']} videos written, {len(skipped)} skipped\n")
         for s in skipped:
             f.write(f"{s['source']}\t{s['reason']}\n")

@@ -10,7 +10,6 @@ previous checkpoints intact and resumes from the newest finished one.
 Kept: the newest `keep` and the `keep_best` with the best validation metric.
 """
 
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -19,7 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from etils import epath
+
 from tadax import checkpoint_io
+from tadax.paths import user_path
 
 
 class RunCheckpoints:
@@ -29,7 +31,7 @@ class RunCheckpoints:
     """
 
     def __init__(self, directory: str, cfg: ml_collections.ConfigDict):
-        self.directory = os.path.abspath(directory)
+        self.directory = user_path(directory)
         metric = cfg.best_metric
         policies = [pp.LatestN(n=cfg.keep)]
         if cfg.keep_best:
@@ -69,17 +71,17 @@ class RunCheckpoints:
         self.manager.close()
 
 
-def _step_dir(path: str) -> Optional[str]:
+def _step_dir(path: str) -> Optional[epath.Path]:
     """The step directory of a run checkpoint path (run dir, checkpoints dir or step dir)."""
-    path = os.path.abspath(path)
-    for candidate in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(os.path.join(candidate, "state")):
+    path = user_path(path)
+    for candidate in (path, path / "checkpoints"):
+        if (candidate / "state").is_dir():
             return candidate
-        if os.path.isdir(candidate):
-            steps = [int(d) for d in os.listdir(candidate)
-                     if d.isdigit() and os.path.isdir(os.path.join(candidate, d, "state"))]
+        if candidate.is_dir():
+            steps = [int(d.name) for d in candidate.iterdir()
+                     if d.name.isdigit() and (d / "state").is_dir()]
             if steps:
-                return os.path.join(candidate, str(max(steps)))
+                return candidate / str(max(steps))
     return None
 
 
@@ -94,7 +96,7 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
     stored with a converted directory (None for run checkpoints, whose
     config is the run's).
     """
-    if os.path.isdir(os.path.join(path, "variables")):
+    if (user_path(path) / "variables").is_dir():
         return checkpoint_io.load_variables(path)
     step_dir = _step_dir(path)
     if step_dir is None:
@@ -102,7 +104,7 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
             f"{path} is neither a converted model directory (with 'variables/') nor a tadax "
             "run checkpoint (with 'checkpoints/<step>/state')")
     checkpointer = ocp.PyTreeCheckpointer()
-    state_dir = os.path.join(step_dir, "state")
+    state_dir = step_dir / "state"
     metadata = checkpointer.metadata(state_dir).item_metadata.tree
     source = "ema" if use_ema and metadata.get("ema") else None
     wanted = metadata[source] if source else metadata

@@ -7,7 +7,7 @@ so the batch layout does not depend on the device count.
 """
 
 import json
-import os
+
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from tadax.models import build_model
+from tadax.paths import user_path
 from tadax.train import plots
 from tadax.train.checkpointing import load_weights
 from tadax.train.sharding import global_batch, tree_shardings
@@ -135,10 +136,11 @@ def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[s
                  result: Mapping[str, Any], class_names: Optional[Sequence[str]] = None) -> None:
     """Writes `predictions.jsonl` (one video a line: label, top-5 classes and summed
     scores, view count), `metrics.json`, and `confusion.png` (up to 200 classes)."""
-    os.makedirs(outdir, exist_ok=True)
+    outdir = user_path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     num_classes = videos["scores"].shape[1]
     top = np.argsort(-videos["scores"], axis=1, kind="stable")[:, :min(5, num_classes)]
-    with open(os.path.join(outdir, "predictions.jsonl"), "w") as f:
+    with (outdir / "predictions.jsonl").open("w") as f:
         for i, vid in enumerate(videos["video_id"]):
             row = {"video_id": int(vid), "label": int(videos["label"][i]),
                    "top5": top[i].tolist(),
@@ -148,9 +150,8 @@ def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[s
                 row["label_name"] = class_names[row["label"]]
                 row["top5_names"] = [class_names[c] for c in top[i]]
             f.write(json.dumps(row) + "\n")
-    with open(os.path.join(outdir, "metrics.json"), "w") as f:
-        json.dump(dict(result), f, indent=1)
+    (outdir / "metrics.json").write_text(json.dumps(dict(result), indent=1))
     if num_classes <= CONFUSION_MAX_CLASSES:
         matrix = confusion(top[:, 0], videos["label"], num_classes)
-        plots.confusion_matrix(matrix, os.path.join(outdir, "confusion.png"), class_names,
+        plots.confusion_matrix(matrix, outdir / "confusion.png", class_names,
                                title=f"top-1 {result['top1']:.2f}% over {len(top)} videos")

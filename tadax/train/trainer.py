@@ -8,17 +8,18 @@ learning rate, so an interrupted run ends where an uninterrupted one does.
 """
 
 import json
-import os
 import time
 from typing import Any, Dict
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from tadax.data import pipeline
 from tadax.models import build_model
+from tadax.paths import user_path
 from tadax.train import evaluation, plots
 from tadax.train.checkpointing import RunCheckpoints, load_weights
 from tadax.train.logging import MetricLogger, read_history
@@ -52,11 +53,10 @@ def _check_batch_layout(config: ml_collections.ConfigDict) -> None:
                          f"the {jax.device_count()} devices")
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _save_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
 
 def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, split: str,
@@ -77,7 +77,9 @@ def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, spli
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics."""
+    """Trains `config` in `workdir` (local or gs://...; resuming if it has checkpoints);
+    returns the final metrics."""
+    workdir = user_path(workdir)
     _check_batch_layout(config)
     mesh = make_mesh(config.mesh)
     model = build_model(config.model)
@@ -89,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
     _save_config(config, workdir)
-    ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), config.checkpoint)
+    ckpts = RunCheckpoints(workdir / "checkpoints", config.checkpoint)
     latest = ckpts.latest_step()
     if latest is not None:
         state, position = ckpts.restore(latest, abstract_state)
@@ -176,16 +178,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             names = pipeline.dataset_class_names(config.data)
             if names is not None and len(names) != config.model.num_classes:
                 names = None
-            evaluation.write_report(os.path.join(workdir, "eval"), views, videos, result, names)
+            evaluation.write_report(workdir / "eval", views, videos, result, names)
         final.update({f"test/{k}": v for k, v in result.items() if k != "per_class_accuracy"})
     if jax.process_index() == 0:
         history = read_history(logger.path)
         for entry in history:   # the last value of every logged metric
             final.update({k: v for k, v in entry.items() if k != "step"})
-        plots.training_curves(history, os.path.join(workdir, "training_curves.png"),
+        plots.training_curves(history, workdir / "training_curves.png",
                               title=config.get("name", ""))
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(final, f, indent=1)
+        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=1))
     logger.close()
     ckpts.close()
     return final
