@@ -169,3 +169,26 @@ def test_convert_and_export_on_gcs(gcs, tmp_path):
         if not key.endswith("num_batches_tracked"):   # not a model variable; exported as 0
             np.testing.assert_array_equal(exported[key], value, err_msg=key)
     assert not (tmp_path / "gs:").exists() and not (REPO_ROOT / "gs:").exists()
+
+
+def test_synthetic_cache_on_gcs(gcs, tmp_path):
+    """`data.cache_dir=gs://...`: generated locally, uploaded with classes.txt last, and then
+    found complete (a second call generates nothing)."""
+    env, url = gcs
+    script = (
+        "from tadax.data import config, pipeline, synthetic\n"
+        f"cfg = config.data_config(cache_dir='gs://{BUCKET}/cache')\n"
+        "cfg.synthetic.update(num_train=8, num_val=8, num_shards=2)\n"
+        "folder = synthetic.ensure_synthetic(cfg)\n"
+        "print(folder, pipeline.num_examples(cfg, 'train'), pipeline.num_examples(cfg, 'val'))\n"
+        "synthetic.write_dataset = None   # a second call must not generate\n"
+        "assert synthetic.ensure_synthetic(cfg) == folder\n")
+    out = _command(env, tmp_path, "-c", script)
+    folder = out.strip().splitlines()[-1].split()
+    assert folder[0].startswith(f"gs://{BUCKET}/cache/synthetic_8x16x32_") and folder[1:] == ["8", "8"]
+    name = folder[0][len(f"gs://{BUCKET}/"):]
+    cached = set(_objects(url, name + "/"))
+    assert {f"{name}/classes.txt", f"{name}/train-00001-of-00002",
+            f"{name}/_meta/val-00000-of-00002.json"} <= cached
+    assert not any("/videos/" in n for n in cached)
+    assert not (tmp_path / "gs:").exists()
