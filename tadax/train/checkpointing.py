@@ -3,10 +3,12 @@ from either a run or a converted model directory.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data}`: `state` is the whole train
 state (params, batch_stats, optimizer state, step, EMA), `data` the JSON data
-position `{"step": ...}` (the iterator restarts from it). Saves are
-asynchronous and atomic (written to a temporary directory, renamed when
-complete), so a run killed at any moment (SIGKILL included) leaves its
-previous checkpoints intact and resumes from the newest finished one.
+position `{"step": ...}` (the iterator restarts from it). WORKDIR may be local
+or gs://. Saves are asynchronous and atomic (locally written to a temporary
+directory, renamed when complete; on GCS committed by Orbax's
+`commit_success.txt` marker), so a run killed at any moment (SIGKILL
+included) leaves its previous checkpoints intact and resumes from the newest
+finished one.
 Kept: the newest `keep` and the `keep_best` with the best validation metric.
 """
 
