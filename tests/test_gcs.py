@@ -185,7 +185,8 @@ def test_synthetic_cache_on_gcs(gcs, tmp_path):
         "assert synthetic.ensure_synthetic(cfg) == folder\n")
     out = _command(env, tmp_path, "-c", script)
     folder = out.strip().splitlines()[-1].split()
-    assert folder[0].startswith(f"gs://{BUCKET}/cache/synthetic_8x16x32_") and folder[1:] == ["8", "8"]
+    assert folder[0].startswith(f"gs://{BUCKET}/cache/synthetic_8x16x32_")
+    assert folder[1:] == ["8", "8"]
     name = folder[0][len(f"gs://{BUCKET}/"):]
     cached = set(_objects(url, name + "/"))
     assert {f"{name}/classes.txt", f"{name}/train-00001-of-00002",

@@ -151,7 +151,8 @@ def dataset_dir(data_cfg) -> str:
     key = (f"v2-{s.num_train}-{s.num_val}-{s.frames}-{s.size}-{s.fps}-{s.seed}-{s.num_shards}-"
            f"{data_cfg.train_split}-{data_cfg.val_split}")
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return str(user_path(data_cfg.cache_dir) / f"synthetic_{s.num_train}x{s.frames}x{s.size}_{digest}")
+    name = f"synthetic_{s.num_train}x{s.frames}x{s.size}_{digest}"
+    return str(user_path(data_cfg.cache_dir) / name)
 
 
 def _build(data_cfg, folder: str, quiet: bool) -> None:
