@@ -15,9 +15,7 @@ config: pass the model's recipe. The report (`--output`): metrics.json (top-1/to
 accuracy), predictions.jsonl, confusion.png. Every path may be local or gs://.
 """
 
-import contextlib
 import os
-import tempfile
 
 import jax
 import ml_collections
@@ -27,7 +25,7 @@ from ml_collections import config_flags
 
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
-from tadax.paths import is_remote, user_path
+from tadax.paths import local_copy, user_path
 from tadax.train import cli, evaluation
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
@@ -70,19 +68,6 @@ def video_data_config(config, model_cfg):
         data.test_crop_size = model_cfg.image_size
         data.test_scale = max(data.test_scale, model_cfg.image_size)
     return data
-
-
-@contextlib.contextmanager
-def local_copy(path: str):
-    """A local file path for `path`: itself, or a temporary copy of a gs://... file
-    (the decoder reads local files)."""
-    if not is_remote(path):
-        yield path
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        local = user_path(tmp) / user_path(path).name
-        local.write_bytes(user_path(path).read_bytes())
-        yield str(local)
 
 
 def classify_video(config, mesh, model, variables, model_cfg) -> None:

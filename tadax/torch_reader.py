@@ -44,6 +44,8 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
+from tadax.paths import local_copy
+
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
@@ -358,9 +360,10 @@ def load_safetensors(path: "str | os.PathLike") -> Dict[str, np.ndarray]:
     Raises CheckpointFormatError, naming the file, if it is missing or unreadable.
     """
     from safetensors import SafetensorError
-    from safetensors.numpy import load
+    from safetensors.numpy import load_file
     path = os.fspath(path)
     try:
-        return load(epath.Path(path).read_bytes())
+        with local_copy(path) as local:
+            return load_file(local)
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from e
