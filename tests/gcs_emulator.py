@@ -19,7 +19,6 @@ TensorFlow's requests to FOLDER/gcs_proxy.log.
 
 import contextlib
 import datetime
-import os
 import socket
 import subprocess
 import sys
