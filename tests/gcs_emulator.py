@@ -1,11 +1,11 @@
 """A real GCS server on loopback for tests: gcp-storage-emulator plus gcs_proxy.py.
 
-`running_gcs(workdir, bucket)` starts the emulator (in memory, on a free loopback port,
+`running_gcs(folder, bucket)` starts the emulator (in memory, on a free loopback port,
 with `bucket` created) and the HTTPS proxy TensorFlow's GCS client needs, and yields the
 environment variables under which every GCS client of ours reaches them:
 
-- gcsfs (etils.epath with EPATH_USE_TF=false; the emulator's own Python client):
-  STORAGE_EMULATOR_HOST, anonymous token, no GCE metadata probe.
+- google-cloud-storage (Orbax asks it for the bucket's layout): STORAGE_EMULATOR_HOST,
+  no GCE metadata probe (NO_GCE_CHECK).
 - tensorstore (Orbax's array data): TENSORSTORE_GCS_HTTP_URL (the proxy, as plain
   HTTP: it adds the generation headers the emulator omits), GOOGLE_AUTH_TOKEN_FOR_TESTING,
   and GCE_METADATA_ROOT / GCE_METADATA_HOST pointed at a closed loopback port so that no
@@ -14,7 +14,7 @@ environment variables under which every GCS client of ours reaches them:
   CURL_CA_BUNDLE to a throwaway CA, GOOGLE_AUTH_TOKEN_FOR_TESTING (no OAuth call).
 
 Both servers are child processes, stopped when the context exits; the proxy logs
-TensorFlow's requests to FOLDER/gcs_proxy.log.
+the requests of TensorFlow and tensorstore to FOLDER/gcs_proxy.log.
 """
 
 import contextlib
@@ -128,8 +128,6 @@ def running_gcs(folder: Path, bucket: str):
         emulator_url = f"http://127.0.0.1:{emulator_port}"
         yield {
             "STORAGE_EMULATOR_HOST": emulator_url,
-            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-            "FSSPEC_GS_TOKEN": "anon",
             "NO_GCE_CHECK": "true",
             "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{proxy_port}",
             "GCE_METADATA_ROOT": f"127.0.0.1:{closed_port}",
