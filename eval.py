@@ -17,7 +17,7 @@ run's saved `config.json`, or for a converted directory its stored model
 with the recipe's data settings; `--config.x.y=v` overrides it. `--config`
 replaces it (the model of a converted directory is still the stored one).
 The report (`--output`): metrics.json (top-1/top-5 video and view level,
-per-class accuracy), predictions.jsonl, confusion.png.
+per-class accuracy), predictions.jsonl, confusion.png. Every path may be local or gs://.
 """
 
 import os
@@ -36,6 +36,7 @@ from tadax.data.video import load_views
 from tadax.errors import ConfigError
 from tadax.labels import shipped_class_names
 from tadax.train import cli, evaluation, preflight, run_config
+from tadax.paths import local_copy, user_path
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
 
@@ -110,8 +111,9 @@ def video_data_config(config, model_cfg):
 
 def classify_video(config, mesh, model, variables, model_cfg) -> None:
     """Prints the top-5 classes of `--video` (softmax scores averaged over its views)."""
-    views = load_views(FLAGS.video, video_data_config(config, model_cfg),
-                       multi_view=not FLAGS.single_view).astype(np.float32)
+    with local_copy(FLAGS.video) as video:
+        views = load_views(video, video_data_config(config, model_cfg),
+                           multi_view=not FLAGS.single_view).astype(np.float32)
     n = len(views)
     pad = (-n) % jax.device_count()
     batch = np.concatenate([views, np.zeros((pad,) + views.shape[1:], views.dtype)])
@@ -141,11 +143,11 @@ def main(argv):
     if FLAGS.video:
         classify_video(config, mesh, model, variables, model_cfg)
         if FLAGS.explain:
-            explain.explain_video(FLAGS.video, video_data_config(config, model_cfg), model,
-                                  variables, FLAGS.explain, top_k=config.eval.explain_top_k,
-                                  class_names=class_names(model_cfg.num_classes, config.data,
-                                                          from_dataset=False),
-                                  multi_view=not FLAGS.single_view)
+            names = class_names(model_cfg.num_classes, config.data, from_dataset=False)
+            with local_copy(FLAGS.video) as video:
+                explain.explain_video(video, video_data_config(config, model_cfg), model,
+                                      variables, FLAGS.explain, top_k=config.eval.explain_top_k,
+                                      class_names=names, multi_view=not FLAGS.single_view)
             print(f"explanation -> {FLAGS.explain}")
         return
     step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
@@ -160,9 +162,9 @@ def main(argv):
         progress=lambda i: print(f"\r{i} batches", end="", flush=True) if i % 10 == 0 else None)
     videos = evaluation.aggregate_views(views["probs"], views["label"], views["video_id"])
     result = evaluation.metrics(views, videos)
-    result.update(checkpoint=os.path.abspath(FLAGS.checkpoint), split=split,
+    result.update(checkpoint=str(user_path(FLAGS.checkpoint)), split=split,
                   multi_view=not FLAGS.single_view)
-    output = FLAGS.output or os.path.join(FLAGS.checkpoint, "eval")
+    output = user_path(FLAGS.output) if FLAGS.output else user_path(FLAGS.checkpoint) / "eval"
     if jax.process_index() == 0:
         evaluation.write_report(output, views, videos, result,
                                 class_names(model_cfg.num_classes, config.data, from_dataset=True))

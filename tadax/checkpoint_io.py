@@ -1,20 +1,19 @@
 """Model checkpoints on disk: an Orbax directory with the variables and the model config.
 
-Layout of a directory written by `save_variables`:
+Layout of a directory (local or gs://) written by `save_variables`:
   DIR/variables/     Orbax PyTree checkpoint of `{'params': ..., 'batch_stats': ...}`
   DIR/model_config/  JSON of the model config (`tadax.models.default_model_config` fields)
 so a converted or trained model can be rebuilt from the directory alone.
 """
 
-import os
-import shutil
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+
+from tadax.paths import user_path
 
 
 class CheckpointError(ValueError):
@@ -33,20 +32,20 @@ def save_variables(path: str, variables: Mapping[str, Any],
     written completely beside it before it replaces the old one, so a failed
     write never destroys a good checkpoint.
     """
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not overwrite:
+    path = user_path(path)
+    if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = path + ".tmp-write"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
+    tmp = path.with_name(path.name + ".tmp-write")
+    if tmp.exists():
+        tmp.rmtree()
     tree = jax.tree_util.tree_map(np.asarray, dict(variables))
     config_json = {k: list(v) if isinstance(v, tuple) else v
                    for k, v in model_config.to_dict().items()}
-    _checkpointer().save(epath.Path(tmp), ocp.args.Composite(
+    _checkpointer().save(tmp, ocp.args.Composite(
         variables=ocp.args.PyTreeSave(tree), model_config=ocp.args.JsonSave(config_json)))
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    if path.exists():
+        path.rmtree()
+    tmp.rename(path)
 
 
 def _model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -59,14 +58,14 @@ def _model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
 def is_model_dir(path: str) -> bool:
     """Whether `path` is a directory written by `save_variables`."""
-    return (epath.Path(path) / "variables").is_dir()
+    return (user_path(path) / "variables").is_dir()
 
 
 def read_model_config(path: str) -> ml_collections.ConfigDict:
     """The model config stored in a directory written by `save_variables` (no arrays read)."""
     if not is_model_dir(path):
         raise CheckpointError(f"{path} is not a tadax model checkpoint (no 'variables' inside)")
-    restored = _checkpointer().restore(epath.Path(path), ocp.args.Composite(
+    restored = _checkpointer().restore(user_path(path), ocp.args.Composite(
         model_config=ocp.args.JsonRestore()))
     return _model_config(restored.model_config)
 
@@ -79,8 +78,8 @@ def load_variables(path: str, target: Optional[Mapping[str, Any]] = None
     included) the arrays are restored with its shapes and shardings; without
     it they come back as numpy arrays.
     """
-    path = os.path.abspath(path)
-    if not os.path.isdir(os.path.join(path, "variables")):
+    path = user_path(path)
+    if not (path / "variables").is_dir():
         raise CheckpointError(f"{path} is not a tadax model checkpoint (no 'variables' inside)")
     if target is None:
         restore = ocp.args.PyTreeRestore()
@@ -88,6 +87,6 @@ def load_variables(path: str, target: Optional[Mapping[str, Any]] = None
         restore = ocp.args.PyTreeRestore(
             item=dict(target),
             restore_args=ocp.checkpoint_utils.construct_restore_args(dict(target)))
-    restored = _checkpointer().restore(epath.Path(path), ocp.args.Composite(
+    restored = _checkpointer().restore(path, ocp.args.Composite(
         variables=restore, model_config=ocp.args.JsonRestore()))
     return dict(restored.variables), _model_config(restored.model_config)

@@ -27,8 +27,8 @@ default is named on stderr.
 
 import argparse
 import ast
+import io
 import json
-import os
 import sys
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -42,6 +42,7 @@ from tadax import checkpoint_io, serving, torch_reader
 from tadax.models import build_model, default_model_config
 from tadax.models.registry import upstream_fields
 from tadax.train.checkpointing import load_weights
+from tadax.paths import user_path
 from tadax.weights import mapping, pretrained
 from tadax.weights.infer import ArchitectureError, infer_model_config, unseen_settings
 from tadax.weights.upstream import UpstreamConfigError, load_upstream_settings
@@ -60,7 +61,7 @@ def read_checkpoint_file(path: str) -> Mapping:
     archives by the restricted reader; a TorchScript archive (OpenAI CLIP)
     falls back to torch, which must then be installed.
     """
-    if not os.path.isfile(path):
+    if not user_path(path).is_file():
         raise ConversionError(f"{path}: no such file")
     if path.endswith(".safetensors"):
         return torch_reader.load_safetensors(path)
@@ -173,20 +174,23 @@ def export_state_dict(variables: Mapping, output: str, overwrite: bool) -> None:
 
     `.safetensors` needs only safetensors; `.pyth` / `.pth` / `.pt` use torch.save.
     """
-    if os.path.exists(output) and not overwrite:
+    target = user_path(output)
+    if target.exists() and not overwrite:
         raise ConversionError(f"{output} exists; pass --overwrite to replace it")
     state = mapping.flax_to_torch(variables)
     if output.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, output)
+        from safetensors.numpy import save
+        target.write_bytes(save({k: np.ascontiguousarray(v) for k, v in state.items()}))
         return
     try:
         import torch
     except ImportError as e:
         raise ConversionError(f"writing {output} in torch.save format needs torch; "
                               "install it or write a .safetensors file instead") from e
+    buffer = io.BytesIO()
     torch.save({"epoch": 0, "model_state": {k: torch.from_numpy(np.ascontiguousarray(v))
-                                            for k, v in state.items()}}, output)
+                                            for k, v in state.items()}}, buffer)
+    target.write_bytes(buffer.getvalue())
 
 
 def _parse_overrides(items: List[str]) -> Dict:
@@ -298,7 +302,7 @@ def _export(args, overrides: Dict) -> int:
 
 
 def _run(args) -> int:
-    if args.source != "export" and os.path.exists(args.output) and not args.overwrite:
+    if args.source != "export" and user_path(args.output).exists() and not args.overwrite:
         raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
     overrides = _parse_overrides(args.set)
     if args.num_frames:

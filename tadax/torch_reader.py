@@ -11,7 +11,8 @@ Formats read by `load_torch_file`:
 
 A TorchScript archive (e.g. OpenAI CLIP's `ViT-B-16.pt`) holds code as well as data; it
 is recognised and refused with a pointer to `load_torchscript_state_dict`, which needs
-torch. `load_safetensors` reads safetensors files (e.g. Hugging Face CLIP).
+torch. `load_safetensors` reads safetensors files (e.g. Hugging Face CLIP). Files may be
+local or gs://... (read through etils.epath).
 
 Unpickling policy. A pickle rebuilds objects by calling globals it names; here
 `find_class` never imports anything:
@@ -33,6 +34,7 @@ immutable builtin type, or an object made for this load, so a hostile BUILD cann
 alter the reader for later loads.
 """
 
+import io
 import os
 import pickle
 import zipfile
@@ -40,6 +42,9 @@ from typing import Any, Dict, NamedTuple
 
 import ml_dtypes
 import numpy as np
+from etils import epath
+
+from tadax.paths import local_copy
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
@@ -289,7 +294,7 @@ def load_torch_file(path: "str | os.PathLike") -> Any:
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with epath.Path(path).open("rb") as f:
             head = f.read(2)
             f.seek(0)
             if not head:
@@ -331,7 +336,7 @@ def load_torchscript_state_dict(path: "str | os.PathLike") -> Dict[str, np.ndarr
     """The state dict of a TorchScript archive (e.g. OpenAI CLIP's .pt) as numpy arrays.
 
     Needs torch (imported here; ImportError with instructions if it is missing) and
-    loads with `torch.jit.load(path, map_location='cpu')`, which compiles the archive's
+    loads its bytes with `torch.jit.load(..., map_location='cpu')`, which compiles the archive's
     TorchScript code: use it only on files you trust. Dtypes as in `load_torch_file`.
     """
     path = os.fspath(path)
@@ -342,7 +347,7 @@ def load_torchscript_state_dict(path: "str | os.PathLike") -> Dict[str, np.ndarr
                           "not installed (pip install torch). Other checkpoints are read "
                           "without torch.") from e
     try:
-        module = torch.jit.load(path, map_location="cpu")
+        module = torch.jit.load(io.BytesIO(epath.Path(path).read_bytes()), map_location="cpu")
     except (RuntimeError, ValueError) as e:
         raise CheckpointFormatError(f"{path}: torch.jit.load cannot read it ({e})") from e
     return {name: _torch_to_numpy(t) for name, t in module.state_dict().items()}
@@ -358,6 +363,7 @@ def load_safetensors(path: "str | os.PathLike") -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
     path = os.fspath(path)
     try:
-        return load_file(path)
+        with local_copy(path) as local:
+            return load_file(local)
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from e

@@ -127,8 +127,7 @@ def read_classes(path: str) -> List[str]:
 
 def write_classes(path: str, names: Sequence[str]) -> None:
     """Writes class names one a line (index order)."""
-    with open(path, "w") as f:
-        f.write("".join(f"{n}\n" for n in names))
+    epath.Path(path).write_text("".join(f"{n}\n" for n in names))
 
 
 def index_videos(root: str) -> Dict[str, str]:

@@ -160,10 +160,10 @@ def _entries(args, name: str, path: str, classes: List[str], videos):
 def _check_classes(out: str, classes: List[str]) -> None:
     """Writes `classes.txt`, or checks it against the one already in `out` (no class list:
     an unlabelled split, nothing to check)."""
-    path = os.path.join(out, "classes.txt")
+    path = epath.Path(out) / "classes.txt"
     if not classes:
         return
-    if os.path.isfile(path):
+    if path.is_file():
         with _blame("--out"):
             existing = annotations.read_classes(path)
         if existing != classes:

@@ -31,18 +31,19 @@ import tensorflow as tf
 
 from tadax.data import annotations, augment, records, sampling, tfds_source, views
 from tadax.data.mixup import mix_batch, mixing_enabled
+from tadax.paths import user_path
 
 # Something-Something V2 classes that name a direction: (left version, right version).
 SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
 
 
 def resolve_data_dir(data_cfg) -> str:
-    """The folder of shards: `data_dir`, the prepared TFDS builder `tfds_name` (under TFDS
-    `data_dir`), or the synthetic dataset (generated on first use)."""
+    """The folder of shards (local or gs://...): `data_dir`, the prepared TFDS builder
+    `tfds_name` (under TFDS `data_dir`), or the synthetic dataset (generated on first use)."""
     if data_cfg.tfds_name:
         return tfds_source.builder_dir(data_cfg.tfds_name, _tfds_data_dir(data_cfg))
     if data_cfg.data_dir:
-        return os.path.expanduser(data_cfg.data_dir)
+        return str(user_path(data_cfg.data_dir))
     if data_cfg.dataset == "synthetic":
         from tadax.data import synthetic
         return synthetic.ensure_synthetic(data_cfg)
@@ -56,8 +57,8 @@ def _tfds_data_dir(data_cfg) -> Optional[str]:
 
 def dataset_class_names(data_cfg) -> Optional[List[str]]:
     """The class names written beside the shards (`classes.txt`, index order), or None."""
-    path = os.path.join(resolve_data_dir(data_cfg), "classes.txt")
-    return annotations.read_classes(path) if os.path.isfile(path) else None
+    path = user_path(resolve_data_dir(data_cfg)) / "classes.txt"
+    return annotations.read_classes(path) if path.is_file() else None
 
 
 def _split_name(data_cfg, split: str) -> str:
@@ -67,10 +68,10 @@ def _split_name(data_cfg, split: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _records_per_file(path: str) -> int:
-    meta = os.path.join(os.path.dirname(path), "_meta", os.path.basename(path) + ".json")
-    if os.path.isfile(meta):
-        with open(meta) as f:
-            return int(json.load(f)["written"])
+    shard = user_path(path)
+    meta = shard.parent / "_meta" / (shard.name + ".json")
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["written"])
     return records.count_records([path])
 
 

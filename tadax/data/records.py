@@ -7,12 +7,12 @@ Context: `clip/label/index` (int64), `clip/label/text`, `video/filename`,
 Data written by DMVR's scripts (no fps / frame count) is read as well.
 """
 
-import glob
-import os
 import re
 from typing import List, Sequence
 
 import tensorflow as tf
+
+from tadax.paths import user_path
 
 FRAMES_KEY = "image/encoded"
 LABEL_KEY = "clip/label/index"
@@ -31,10 +31,12 @@ def shard_name(name: str, index: int, count: int) -> str:
 
 
 def shard_files(data_dir: str, split: str) -> List[str]:
-    """Sorted shard paths of `split` in `data_dir`; raises FileNotFoundError naming what is missing."""
-    pattern = os.path.join(glob.escape(data_dir), f"{glob.escape(split)}-*-of-*")
-    files = sorted(f for f in glob.glob(pattern)
-                   if re.fullmatch(r".*-\d{5}-of-\d{5}", f))
+    """Sorted shard paths of `split` in `data_dir` (local or gs://...); raises
+    FileNotFoundError naming what is missing."""
+    folder = user_path(data_dir)
+    name = re.compile(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}")
+    files = sorted(str(f) for f in (folder.iterdir() if folder.is_dir() else ())
+                   if name.fullmatch(f.name))
     if not files:
         raise FileNotFoundError(
             f"no shards '{split}-NNNNN-of-NNNNN' in {data_dir!r}: prepare the dataset with "

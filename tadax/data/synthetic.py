@@ -10,18 +10,21 @@ with random colours, sizes, positions and speeds over a random smooth
 background.
 
 `write_dataset` writes real `.mp4` files (PyAV, H.264) and Kinetics-layout CSVs;
-`ensure_synthetic` generates and prepares it on first use, once, under a file
-lock, and returns the folder of shards.
+`ensure_synthetic` generates and prepares it on first use, once (under a file
+lock when the cache is local), and returns the folder of shards.
 """
 
 import csv
 import hashlib
 import os
-import shutil
+import tempfile
 from typing import Dict, List, Tuple
 
 import av
 import numpy as np
+from etils import epath
+
+from tadax.paths import is_remote, user_path
 
 FORWARD_CLASSES = ("moving left to right", "moving down", "growing", "appearing")
 REVERSED_CLASSES = ("moving right to left", "moving up", "shrinking", "disappearing")
@@ -142,47 +145,74 @@ def write_dataset(root: str, splits: Dict[str, int], *, frames: int = 16, size: 
 
 
 def dataset_dir(data_cfg) -> str:
-    """The cache folder of the synthetic dataset described by `data_cfg.synthetic`."""
+    """The cache folder (local or gs://...) of the synthetic dataset described by
+    `data_cfg.synthetic`."""
     s = data_cfg.synthetic
     key = (f"v2-{s.num_train}-{s.num_val}-{s.frames}-{s.size}-{s.fps}-{s.seed}-{s.num_shards}-"
            f"{data_cfg.train_split}-{data_cfg.val_split}")
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return os.path.join(os.path.expanduser(data_cfg.cache_dir),
-                        f"synthetic_{s.num_train}x{s.frames}x{s.size}_{digest}")
+    name = f"synthetic_{s.num_train}x{s.frames}x{s.size}_{digest}"
+    return str(user_path(data_cfg.cache_dir) / name)
+
+
+def _build(data_cfg, folder: str, quiet: bool) -> None:
+    """Generates the videos and CSVs in the local `folder` and prepares them there as shards,
+    `classes.txt` written last."""
+    from tadax.data import annotations, prepare
+    from tadax.data.encode import EncodeOptions
+
+    s = data_cfg.synthetic
+    csvs = write_dataset(folder, {data_cfg.train_split: s.num_train, data_cfg.val_split: s.num_val},
+                         frames=s.frames, size=s.size, fps=s.fps, seed=s.seed)
+    for split, csv_path in csvs.items():
+        entries, problems = annotations.kinetics_csv(
+            csv_path, os.path.join(folder, "videos", split), CLASSES)
+        summary = prepare.prepare_split(entries, problems, out_dir=folder, name=split,
+                                        num_shards=s.num_shards, opts=EncodeOptions(), quiet=quiet)
+        if summary["num_skipped"]:
+            raise RuntimeError(f"synthetic data: {summary['num_skipped']} videos failed; "
+                               f"see {folder}/{split}-report.txt")
+    annotations.write_classes(os.path.join(folder, "classes.txt"), CLASSES)
+
+
+def _upload(folder: epath.Path, target: epath.Path) -> None:
+    """Copies the prepared shards and their metadata (not the source videos) to `target`,
+    `classes.txt` last: its presence marks the copy complete."""
+    from tadax.data.prepare import META_DIR
+
+    files = [f for f in folder.iterdir() if f.is_file() and f.name != "classes.txt"]
+    files += list((folder / META_DIR).iterdir())
+    (target / META_DIR).mkdir(parents=True, exist_ok=True)
+    for f in files + [folder / "classes.txt"]:
+        f.copy(target / f.relative_to(folder).as_posix(), overwrite=True)
 
 
 def ensure_synthetic(data_cfg, quiet: bool = True) -> str:
     """Generates and prepares the synthetic dataset once; returns its folder of shards.
 
-    Safe with several processes: one generates under a file lock into a
-    temporary folder that is renamed into place when complete.
+    `classes.txt` in the folder marks it complete. Local cache: one process
+    generates, under a file lock, into a temporary folder renamed into place
+    when complete. gs:// cache (no locks or directory renames there): each
+    process that finds it incomplete generates locally and copies the shards
+    up, `classes.txt` last; concurrent writers write identical bytes (the data
+    is a function of the config), so the result is the same whoever wins.
     """
     import filelock
 
-    from tadax.data import annotations, prepare
-    from tadax.data.encode import EncodeOptions
-
-    target = dataset_dir(data_cfg)
-    if os.path.isfile(os.path.join(target, "classes.txt")):
-        return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with filelock.FileLock(target + ".lock"):
-        if os.path.isfile(os.path.join(target, "classes.txt")):
-            return target
-        tmp = f"{target}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        s = data_cfg.synthetic
-        csvs = write_dataset(tmp, {data_cfg.train_split: s.num_train, data_cfg.val_split: s.num_val},
-                             frames=s.frames, size=s.size, fps=s.fps, seed=s.seed)
-        for split, csv_path in csvs.items():
-            entries, problems = annotations.kinetics_csv(
-                csv_path, os.path.join(tmp, "videos", split), CLASSES)
-            summary = prepare.prepare_split(entries, problems, out_dir=tmp, name=split,
-                                            num_shards=s.num_shards, opts=EncodeOptions(),
-                                            quiet=quiet)
-            if summary["num_skipped"]:
-                raise RuntimeError(f"synthetic data: {summary['num_skipped']} videos failed; "
-                                   f"see {tmp}/{split}-report.txt")
-        annotations.write_classes(os.path.join(tmp, "classes.txt"), CLASSES)
-        os.replace(tmp, target)
-    return target
+    target = user_path(dataset_dir(data_cfg))
+    if (target / "classes.txt").is_file():
+        return str(target)
+    if is_remote(target):
+        with tempfile.TemporaryDirectory() as tmp:
+            _build(data_cfg, tmp, quiet)
+            _upload(user_path(tmp), target)
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(f"{target}.lock"):
+        if (target / "classes.txt").is_file():
+            return str(target)
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        tmp.rmtree(missing_ok=True)
+        _build(data_cfg, str(tmp), quiet)
+        tmp.rename(target)
+    return str(target)

@@ -3,10 +3,12 @@ from either a run or a converted model directory.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data}`: `state` is the whole train
 state (params, batch_stats, optimizer state, step, EMA), `data` the JSON data
-position `{"step": ...}` (the iterator restarts from it). Saves are
-asynchronous and atomic (written to a temporary directory, renamed when
-complete), so a run killed at any moment (SIGKILL included) leaves its
-previous checkpoints intact and resumes from the newest finished one.
+position `{"step": ...}` (the iterator restarts from it). WORKDIR may be local
+or gs://. Saves are asynchronous and atomic (locally written to a temporary
+directory, renamed when complete; on GCS committed by Orbax's
+`commit_success.txt` marker), so a run killed at any moment (SIGKILL
+included) leaves its previous checkpoints intact and resumes from the newest
+finished one.
 When to save is Orbax's decision (`save_decision_policy`): every
 `every_steps` steps, at the given extra steps (validations, the last step),
 when the newest checkpoint is older than `every_secs` and none is being
@@ -15,7 +17,6 @@ run directory is writable), and at a multi-host preemption sync point.
 Kept: the newest `keep` and the `keep_best` with the best validation metric.
 """
 
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -26,7 +27,9 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as sdp
 
+
 from tadax import checkpoint_io
+from tadax.paths import user_path
 
 
 class RunCheckpoints:
@@ -39,7 +42,7 @@ class RunCheckpoints:
 
     def __init__(self, directory: str, cfg: ml_collections.ConfigDict,
                  every: Sequence[int] = (), on_steps: Sequence[int] = ()):
-        self.directory = os.path.abspath(directory)
+        self.directory = user_path(directory)
         metric = cfg.best_metric
         policies = [pp.LatestN(n=cfg.keep)]
         if cfg.keep_best:
@@ -103,17 +106,17 @@ def finished_steps(directory: str) -> List[int]:
     return sorted(ocp.utils.checkpoint_steps(path)) if path.is_dir() else []
 
 
-def _step_dir(path: str) -> Optional[str]:
+def _step_dir(path: str) -> Optional[epath.Path]:
     """The step directory of a run checkpoint path (run dir, checkpoints dir or step dir)."""
-    path = os.path.abspath(path)
-    for candidate in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(os.path.join(candidate, "state")):
+    path = user_path(path)
+    for candidate in (path, path / "checkpoints"):
+        if (candidate / "state").is_dir():
             return candidate
-        if os.path.isdir(candidate):
-            steps = [int(d) for d in os.listdir(candidate)
-                     if d.isdigit() and os.path.isdir(os.path.join(candidate, d, "state"))]
+        if candidate.is_dir():
+            steps = [int(d.name) for d in candidate.iterdir()
+                     if d.name.isdigit() and (d / "state").is_dir()]
             if steps:
-                return os.path.join(candidate, str(max(steps)))
+                return candidate / str(max(steps))
     return None
 
 
@@ -128,7 +131,7 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
     stored with a converted directory (None for run checkpoints, whose
     config is the run's).
     """
-    if os.path.isdir(os.path.join(path, "variables")):
+    if (user_path(path) / "variables").is_dir():
         return checkpoint_io.load_variables(path)
     step_dir = _step_dir(path)
     if step_dir is None:
@@ -136,7 +139,7 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
             f"{path} is neither a converted model directory (with 'variables/') nor a tadax "
             "run checkpoint (with 'checkpoints/<step>/state')")
     checkpointer = ocp.PyTreeCheckpointer()
-    state_dir = os.path.join(step_dir, "state")
+    state_dir = step_dir / "state"
     metadata = checkpointer.metadata(state_dir).item_metadata.tree
     source = "ema" if use_ema and metadata.get("ema") else None
     wanted = metadata[source] if source else metadata

@@ -7,7 +7,7 @@ so the batch layout does not depend on the device count.
 """
 
 import json
-import os
+
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from tadax.models import build_model
+from tadax.paths import user_path
 from tadax.train import plots
 from tadax.train.checkpointing import load_weights
 from tadax.train.sharding import global_batch, tree_shardings
@@ -178,11 +179,12 @@ def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[s
     scores, view count, the record's file name (null if it has none, or `views` has no
     `filename`); label -1 and label_name null for an unlabelled video),
     `metrics.json`, and `confusion.png` (labelled videos, up to 200 classes)."""
-    os.makedirs(outdir, exist_ok=True)
+    outdir = user_path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     num_classes = videos["scores"].shape[1]
     top = np.argsort(-videos["scores"], axis=1, kind="stable")[:, :min(5, num_classes)]
     filenames = _video_filenames(views, videos["video_id"])
-    with open(os.path.join(outdir, "predictions.jsonl"), "w") as f:
+    with (outdir / "predictions.jsonl").open("w") as f:
         for i, vid in enumerate(videos["video_id"]):
             row = {"video_id": int(vid), "label": int(videos["label"][i]),
                    "top5": top[i].tolist(),
@@ -192,11 +194,10 @@ def write_report(outdir: str, views: Mapping[str, np.ndarray], videos: Mapping[s
                 row["label_name"] = class_names[row["label"]] if row["label"] >= 0 else None
                 row["top5_names"] = [class_names[c] for c in top[i]]
             f.write(json.dumps(row) + "\n")
-    with open(os.path.join(outdir, "metrics.json"), "w") as f:
-        json.dump(dict(result), f, indent=1)
+    (outdir / "metrics.json").write_text(json.dumps(dict(result), indent=1))
     labelled = videos["label"] >= 0
     if num_classes <= CONFUSION_MAX_CLASSES and labelled.any():
         matrix = confusion(top[labelled, 0], videos["label"][labelled], num_classes)
-        plots.confusion_matrix(matrix, os.path.join(outdir, "confusion.png"), class_names,
+        plots.confusion_matrix(matrix, outdir / "confusion.png", class_names,
                                title=f"top-1 {result['top1']:.2f}% over {int(labelled.sum())} "
                                      "videos")

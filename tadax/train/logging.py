@@ -8,11 +8,21 @@ curves of an interrupted run are whole.
 
 import datetime
 import json
-import os
 import time
 from typing import Dict, List, Mapping
 
 import jax
+import tensorflow as tf
+from etils import epath
+from tensorflow.core.framework import summary_pb2
+
+from tadax.paths import user_path
+
+# What TensorBoard's scalar dashboard reads (as `tf.summary.scalar` writes it, which needs
+# the tensorboard package; TensorFlow writes the events, to local or gs:// folders).
+_SCALAR = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR)
 
 
 class MetricLogger:
@@ -22,26 +32,27 @@ class MetricLogger:
     clips_per_step: the global batch.
     """
 
-    def __init__(self, workdir: str, total_steps: int, start_step: int, clips_per_step: int):
+    def __init__(self, workdir: "str | epath.Path", total_steps: int, start_step: int,
+                 clips_per_step: int):
         self.lead = jax.process_index() == 0
         self.total_steps = total_steps
         self.clips_per_step = clips_per_step
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        workdir = user_path(workdir)
+        self.path = workdir / "metrics.jsonl"
         self._last_time, self._last_step = time.time(), start_step
         self.writer = None
         if self.lead:
-            os.makedirs(workdir, exist_ok=True)
+            workdir.mkdir(parents=True, exist_ok=True)
             self._truncate(start_step)
-            from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
 
     def _truncate(self, start_step: int) -> None:
         """Drops history entries after `start_step` (written by a run killed before its save)."""
-        if not os.path.exists(self.path):
+        if not self.path.exists():
             return
-        kept = [line for line in open(self.path) if json.loads(line)["step"] <= start_step]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        kept = [line + "\n" for line in self.path.read_text().splitlines()
+                if json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(kept))
 
     def train(self, step: int, metrics: Mapping[str, float]) -> None:
         """Logs train metrics of `step` with throughput and ETA since the previous call."""
@@ -64,10 +75,11 @@ class MetricLogger:
         if not self.lead:
             return
         values = {k: float(v) for k, v in values.items()}
-        with open(self.path, "a") as f:
+        with self.path.open("a") as f:
             f.write(json.dumps(dict(values, step=int(step))) + "\n")
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+        with self.writer.as_default(step=int(step)):
+            for key, value in values.items():
+                tf.summary.write(key, tf.constant(value, tf.float32), metadata=_SCALAR)
         self.writer.flush()
 
     def line(self, text: str) -> None:
@@ -80,7 +92,6 @@ class MetricLogger:
             self.writer.close()
 
 
-def read_history(path: str) -> List[Dict[str, float]]:
-    """The entries of a `metrics.jsonl` file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_history(path: "str | epath.Path") -> List[Dict[str, float]]:
+    """The entries of a `metrics.jsonl` file (local or gs://...)."""
+    return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]

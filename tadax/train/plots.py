@@ -1,5 +1,7 @@
-"""PNG figures: training curves and confusion matrices (matplotlib, no display)."""
+"""PNG figures: training curves and confusion matrices (matplotlib, no display), written
+to local or gs:// paths."""
 
+import io
 from typing import Dict, List, Optional, Sequence
 
 import matplotlib
@@ -7,9 +9,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 _PANELS = (("loss", ("train/loss",)), ("accuracy", ("train/accuracy", "val/top1")),
            ("learning rate", ("train/lr",)), ("clips/s per device", ("train/clips_per_sec_per_device",)))
+
+
+def _save(fig, path: str) -> None:
+    """Renders `fig` as a PNG into `path` and closes it."""
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    epath.Path(path).write_bytes(png.getvalue())
 
 
 def training_curves(history: List[Dict[str, float]], path: str, title: str = "") -> None:
@@ -28,9 +40,7 @@ def training_curves(history: List[Dict[str, float]], path: str, title: str = "")
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def confusion_matrix(matrix: np.ndarray, path: str,
@@ -54,6 +64,4 @@ def confusion_matrix(matrix: np.ndarray, path: str,
         ax.set_yticks(range(c), class_names, fontsize=6)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

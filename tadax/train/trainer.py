@@ -8,7 +8,6 @@ learning rate, so an interrupted run ends where an uninterrupted one does.
 """
 
 import json
-import os
 import time
 from typing import Any, Dict
 
@@ -19,6 +18,7 @@ import numpy as np
 from tadax.data import pipeline
 from tadax.errors import ConfigError
 from tadax.models import build_model
+from tadax.paths import user_path
 from tadax.train import evaluation, plots, preflight
 from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
@@ -72,11 +72,13 @@ def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, spli
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final metrics.
+    """Trains `config` in `workdir` (local or gs://...; resuming if it has checkpoints);
+    returns the final metrics.
 
     Raises `Preempted` after saving the current step when the run is preempted
     (SIGTERM on one process, JAX's preemption sync point on several).
     """
+    workdir = user_path(workdir)
     _check_batch_layout(config)
     splits = {"train", config.eval.val_split}
     if config.eval.final_multi_view:
@@ -85,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     epoch_steps = steps_per_epoch(config)
     total = int(round(config.train.epochs * epoch_steps))
     eval_every = config.eval.every_steps or epoch_steps
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = workdir / "checkpoints"
     preflight.check_start(config.init, resuming=bool(finished_steps(ckpt_dir)))
     ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
     latest = ckpts.latest_step()
@@ -186,16 +188,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             names = pipeline.dataset_class_names(config.data)
             if names is not None and len(names) != config.model.num_classes:
                 names = None
-            evaluation.write_report(os.path.join(workdir, "eval"), views, videos, result, names)
+            evaluation.write_report(workdir / "eval", views, videos, result, names)
         final.update({f"test/{k}": v for k, v in result.items() if k != "per_class_accuracy"})
     if jax.process_index() == 0:
         history = read_history(logger.path)
         for entry in history:   # the last value of every logged metric
             final.update({k: v for k, v in entry.items() if k != "step"})
-        plots.training_curves(history, os.path.join(workdir, "training_curves.png"),
+        plots.training_curves(history, workdir / "training_curves.png",
                               title=config.get("name", ""))
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(final, f, indent=1)
+        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=1))
     logger.close()
     ckpts.close()
     return final
