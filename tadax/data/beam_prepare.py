@@ -10,7 +10,7 @@ local run. Runs with `--runner DirectRunner` (add `--direct_num_workers N
 --direct_running_mode multi_processing` for N processes) and unchanged with
 Dataflow, Flink or Spark runners, whose workers need this package installed and
 the videos and `--out` on storage they can all reach. Apache Beam is an
-optional extra (`pip install apache-beam==2.77.0 'pillow<13'`).
+optional extra (`pip install '.[beam]'`).
 """
 
 import dataclasses

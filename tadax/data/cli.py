@@ -224,7 +224,7 @@ def _beam_args(runner: str, extra: List[str]) -> List[str]:
     """The Beam pipeline options for `--runner`, checked before any work is done."""
     if importlib.util.find_spec("apache_beam") is None:
         raise InputError(f"--runner {runner}: Apache Beam is not installed "
-                         "(pip install apache-beam==2.77.0 'pillow<13')")
+                         "(pip install 'tadax[beam]', or apache-beam==2.77.0)")
     from tadax.data import beam_prepare
 
     beam_args = ["--runner", runner] + extra

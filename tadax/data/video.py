@@ -4,8 +4,9 @@
 evaluation views of one file exactly as the TFRecord eval pipeline builds them.
 """
 
+import contextlib
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import av
 import numpy as np
@@ -48,17 +49,19 @@ def resized_size(width: int, height: int, short_side: int) -> tuple:
     return max(2, new_w - new_w % 2), max(2, new_h - new_h % 2)
 
 
-def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
-                 start_sec: Optional[float] = None, end_sec: Optional[float] = None
-                 ) -> DecodedVideo:
-    """Decodes `path` -> `DecodedVideo` with frames `(N, H, W, 3)` uint8 RGB.
+def _rgb(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int) -> np.ndarray:
+    """`frame` as `(H, W, 3)` uint8 RGB, resized so that min(H, W) = short_side (0 keeps
+    the size), in one swscale call."""
+    w, h = resized_size(frame.width, frame.height, short_side)
+    native = (w, h) == (frame.width, frame.height)
+    return reformatter.reformat(frame, format=_NATIVE_FORMAT if native else _RESIZE_FORMAT,
+                                width=w, height=h).to_ndarray()
 
-    short_side: resize so that min(H, W) = short_side (0 keeps the size).
-    target_fps: keep the frames nearest to a `target_fps` grid (0 keeps all
-        frames at the native rate); never raises the rate above the native one.
-    start_sec/end_sec: keep only frames with timestamps in [start, end).
-    Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
-    """
+
+@contextlib.contextmanager
+def _video_stream(path: str) -> Iterator[Tuple["av.container.InputContainer", "av.VideoStream"]]:
+    """(open container, its first video stream) of `path`; `VideoDecodeError` naming the
+    file when it cannot be opened or holds no video."""
     try:
         container = av.open(path)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -66,7 +69,18 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
     with container:
         if not container.streams.video:
             raise VideoDecodeError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+        yield container, container.streams.video[0]
+
+
+def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> DecodedVideo:
+    """Decodes `path` -> `DecodedVideo` with frames `(N, H, W, 3)` uint8 RGB.
+
+    short_side: resize so that min(H, W) = short_side (0 keeps the size).
+    target_fps: keep the frames nearest to a `target_fps` grid (0 keeps all
+        frames at the native rate); never raises the rate above the native one.
+    Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
+    """
+    with _video_stream(path) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
         native_fps = float(rate) if rate else 0.0
         fps = native_fps if not target_fps or not native_fps else min(target_fps, native_fps)
@@ -76,28 +90,18 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else len(times) / (native_fps or 30.0)
-                if start_sec is not None and t < start_sec:
-                    continue
-                if end_sec is not None and t >= end_sec:
-                    break
                 if target_fps and native_fps and fps < native_fps:
-                    base = start_sec or 0.0
-                    if t - base + 0.5 / native_fps < next_slot:
+                    if t + 0.5 / native_fps < next_slot:
                         continue
                     next_slot += 1.0 / fps
-                w, h = resized_size(frame.width, frame.height, short_side)
-                native = (w, h) == (frame.width, frame.height)
-                frames.append(reformatter.reformat(
-                    frame, format=_NATIVE_FORMAT if native else _RESIZE_FORMAT, width=w,
-                    height=h).to_ndarray())
+                frames.append(_rgb(reformatter, frame, short_side))
                 times.append(t)
         except (av.error.FFmpegError, ValueError) as e:
             if not frames:
                 raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
             # A truncated tail: keep the frames decoded before the damage.
     if not frames:
-        raise VideoDecodeError(f"{path}: no frames decoded"
-                               + (f" in [{start_sec}, {end_sec}) s" if start_sec is not None else ""))
+        raise VideoDecodeError(f"{path}: no frames decoded")
     if not fps:
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 30.0
     end = times[-1] + 1.0 / fps
@@ -108,14 +112,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0,
 def count_frames(path: str) -> Tuple[int, float]:
     """(number of video frames, native frame rate) of `path`, read from the packets
     without decoding any picture. Raises `VideoDecodeError` naming the file."""
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from e
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+    with _video_stream(path) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
         try:
             count = sum(1 for packet in container.demux(stream) if packet.size)
@@ -137,16 +134,14 @@ def decode_frames(path: str, indices: Sequence[int], short_side: int = 0) -> Dic
     """
     wanted = set(int(i) for i in indices)
     out: Dict[int, np.ndarray] = {}
-    with av.open(path) as container:
+    with _video_stream(path) as (container, stream):
         reformatter = VideoReformatter()
         try:
-            for i, frame in enumerate(container.decode(container.streams.video[0])):
+            for i, frame in enumerate(container.decode(stream)):
                 if i > max(wanted):
                     break
                 if i in wanted:
-                    w, h = resized_size(frame.width, frame.height, short_side)
-                    out[i] = reformatter.reformat(frame, format="rgb24", width=w,
-                                                  height=h).to_ndarray()
+                    out[i] = _rgb(reformatter, frame, short_side)
         except (av.error.FFmpegError, ValueError) as e:
             if not out:
                 raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
