@@ -28,7 +28,6 @@ default is named on stderr.
 import argparse
 import ast
 import io
-import json
 import sys
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -41,8 +40,9 @@ from etils import epath
 from tadax import checkpoint_io, serving, torch_reader
 from tadax.models import build_model, default_model_config
 from tadax.models.registry import upstream_fields
-from tadax.train.checkpointing import load_weights
 from tadax.paths import user_path
+from tadax.train import run_config
+from tadax.train.checkpointing import load_weights
 from tadax.weights import mapping, pretrained
 from tadax.weights.infer import ArchitectureError, infer_model_config, unseen_settings
 from tadax.weights.upstream import UpstreamConfigError, load_upstream_settings
@@ -258,13 +258,11 @@ def load_for_export(path: str, ema: bool) -> Tuple[Dict, ml_collections.ConfigDi
     variables, model_cfg = load_weights(path, use_ema=ema)
     if model_cfg is not None:
         return variables, model_cfg
-    here = epath.Path(path)
-    for candidate in (here, here.parent, here.parent.parent):
-        if (candidate / "config.json").exists():
-            run_cfg = json.loads((candidate / "config.json").read_text())
-            return variables, ml_collections.ConfigDict(run_cfg["model"])
-    raise ConversionError(f"{path}: a run checkpoint without the run's config.json beside it; "
-                          "pass the run directory")
+    try:
+        return variables, run_config.read_run_config(path).model
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: a run checkpoint without the run's config.json beside "
+                              "it; pass the run directory") from None
 
 
 def _export(args, overrides: Dict) -> int:
