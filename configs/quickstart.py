@@ -7,7 +7,7 @@ their frames, so a model that cannot use time is at chance within a pair.
   python train.py                                   # ~2.5 min on a 2-core CPU
   python train.py --config configs/quickstart.py:shuffle --workdir workdirs/quickstart_shuffled
 
-Measured (2 shared CPU cores): 98.4-99.6% val top-1 single view over runs,
+Measured (2 shared CPU cores): 98.0-99.6% val top-1 single view over runs,
 98.4-99.2% with 2 clips; the `shuffle` variant, which destroys the time order (frames shuffled
 per clip at train and test time), ends at 48-52% (top-5 100%): the pair is
 found, the direction is chance. Cost: ~2.5-3 minutes each, data generated on
