@@ -25,12 +25,12 @@ import re
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tadax import checkpoint_io, explain
+from tadax.features import clip_data_config
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
 from tadax.errors import ConfigError
@@ -99,21 +99,16 @@ def class_names(num_classes, data_cfg, from_dataset: bool):
     return names
 
 
-def video_data_config(config, model_cfg):
-    """The recipe's data settings with the clip length and crop of the loaded model."""
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    data.num_frames = model_cfg.num_frames
-    if data.test_crop_size < model_cfg.image_size or model_cfg.family == "tadaformer":
-        data.test_crop_size = model_cfg.image_size
-        data.test_scale = max(data.test_scale, model_cfg.image_size)
-    return data
-
-
-def classify_video(config, mesh, model, variables, model_cfg) -> None:
-    """Prints the top-5 classes of `--video` (softmax scores averaged over its views)."""
+def video_views(config, model_cfg) -> np.ndarray:
+    """The evaluation views of `--video`, `(V, T, H, W, 3)` float32, with the recipe's data
+    settings at the clip length and crop of the loaded model."""
     with local_copy(FLAGS.video) as video:
-        views = load_views(video, video_data_config(config, model_cfg),
-                           multi_view=not FLAGS.single_view).astype(np.float32)
+        return load_views(video, clip_data_config(config.data, model_cfg),
+                          multi_view=not FLAGS.single_view).astype(np.float32)
+
+
+def classify_video(config, mesh, model, variables, model_cfg, views: np.ndarray) -> None:
+    """Prints the top-5 classes of `--video` (softmax scores averaged over its `views`)."""
     n = len(views)
     pad = (-n) % jax.device_count()
     batch = np.concatenate([views, np.zeros((pad,) + views.shape[1:], views.dtype)])
@@ -141,13 +136,13 @@ def main(argv):
     model, variables, model_cfg = evaluation.load_model(FLAGS.checkpoint, config, mesh,
                                                          use_ema=FLAGS.ema)
     if FLAGS.video:
-        classify_video(config, mesh, model, variables, model_cfg)
+        views = video_views(config, model_cfg)
+        classify_video(config, mesh, model, variables, model_cfg, views)
         if FLAGS.explain:
-            names = class_names(model_cfg.num_classes, config.data, from_dataset=False)
-            with local_copy(FLAGS.video) as video:
-                explain.explain_video(video, video_data_config(config, model_cfg), model,
-                                      variables, FLAGS.explain, top_k=config.eval.explain_top_k,
-                                      class_names=names, multi_view=not FLAGS.single_view)
+            explain.explain_video(
+                FLAGS.video, views, 1 if FLAGS.single_view else config.data.num_crops, model,
+                variables, FLAGS.explain, top_k=config.eval.explain_top_k,
+                class_names=class_names(model_cfg.num_classes, config.data, from_dataset=False))
             print(f"explanation -> {FLAGS.explain}")
         return
     step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))

@@ -149,21 +149,19 @@ def view_titles(num_views: int, num_crops: int) -> List[str]:
     return [f"view {i}: clip {i // num_crops}, crop {i % num_crops}" for i in range(num_views)]
 
 
-def explain_video(video: str, data_cfg, model, variables, output: str, *, top_k: int,
-                  class_names: Optional[Sequence[str]] = None,
-                  multi_view: bool = True) -> Dict[str, Any]:
-    """Writes scores.png, calibration.png, explain.npz and explain.json for one video file
-    (its evaluation views as `load_views` builds them from `data_cfg`); returns the arrays."""
-    from tadax.data.video import load_views
-
-    views = load_views(video, data_cfg, multi_view=multi_view).astype(np.float32)
+def explain_video(video: str, views: np.ndarray, num_crops: int, model, variables,
+                  output: str, *, top_k: int,
+                  class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Writes scores.png, calibration.png, explain.npz and explain.json for one video file,
+    named `video`, from its evaluation views `(V, T, H, W, 3)` float32 (`load_views`, V =
+    clips x `num_crops`, clip-major); returns the arrays."""
     probs, alphas = scores_and_alphas(model, variables, views)
     if not alphas:
         raise ValueError("the model sowed no TAdaConv calibration (no routing functions?)")
     aggregate = probs.mean(0)
     blocks = [block_label(p) for p, _ in alphas]
     alpha_mean = np.stack([a.mean(-1) for _, a in alphas], axis=1)      # (V, blocks, T')
-    titles = view_titles(len(views), data_cfg.num_crops if multi_view else 1)
+    titles = view_titles(len(views), num_crops)
     out = epath.Path(output)
     out.mkdir(parents=True, exist_ok=True)
     k = min(top_k, probs.shape[1])
