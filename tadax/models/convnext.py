@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tadax.models.layers import (DropPath, layer_norm, materialise, quick_gelu,
+from tadax.models.layers import (DropPath, LayerNorm, layer_norm, materialise, quick_gelu,
                                  upstream_trunc_normal)
 from tadax.models.layers import temporal_avg_pool3
 from tadax.models.tadaconv import RouteFunc, TAdaConv2dV2
@@ -54,8 +54,7 @@ class TAdaConvNeXtV2Block(nn.Module):
                          cal_dim="cout", impl=self.tadaconv_impl,
                          depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                          name="dwconv")(x, train, alpha=alpha)
-        norm_avgpool = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False,
-                                    scale_init=nn.initializers.zeros, name="norm_avgpool")
+        norm_avgpool = LayerNorm(1e-6, scale_init=nn.initializers.zeros, name="norm_avgpool")
         y = layer_norm(1e-6, "norm")(y) + norm_avgpool(temporal_avg_pool3(y))
         y = quick_gelu(_dense(4 * self.dim, self.dtype, "pwconv1")(y))
         y = _dense(self.dim, self.dtype, "pwconv2")(y)

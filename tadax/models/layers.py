@@ -34,9 +34,63 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis in float32, two-pass variance. x `(..., C)` -> float32.
+
+    The gradient is written by hand: autodiff's version re-derives the
+    statistics in several separate passes over `x`, which XLA:CPU then fuses
+    into (and recomputes in) each consumer.
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _normalised(x: jax.Array, eps: float) -> Tuple[jax.Array, jax.Array]:
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    return centred * rstd, rstd
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    x = x.astype(jnp.float32)
+    xhat, rstd = _normalised(x, eps)
+    return xhat * scale + bias, (x, rstd, scale)
+
+
+def _layer_norm_bwd(eps, residuals, grad_out):
+    x, rstd, scale = residuals
+    xhat = (x - jnp.mean(x, axis=-1, keepdims=True)) * rstd
+    axes = tuple(range(x.ndim - 1))
+    grad_xhat = grad_out * scale
+    grad_x = rstd * (grad_xhat - jnp.mean(grad_xhat, axis=-1, keepdims=True)
+                     - xhat * jnp.mean(grad_xhat * xhat, axis=-1, keepdims=True))
+    return grad_x, jnp.sum(grad_out * xhat, axes), jnp.sum(grad_out, axes)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with PyTorch's exact (two-pass) variance, in float32.
+
+    Parameters `scale` (from `scale_init`) and `bias` (zeros), float32
+    `(C,)`, as flax's `nn.LayerNorm` names them. x: `(..., C)` -> float32.
+    """
+    epsilon: float
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return _layer_norm(x, scale, bias, self.epsilon)
+
+
+def layer_norm(eps: float, name: str) -> LayerNorm:
     """LayerNorm over the last axis with the exact (two-pass) variance PyTorch uses."""
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+    return LayerNorm(epsilon=eps, name=name)
 
 
 def temporal_avg_pool3(x: jax.Array) -> jax.Array:
@@ -98,24 +152,37 @@ def _depthwise_fwd(x, kernel, padding):
     return _shifted_sum(x, kernel, padding), (x, kernel)
 
 
+def _depthwise_kernel_grad(xp: jax.Array, grad_out: jax.Array, kh: int, kw: int) -> jax.Array:
+    """Kernel gradient of a stride-1 depthwise conv: `sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]`.
+
+    xp: the zero-padded input `(N, H + kh - 1, W + kw - 1, C)`; grad_out `(N, H, W, C)`
+    -> `(kh, kw, C)`. One batched matmul over channels: the output gradient,
+    shifted down by each kernel row i inside the padded height, against the
+    padded input gives every pair of columns (w, w') of every row i; tap (i, j)
+    is the sum over w of the pairs (w, w + j), a strided slice of the
+    flattened pairs. Both operands are transposed to channel-major once
+    (per-row slices of a channels-last input would each be a transpose).
+    """
+    n, h, w, c = grad_out.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    x_cm = jnp.transpose(xp, (3, 1, 0, 2)).reshape(c, hp * n, wp)            # (C, Hp*N, Wp)
+    g_cm = jnp.transpose(grad_out, (3, 2, 1, 0))                             # (C, W, H, N)
+    shifted = jnp.stack([jnp.pad(g_cm, ((0, 0), (0, 0), (i, hp - h - i), (0, 0)))
+                         for i in range(kh)], axis=1).reshape(c, kh * w, hp * n)
+    pairs = jnp.einsum("cmk,ckp->cmp", shifted, x_cm,
+                       preferred_element_type=jnp.float32).reshape(c, kh, w * wp)
+    taps = [jnp.sum(pairs[:, :, j:j + (w - 1) * (wp + 1) + 1:wp + 1], axis=-1) for j in range(kw)]
+    return jnp.transpose(jnp.stack(taps, axis=-1), (1, 2, 0))                # (kh, kw, C)
+
+
 def _depthwise_bwd(padding, residuals, grad_out):
     x, kernel = residuals
     kh, kw, _ = kernel.shape
     ph, pw = padding
     # The input gradient is the output gradient correlated with the flipped kernel.
     grad_x = _shifted_sum(grad_out, kernel[::-1, ::-1], (kh - 1 - ph, kw - 1 - pw))
-    # Kernel gradient, one kernel row at a time: contract the output gradient with the
-    # input rows shifted by i over (N, H') as a batched matmul per channel, giving
-    # every pair of columns (w + j, w); tap j is the sum of the j-th diagonal.
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    h_out, w_out = grad_out.shape[1], grad_out.shape[2]
-    rows = []
-    for i in range(kh):
-        pairs = jnp.einsum("nhpc,nhwc->cpw", xp[:, i:i + h_out], grad_out,
-                           preferred_element_type=jnp.float32)
-        rows.append(jnp.stack([jnp.trace(pairs[:, j:j + w_out, :], axis1=1, axis2=2)
-                               for j in range(kw)], axis=0))
-    grad_kernel = jnp.stack(rows, axis=0).astype(kernel.dtype)   # (kh, kw, C)
+    grad_kernel = _depthwise_kernel_grad(xp, grad_out, kh, kw).astype(kernel.dtype)
     return grad_x.astype(x.dtype), grad_kernel
 
 
@@ -127,7 +194,7 @@ def _depthwise_shifted(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) 
     multiplier = kernel.shape[3] // x.shape[-1]
     if multiplier > 1:
         x = jnp.repeat(x, multiplier, axis=-1)
-    return _depthwise(x, kernel[:, :, 0, :], tuple(padding))
+    return materialise(_depthwise(x, kernel[:, :, 0, :], tuple(padding)))
 
 
 def grouped_conv2d(x: jax.Array, kernel: jax.Array, padding: Sequence[int], groups: int,
