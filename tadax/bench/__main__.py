@@ -41,7 +41,7 @@ from typing import List, Optional
 
 import jax
 
-from tadax.bench import accelerator, against, memory, op
+from tadax.bench import accelerator, against, memory, op, original
 from tadax.bench.recipes import RECIPES, BenchError, parse_overrides, recipe_config
 from tadax.bench.runs import TadaxRunner, device_peak_bytes, time_runs, xla_flops, \
     xla_memory_bytes
@@ -150,6 +150,7 @@ def run_accelerator(args, overrides) -> str:
 
 
 def run_against(args, overrides) -> str:
+    original.check_checkout(args.against_original)
     threads = against.torch_threads()
     print(f"original: {args.against_original}; torch on the CPU with {threads} threads "
           f"(the cores JAX uses)", flush=True)

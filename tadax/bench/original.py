@@ -75,6 +75,8 @@ def import_original(path: str) -> Tuple[Dict[str, Any], List[str]]:
     if reason:
         notes.append(f"torchvision not importable ({reason}); the original imports it only for "
                      "image-grid helpers, so a placeholder stands in")
+    for name in [m for m in sys.modules if m == "tadaconv" or m.startswith("tadaconv.")]:
+        del sys.modules[name]   # a previously imported checkout must not stand in for this one
     sys.path.insert(0, os.fspath(root))
     try:
         importlib.import_module("tadaconv.models")
