@@ -114,8 +114,8 @@ def run_memory(args, overrides) -> str:
                         peaks.append(xla_memory_bytes(runner.compile_train(abstract=True)))
                         compile_s = max(compile_s, runner.compile_s["train"])
                     fit = memory.fit_row(batches, tuple(peaks))
-                    rows.append((name, frames, dtype, remat[1], f"{fit['peak_gib']:.2f}",
-                                 f"{fit['fixed_gib']:.2f}", f"{fit['per_clip_gib']:.3f}",
+                    rows.append((name, frames, dtype, remat[1], f"{fit['peak_gib']:.4g}",
+                                 f"{fit['fixed_gib']:.4g}", f"{fit['per_clip_gib']:.4g}",
                                  *fit["fits"], f"{compile_s:.0f}"))
     caps = [f"max batch {c} GiB" for c in memory.CAPACITIES_GIB]
     note = (f"Peak from XLA's compiled memory analysis (arguments + outputs + temporaries - "

@@ -35,5 +35,5 @@ def op_rows(shape: Tuple[int, ...], groups: int, runs: int, kernel: int = 3
             jax.block_until_ready(compiled(variables, x, alpha))
             seconds = time_runs(lambda: jax.block_until_ready(compiled(variables, x, alpha)),
                                 runs)
-            rows.append((impl, dw, min_median(seconds), f"{xla_flops(compiled) / 1e9:.2f}"))
+            rows.append((impl, dw, min_median(seconds), f"{xla_flops(compiled) / 1e9:.3g}"))
     return rows
