@@ -143,5 +143,5 @@ def test_memory_mode_extrapolates_from_two_compiles(capsys):
     peak, fixed, per_clip = (float(c) for c in row[4:7])
     fits = [int(c) for c in row[7:11]]
     assert per_clip > 0 and peak == pytest.approx(fixed + per_clip, rel=1e-3)
-    assert fits == sorted(fits) and fits[0] > 0
+    assert fits == sorted(fits) and fits[0] > 0 and row[11] == "XLA estimate"
     assert np.isclose(fits[-1], (141 - fixed) / per_clip, rtol=0.02)

@@ -6,17 +6,19 @@
   python -m tadax.bench --mode memory                    # B/16, L/14: peak memory, batch that fits
   python -m tadax.bench --mode accelerator               # on a GPU/TPU: bf16 train, clips/s, MFU
   python -m tadax.bench --against-original ../TAdaConv   # side by side with the original
+  python -m tadax.bench --mode accelerator --models tadaformer_tiny   # any mode, tiny model
 
 Modes:
   eval         eval forward of each model (the recipe's eval step).
   train        the recipe's real jitted train step (AdamW with its parameter
                groups, label smoothing, dropout, drop path, donated state).
   op           the TAdaConv op alone, each implementation.
-  memory       compiles (never runs) the train step at two batch sizes per
-               device for every frames x dtype x remat combination; peak
-               memory from XLA's compiled memory analysis, taken as linear in
-               the batch (fixed + per clip), and the largest batch that fits
-               16, 32, 80 and 141 GiB.
+  memory       the train step at two batch sizes per device for every
+               frames x dtype x remat combination; peak memory from XLA's
+               compiled memory analysis on CPU (compiled, never run), the
+               device's peak after one step on GPU/TPU; taken as linear in
+               the batch (fixed + per clip), it gives the largest batch that
+               fits 16, 32, 80 and 141 GiB.
   accelerator  the train step in bfloat16 (remat as the recipe configures)
                with clips/s and MFU (XLA's FLOPs of the step / the device's
                peak bf16 rate); MFU is 'unknown' on a device kind without a
@@ -37,7 +39,7 @@ model.num_frames=32).
 import argparse
 import statistics
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import jax
 
@@ -96,34 +98,47 @@ def run_op(args) -> str:
     return markdown_table(op.OP_HEADERS, rows)
 
 
+def _train_peak(config, batch: int) -> Tuple[int, str, float]:
+    """(peak bytes, source, compile s) of the train step at `batch` clips per device: the
+    device's peak after one step where the backend reports it (GPU, TPU), else XLA's
+    compiled memory analysis (CPU; compiled only, never run)."""
+    runner = TadaxRunner(config, batch)
+    if device_peak_bytes() is None:
+        peak = xla_memory_bytes(runner.compile_train(abstract=True))
+        return peak, "XLA estimate", runner.compile_s["train"]
+    runner.run_train()
+    return device_peak_bytes(), "device peak", runner.compile_s["train"]
+
+
 def run_memory(args, overrides) -> str:
     rows = []
     batches = (args.batch, args.batch + 1)
     for name in args.models:
         for frames in args.frames:
             for dtype in args.dtypes:
-                for remat in parse_overrides(f"r={r}" for r in args.remat):
+                for _, remat in parse_overrides(f"r={r}" for r in args.remat):
                     changes = overrides + [("model.num_frames", frames), ("model.dtype", dtype),
-                                           ("model.remat", remat[1])]
+                                           ("model.remat", remat)]
                     config = recipe_config(name, changes)
                     peaks, compile_s = [], 0.0
                     for b in batches:
-                        _progress(f"{name}: {frames} frames, {dtype}, remat={remat[1]}, "
-                                  f"batch {b}: compiling the train step")
-                        runner = TadaxRunner(config, b)
-                        peaks.append(xla_memory_bytes(runner.compile_train(abstract=True)))
-                        compile_s = max(compile_s, runner.compile_s["train"])
+                        _progress(f"{name}: {frames} frames, {dtype}, remat={remat}, "
+                                  f"batch {b}: the train step")
+                        peak, source, seconds = _train_peak(config, b)
+                        peaks.append(peak)
+                        compile_s = max(compile_s, seconds)
                     fit = memory.fit_row(batches, tuple(peaks))
-                    rows.append((name, frames, dtype, remat[1], f"{fit['peak_gib']:.4g}",
+                    rows.append((name, frames, dtype, remat, f"{fit['peak_gib']:.4g}",
                                  f"{fit['fixed_gib']:.4g}", f"{fit['per_clip_gib']:.4g}",
-                                 *fit["fits"], f"{compile_s:.0f}"))
+                                 *fit["fits"], source, f"{compile_s:.0f}"))
     caps = [f"max batch {c} GiB" for c in memory.CAPACITIES_GIB]
-    note = (f"Peak from XLA's compiled memory analysis (arguments + outputs + temporaries - "
-            f"donated) at batch {batches[0]} and {batches[1]} per device; the batch that fits "
-            f"is extrapolated linearly (fixed + per clip x batch).")
+    note = (f"Peak train memory at batch {batches[0]} and {batches[1]} per device (XLA estimate: "
+            f"arguments + outputs + temporaries - donated, from the compiled step; device peak: "
+            f"the backend's peak in use after one step); the batch that fits is extrapolated "
+            f"linearly (fixed + per clip x batch).")
     return note + "\n\n" + markdown_table(
         ("model", "frames", "dtype", "remat", f"peak GiB (batch {batches[0]})", "fixed GiB",
-         "GiB per clip", *caps, "compile s"), rows)
+         "GiB per clip", *caps, "peak from", "compile s"), rows)
 
 
 def run_accelerator(args, overrides) -> str:

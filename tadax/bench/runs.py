@@ -126,6 +126,7 @@ class TadaxRunner:
 
     def run_train(self) -> None:
         """One train step (state updated in place), blocking until done."""
+        self._materialise()
         compiled = self.compiled.get("train") or self.compile_train()
         self.state, metrics = compiled(self.state, self.batch)
         jax.block_until_ready(metrics)
