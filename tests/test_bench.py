@@ -24,7 +24,8 @@ def test_markdown_table_and_min_median():
         "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |")
     with pytest.raises(ValueError, match="2 headers"):
         markdown_table(("a", "b"), [(1,)])
-    assert min_median([3.0, 1.0, 2.0, 10.0]) == "1.000 / 2.500 s"
+    assert min_median([3.0, 1.0, 2.0, 10.0]) == "1 / 2.5 s"
+    assert min_median([0.0123, 0.0125]) == "0.0123 / 0.0124 s"
 
 
 def test_overrides_reach_the_recipe_config():

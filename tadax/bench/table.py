@@ -15,5 +15,5 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def min_median(seconds: Sequence[float]) -> str:
-    """`'1.23 / 1.31 s'`: the fastest and the median of a round of runs."""
-    return f"{min(seconds):.3f} / {statistics.median(seconds):.3f} s"
+    """`'1.234 / 1.31 s'`: the fastest and the median of a round of runs, 4 significant digits."""
+    return f"{min(seconds):.4g} / {statistics.median(seconds):.4g} s"
