@@ -52,3 +52,17 @@ def test_missing_test_dependency_fails_under_ci(tmp_path):
     assert code == 5 and "1 skipped" in out and "could not import 'torch'" in out, out
     code, out = run_pytest(tmp_path, True, "tests/test_torch_reader.py", pythonpath=stub.parent)
     assert code != 0 and "skipped under CI=true" in out and "could not import 'torch'" in out, out
+
+
+def test_original_comparison_is_left_out_not_skipped_under_ci(tmp_path, monkeypatch):
+    """CI has no checkout of the original: under CI=true without TADAX_ORIGINAL the file is
+    not collected (the header names it); outside CI it is collected (and then skips)."""
+    monkeypatch.delenv("TADAX_ORIGINAL", raising=False)
+    only = ["-v", "--collect-only", "tests", "--ignore-glob=tests/test_[!b]*.py",
+            "--ignore=tests/test_bench.py"]
+    code, out = run_pytest(tmp_path, True, *only)
+    assert code == 5 and "not collected (CI=true and no TADAX_ORIGINAL" in out, out
+    assert "tests/test_bench_original.py" in out and "Function" not in out, out
+    code, out = run_pytest(tmp_path, False, *only)
+    assert code == 0 and "not collected" not in out, out
+    assert "test_tiny_original_agrees_and_is_timed_alternately" in out, out

@@ -1,0 +1,244 @@
+"""Benchmarks of tadax, printed as markdown tables.
+
+  python -m tadax.bench                                  # eval forward, every zoo model
+  python -m tadax.bench --mode train --models tadaformer_b16 --set model.dtype=bfloat16
+  python -m tadax.bench --mode op                        # the TAdaConv op alone
+  python -m tadax.bench --mode memory                    # B/16, L/14: peak memory, batch that fits
+  python -m tadax.bench --mode accelerator               # on a GPU/TPU: bf16 train, clips/s, MFU
+  python -m tadax.bench --against-original ../TAdaConv   # side by side with the original
+  python -m tadax.bench --mode accelerator --models tadaformer_tiny   # any mode, tiny model
+
+Modes:
+  eval         eval forward of each model (the recipe's eval step).
+  train        the recipe's real jitted train step (AdamW with its parameter
+               groups, label smoothing, dropout, drop path, donated state).
+  op           the TAdaConv op alone, each implementation.
+  memory       the train step at two batch sizes per device for every
+               frames x dtype x remat combination; peak memory from XLA's
+               compiled memory analysis on CPU (compiled, never run), the
+               device's peak after one step on GPU/TPU; taken as linear in
+               the batch (fixed + per clip), it gives the largest batch that
+               fits 16, 32, 80 and 141 GiB.
+  accelerator  the train step in bfloat16 (remat as the recipe configures)
+               with clips/s and MFU (XLA's FLOPs of the step / the device's
+               peak bf16 rate); MFU is 'unknown' on a device kind without a
+               known peak (e.g. CPU).
+--against-original PATH: PATH is a checkout of the original PyTorch project
+(torch and einops installed). For each model the original is built from its
+own settings file with random weights, tadax imports those weights through
+the zoo importer, eval outputs must agree within --tolerance (max |log p|
+difference), and eval forward and train step are timed alternately. torch
+runs on the CPU with as many threads as the cores JAX uses.
+
+Timings: after a warm-up call, --rounds rounds of --runs calls each; every
+round prints min / median. The batch is per device. `--set KEY=VALUE`
+overrides any field of the recipe's run config (e.g. model.remat,
+model.num_frames=32).
+"""
+
+import argparse
+import statistics
+import sys
+from typing import List, Optional, Tuple
+
+import jax
+
+from tadax.bench import accelerator, against, memory, op, original
+from tadax.bench.recipes import RECIPES, BenchError, parse_overrides, recipe_config
+from tadax.bench.runs import TadaxRunner, device_peak_bytes, time_runs, xla_flops, \
+    xla_memory_bytes
+from tadax.bench.table import markdown_table, min_median
+
+ZOO = ["tadaformer_b16", "tadaformer_l14", "tadaconvnextv2_tiny", "tadaconvnextv2_small",
+       "tadaconvnextv2_base"]
+DEFAULT_MODELS = {"eval": ZOO, "train": ZOO, "memory": ["tadaformer_b16", "tadaformer_l14"],
+                  "accelerator": ["tadaformer_b16", "tadaformer_l14"],
+                  "against": ["tadaformer_b16", "tadaconvnextv2_tiny"]}
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _header(args) -> str:
+    device = jax.devices()[0]
+    return (f"{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
+            f"jax {jax.__version__}; batch {args.batch} per device; "
+            f"{args.rounds} round(s) of {args.runs} run(s)")
+
+
+def run_timed(args, overrides, phase: str) -> str:
+    """Eval forward or train step of each model -> the table."""
+    rows = []
+    for name in args.models:
+        runner = TadaxRunner(recipe_config(name, overrides), args.batch)
+        _progress(f"{name}: compiling the {phase} step")
+        compiled = runner.compile_train() if phase == "train" else runner.compile_eval()
+        fn = runner.run_train if phase == "train" else runner.run_eval
+        fn()
+        flops, mem = xla_flops(compiled), xla_memory_bytes(compiled)
+        peak = device_peak_bytes()
+        memory_cell = (f"{peak / 2 ** 30:.2f} (device peak)" if peak is not None
+                       else f"{mem / 2 ** 30:.2f} (XLA estimate)")
+        for r in range(1, args.rounds + 1):
+            seconds = time_runs(fn, args.runs)
+            median = statistics.median(seconds)
+            rows.append((name, r, min_median(seconds), f"{runner.clips / median:.3f}",
+                         f"{flops / 1e9:.3g}", f"{flops / median / 1e9:.3g}", memory_cell,
+                         f"{runner.compile_s[phase]:.0f}"))
+    return markdown_table(("model", "round", "min / median", "clips/s", "XLA GFLOP",
+                           "GFLOP/s", "memory GiB", "compile s"), rows)
+
+
+def run_op(args) -> str:
+    rows = []
+    for label, shape, groups in op.OP_SHAPES:
+        _progress(f"TAdaConv op, {label}")
+        rows += [(label,) + row for row in op.op_rows(shape, groups, args.runs)]
+    return markdown_table(op.OP_HEADERS, rows)
+
+
+def _train_peak(config, batch: int) -> Tuple[int, str, float]:
+    """(peak bytes, source, compile s) of the train step at `batch` clips per device: the
+    device's peak after one step where the backend reports it (GPU, TPU), else XLA's
+    compiled memory analysis (CPU; compiled only, never run)."""
+    runner = TadaxRunner(config, batch)
+    if device_peak_bytes() is None:
+        peak = xla_memory_bytes(runner.compile_train(abstract=True))
+        return peak, "XLA estimate", runner.compile_s["train"]
+    runner.run_train()
+    return device_peak_bytes(), "device peak", runner.compile_s["train"]
+
+
+def run_memory(args, overrides) -> str:
+    rows = []
+    batches = (args.batch, args.batch + 1)
+    for name in args.models:
+        for frames in args.frames:
+            for dtype in args.dtypes:
+                for _, remat in parse_overrides(f"r={r}" for r in args.remat):
+                    changes = overrides + [("model.num_frames", frames), ("model.dtype", dtype),
+                                           ("model.remat", remat)]
+                    config = recipe_config(name, changes)
+                    peaks, compile_s = [], 0.0
+                    for b in batches:
+                        _progress(f"{name}: {frames} frames, {dtype}, remat={remat}, "
+                                  f"batch {b}: the train step")
+                        peak, source, seconds = _train_peak(config, b)
+                        peaks.append(peak)
+                        compile_s = max(compile_s, seconds)
+                    fit = memory.fit_row(batches, tuple(peaks))
+                    rows.append((name, frames, dtype, remat, f"{fit['peak_gib']:.4g}",
+                                 f"{fit['fixed_gib']:.4g}", f"{fit['per_clip_gib']:.4g}",
+                                 *fit["fits"], source, f"{compile_s:.0f}"))
+    caps = [f"max batch {c} GiB" for c in memory.CAPACITIES_GIB]
+    note = (f"Peak train memory at batch {batches[0]} and {batches[1]} per device (XLA estimate: "
+            f"arguments + outputs + temporaries - donated, from the compiled step; device peak: "
+            f"the backend's peak in use after one step); the batch that fits is extrapolated "
+            f"linearly (fixed + per clip x batch).")
+    return note + "\n\n" + markdown_table(
+        ("model", "frames", "dtype", "remat", f"peak GiB (batch {batches[0]})", "fixed GiB",
+         "GiB per clip", *caps, "peak from", "compile s"), rows)
+
+
+def run_accelerator(args, overrides) -> str:
+    device = jax.devices()[0]
+    known = accelerator.peak_bf16(device.device_kind)
+    rows = []
+    for name in args.models:
+        changes = [("model.dtype", "bfloat16")] + overrides
+        runner = TadaxRunner(recipe_config(name, changes), args.batch)
+        _progress(f"{name}: compiling the train step")
+        flops = xla_flops(runner.compile_train())
+        runner.run_train()
+        seconds = [s for _ in range(args.rounds) for s in time_runs(runner.run_train, args.runs)]
+        median = statistics.median(seconds)
+        util = accelerator.mfu(flops, median, device.device_kind)
+        rows.append((name, runner.config.model.dtype, runner.config.model.remat,
+                     runner.clips, min_median(seconds), f"{runner.clips / median:.3f}",
+                     f"{flops / 1e12:.3g}", "unknown" if util is None else f"{util:.1%}"))
+    peak = (f"peak bf16 {known[1] / 1e12:.0f} TFLOP/s per chip ({known[0]})" if known
+            else f"no known peak bf16 rate for device kind {device.device_kind!r}: MFU unknown")
+    return peak + "\n\n" + markdown_table(
+        ("model", "dtype", "remat", "clips / step", "s / step min / median", "clips/s",
+         "XLA TFLOP / step (one device)", "MFU"), rows)
+
+
+def run_against(args, overrides) -> str:
+    original.check_checkout(args.against_original)
+    threads = against.torch_threads()
+    print(f"original: {args.against_original}; torch on the CPU with {threads} threads "
+          f"(the cores JAX uses)", flush=True)
+    rows = []
+    for name in args.models:
+        if name not in against.SETTINGS_FILES:
+            raise BenchError(f"--models {name}: no settings file of the original to compare; "
+                             f"comparable: {', '.join(against.SETTINGS_FILES)}")
+        _progress(f"{name}: building both models, checking they agree, timing")
+        rows += against.compare(args.against_original, name, against.SETTINGS_FILES[name], {},
+                                overrides, args.batch, args.rounds, args.runs, args.tolerance)
+    return markdown_table(against.HEADERS, rows)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tadax.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", default="eval",
+                        choices=["eval", "train", "op", "memory", "accelerator"])
+    parser.add_argument("--against-original", metavar="PATH",
+                        help="a checkout of the original PyTorch project to compare with")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help=f"models (default depends on the mode): {', '.join(RECIPES)}")
+    parser.add_argument("--batch", type=int, default=1, help="clips per device")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="timed calls per round")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run config field, e.g. model.dtype=bfloat16")
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 32], help="memory mode")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        help="memory mode")
+    parser.add_argument("--remat", nargs="+", default=["False", "True"],
+                        help="memory mode: values of model.remat to compare")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="--against-original: largest max |log p| difference accepted")
+    args = parser.parse_args(argv)
+    if min(args.batch, args.rounds, args.runs) < 1:
+        parser.error("--batch, --rounds and --runs must be at least 1")
+    if args.against_original and args.mode != "eval":
+        parser.error("--against-original times eval and train itself; leave out --mode")
+    mode = "against" if args.against_original else args.mode
+    args.models = args.models or DEFAULT_MODELS.get(mode, [])
+    unknown = [m for m in args.models if m not in RECIPES]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    args.run_mode = mode
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+        if args.models and args.run_mode != "op":
+            for name in args.models:   # every override is checked before anything compiles
+                recipe_config(name, overrides)
+        print(_header(args), flush=True)
+        if args.run_mode == "op":
+            table = run_op(args)
+        elif args.run_mode == "memory":
+            table = run_memory(args, overrides)
+        elif args.run_mode == "accelerator":
+            table = run_accelerator(args, overrides)
+        elif args.run_mode == "against":
+            table = run_against(args, overrides)
+        else:
+            table = run_timed(args, overrides, args.run_mode)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""python -m tadax.bench: table format, overrides, memory extrapolation, MFU arithmetic,
+error lines, and each mode run on the tiny quick-start model."""
+
+import numpy as np
+import pytest
+
+from tadax.bench import __main__ as bench
+from tadax.bench import accelerator, memory, op
+from tadax.bench.recipes import BenchError, parse_overrides, recipe_config
+from tadax.bench.table import markdown_table, min_median
+
+GIB = 2 ** 30
+
+
+def _table_rows(out: str):
+    """The data rows of the markdown table in `out` as lists of cells."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert lines[1].startswith("|---|"), out
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_markdown_table_and_min_median():
+    assert markdown_table(("a", "b"), [(1, "x"), (2.5, "y")]) == (
+        "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |")
+    with pytest.raises(ValueError, match="2 headers"):
+        markdown_table(("a", "b"), [(1,)])
+    assert min_median([3.0, 1.0, 2.0, 10.0]) == "1 / 2.5 s"
+    assert min_median([0.0123, 0.0125]) == "0.0123 / 0.0124 s"
+
+
+def test_overrides_reach_the_recipe_config():
+    pairs = parse_overrides(["model.dtype=bfloat16", "model.num_frames=32", "model.remat=True",
+                             "train.label_smoothing=0.0"])
+    assert pairs[1] == ("model.num_frames", 32) and pairs[2] == ("model.remat", True)
+    config = recipe_config("tadaformer_b16", pairs)
+    assert (config.model.dtype, config.model.num_frames, config.model.remat,
+            config.train.label_smoothing) == ("bfloat16", 32, True, 0.0)
+    assert recipe_config("tadaformer_b16").model.dtype == "float32"   # a fresh config each time
+    with pytest.raises(BenchError, match="no field 'model.no_such_field'"):
+        recipe_config("tadaformer_b16", parse_overrides(["model.no_such_field=1"]))
+    with pytest.raises(BenchError, match="model.depth='deep'"):
+        recipe_config("tadaformer_b16", parse_overrides(["model.depth=deep"]))
+    with pytest.raises(BenchError, match="expects KEY=VALUE"):
+        parse_overrides(["model.dtype"])
+
+
+def test_memory_extrapolation():
+    fixed, per_clip = memory.linear_fit((1, 2), (3 * GIB, 5 * GIB))
+    assert (fixed, per_clip) == (1 * GIB, 2 * GIB)
+    assert memory.largest_batch(fixed, per_clip, 16 * GIB) == 7       # 1 + 2 * 7.5
+    assert memory.largest_batch(20 * GIB, per_clip, 16 * GIB) == 0
+    row = memory.fit_row((2, 4), (int(10.5 * GIB), int(12.5 * GIB)))
+    assert row["fixed_gib"] == pytest.approx(8.5) and row["per_clip_gib"] == pytest.approx(1.0)
+    assert row["fits"] == [7, 23, 71, 132]
+    with pytest.raises(ValueError):
+        memory.largest_batch(0, 0, GIB)
+
+
+@pytest.mark.parametrize("kind, name, peak", [
+    ("TPU v4", "TPU v4", 275e12), ("TPU v5 lite", "TPU v5e", 197e12),
+    ("TPU v5", "TPU v5p", 459e12), ("TPU v5p", "TPU v5p", 459e12),
+    ("TPU v6 lite", "TPU v6e", 918e12), ("NVIDIA A100-SXM4-80GB", "NVIDIA A100", 312e12),
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM", 989e12),
+    ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", "NVIDIA H200", 989e12),
+    ("NVIDIA B200", "NVIDIA B200", 2250e12)])
+def test_peak_rates_by_device_kind(kind, name, peak):
+    assert accelerator.peak_bf16(kind) == (name, peak)
+
+
+def test_mfu_arithmetic():
+    # 989 TFLOP per step in 2 s on an H200 (989 TFLOP/s peak): half the peak.
+    assert accelerator.mfu(989e12, 2.0, "NVIDIA H200") == pytest.approx(0.5)
+    assert accelerator.mfu(1e9, 1.0, "cpu") is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "model.nope=1", "--models", "tadaformer_tiny"], "no field 'model.nope'"),
+    (["--against-original", "/nonexistent/TAdaConv", "--models", "tadaformer_tiny"],
+     "not a checkout of the original"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert bench.main(argv) == 1
+    _assert_one_error_line(capsys.readouterr().err, message)
+
+
+def _assert_one_error_line(err: str, message: str):
+    """The error is the last line of stderr, the only one saying error, without a traceback."""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, err
+    assert err.count("error") == 1 and "Traceback" not in err, err
+
+
+def test_missing_package_of_the_original_is_named(tmp_path, capsys):
+    for marker in ("tadaconv/models/base/builder.py", "configs/pool/base.yaml"):
+        (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / marker).write_text("")
+    (tmp_path / "tadaconv/__init__.py").write_text("")
+    (tmp_path / "tadaconv/models/__init__.py").write_text("import tadax_absent_package\n")
+    assert bench.main(["--against-original", str(tmp_path), "--models", "tadaformer_b16"]) == 1
+    _assert_one_error_line(capsys.readouterr().err,
+                           "needs the Python package 'tadax_absent_package'")
+
+
+def test_unknown_model_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", "resnet50"])
+    assert e.value.code == 2 and "unknown resnet50" in capsys.readouterr().err
+
+
+def test_op_alone_on_a_small_shape():
+    rows = op.op_rows((1, 2, 6, 6, 8), groups=8, runs=1)
+    assert [r[:2] for r in rows] == [("fast", "shifted"), ("fast", "lax"), ("vmap", "shifted"),
+                                     ("vmap", "lax")]
+    assert all(float(r[3]) > 0 for r in rows)
+
+
+TINY = ["--models", "tadaformer_tiny", "--rounds", "1", "--runs", "1"]
+
+
+def test_eval_mode_runs_the_eval_step(capsys):
+    assert bench.main(["--mode", "eval", "--rounds", "2", *TINY[:2], "--runs", "1"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert [r[:2] for r in rows] == [["tadaformer_tiny", "1"], ["tadaformer_tiny", "2"]]
+    assert float(rows[0][3]) > 0 and float(rows[0][4]) > 0     # clips/s, XLA GFLOP
+
+
+def test_accelerator_mode_on_cpu_says_mfu_unknown(capsys):
+    assert bench.main(["--mode", "accelerator", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "no known peak bf16 rate for device kind 'cpu': MFU unknown" in out
+    (row,) = _table_rows(out)
+    assert row[:2] == ["tadaformer_tiny", "bfloat16"] and row[-1] == "unknown"
+    assert float(row[5]) > 0 and float(row[6]) > 0            # clips/s, TFLOP per step
+
+
+def test_memory_mode_extrapolates_from_two_compiles(capsys):
+    assert bench.main(["--mode", "memory", "--models", "tadaformer_tiny", "--frames", "8",
+                       "--dtypes", "float32", "--remat", "False",
+                       "--set", "model.depth=1"]) == 0
+    out = capsys.readouterr().out
+    assert "at batch 1 and 2 per device" in out
+    (row,) = _table_rows(out)
+    assert row[:4] == ["tadaformer_tiny", "8", "float32", "False"]
+    peak, fixed, per_clip = (float(c) for c in row[4:7])
+    fits = [int(c) for c in row[7:11]]
+    assert per_clip > 0 and peak == pytest.approx(fixed + per_clip, rel=1e-3)
+    assert fits == sorted(fits) and fits[0] > 0 and row[11] == "XLA estimate"
+    assert np.isclose(fits[-1], (141 - fixed) / per_clip, rtol=0.02)
