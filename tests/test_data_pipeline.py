@@ -1,5 +1,5 @@
 """Reading: sampling and view placement, host sharding, determinism and resume,
-per-clip augmentation consistency, SSv2 flip modes, mixup, and the synthetic dataset."""
+per-clip augmentation consistency, SSv2 flip modes, and the synthetic dataset."""
 
 import os
 
@@ -10,7 +10,6 @@ import tensorflow as tf
 from tadax.data import augment, pipeline, records, sampling, synthetic, views
 from tadax.data.config import data_config
 from tadax.data.encode import jpeg_bytes
-from tadax.data.mixup import mix_batch
 from tadax.data.video import load_views
 
 
@@ -291,38 +290,6 @@ def test_shuffle_frames_permutes_time(cfg):
         key = lambda clip: sorted(f.tobytes() for f in clip)
         assert key(a) == key(b)
     assert not np.array_equal(base["video"], shuffled["video"])
-
-
-# ------------------------------------------------------------ mixup
-
-@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
-def test_mixup_cutmix(mixup, cutmix):
-    c = data_config(dataset="kinetics400", num_classes=5, mixup_alpha=mixup, cutmix_alpha=cutmix)
-    rng = np.random.default_rng(0)
-    video = rng.normal(size=(4, 3, 16, 16, 3)).astype(np.float32)
-    label = np.array([0, 1, 2, 3], np.int32)
-    for s in range(5):
-        out = mix_batch({"video": video, "label": label}, c, np.random.default_rng(s))
-        soft = out["label_soft"]
-        assert soft.shape == (4, 5) and np.allclose(soft.sum(1), 1.0)
-        lam = soft[0, 0]
-        np.testing.assert_allclose(soft[0, 3], 1 - lam, atol=1e-6)
-        if cutmix and not mixup:               # the same box on every frame
-            changed = np.any(out["video"][0] != video[0], axis=-1)
-            assert np.all(changed == changed[0])
-            assert lam == pytest.approx(1 - changed[0].mean(), abs=1e-6)
-
-
-def test_train_iterator_mixes_the_same_on_any_host_count(cfg):
-    c = data_config(**{**cfg.to_dict(), "mixup_alpha": 0.8, "cutmix_alpha": 1.0})
-    def host(pi, pc):
-        return next(pipeline.build_train_iterator(c, global_batch_size=8, seed=0,
-                                                  process_index=pi, process_count=pc))
-    one = host(0, 1)
-    assert one["label_soft"].shape == (8, 8)
-    two = [host(pi, 2) for pi in range(2)]
-    for key in ("video", "label", "label_soft"):
-        np.testing.assert_array_equal(np.concatenate([b[key] for b in two]), one[key])
 
 
 # ------------------------------------------------------------ synthetic

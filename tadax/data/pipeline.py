@@ -30,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 from tadax.data import annotations, augment, records, sampling, tfds_source, views
-from tadax.data.mixup import mix_batch, mixing_enabled
 from tadax.paths import user_path
 
 # Something-Something V2 classes that name a direction: (left version, right version).
@@ -249,26 +248,15 @@ def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_s
                          process_index: Optional[int] = None,
                          process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
     """Infinite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
-    int32}` (+ `'label_soft': (B_host, num_classes)` float32 when mixup/cutmix is on), where
-    B_host = global_batch_size / process_count, S = train_crop_size, dtype = data_cfg.dtype.
-    Deterministic for (seed, start_step): resuming at step s gives the batches an
-    uninterrupted run gives from step s. Mixup/cutmix mixes each stream's B/K clips
-    among themselves (one coefficient per stream and step), so it too is the same
-    on any number of hosts.
+    int32}`, where B_host = global_batch_size / process_count, S = train_crop_size, dtype =
+    data_cfg.dtype. Deterministic for (seed, start_step): resuming at step s gives the
+    batches an uninterrupted run gives from step s. Mixup/cutmix is not applied here: the
+    train step does it on device (`tadax/train/mixup.py`).
     """
     pi, pc = _hosts(process_index, process_count)
     ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
                        start_step=start_step, process_index=pi, process_count=pc)
-    mixing = mixing_enabled(data_cfg)
-    k = num_streams(data_cfg, global_batch_size, len(_shards(data_cfg, "train")), pc)
-    per, first = global_batch_size // k, pi * k // pc
-    for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):
-        if mixing:
-            chunks = [mix_batch({key: v[j * per:(j + 1) * per] for key, v in batch.items()},
-                                data_cfg, np.random.default_rng([seed, first + j, step]))
-                      for j in range(len(batch["label"]) // per)]
-            batch = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
-        yield batch
+    return ds.as_numpy_iterator()
 
 
 def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
