@@ -346,3 +346,30 @@ def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
                                                 process_count=1))
     labels = np.concatenate([b["label"][b["mask"]] for b in batches])
     assert sorted(labels.tolist()) == sorted(list(range(6)) * 2)
+
+
+def test_each_eval_host_opens_only_its_shard_files(cfg, tmp_path):
+    """Two hosts on a copy of the split whose other host's files are garbage: each host's
+    batches are the ones the intact split gives (it never opens those files), and its
+    files hold exactly its contiguous block of videos."""
+    import shutil
+    shards = pipeline._shards(cfg, "val")
+    src = pipeline.resolve_data_dir(cfg)
+    for pi in range(2):
+        reads = pipeline.eval_reads(shards, np.arange(sum(shards.values())), pi, 2)
+        assert reads.videos.tolist() == list(range(9 * pi, 9 * pi + 9))
+        assert 0 < len(reads.files) < len(shards)
+        copy = tmp_path / f"host{pi}"
+        shutil.copytree(src, copy)
+        for path in shards:
+            if path not in reads.files:
+                (copy / os.path.basename(path)).write_bytes(b"not a TFRecord file")
+        broken = data_config(**{**cfg.to_dict(), "data_dir": str(copy)})
+        want = collect_eval(cfg, 2, 12)[pi]
+        got = list(pipeline.build_eval_iterator(broken, split="val", global_batch_size=12,
+                                                multi_view=True, process_index=pi,
+                                                process_count=2))
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])

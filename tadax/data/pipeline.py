@@ -13,10 +13,12 @@ seed alone, the same on 1 host or P (whenever P divides K), and a run resumed
 at step s skips s B/K raw records per stream (whole epochs without reading
 them) and sees exactly the batches an uninterrupted run saw.
 
-Evaluation (`build_eval_iterator`): video i of the split (in shard order) goes
-to host i mod P; every view of every video appears exactly once over all
-hosts; all hosts yield the same number of batches, the last ones padded with
-`mask` False.
+Evaluation (`build_eval_iterator`): host p of P evaluates the p-th of P
+contiguous blocks of the split's videos (in shard order; sizes differ by at
+most one) and opens only the shard files holding them (`eval_reads`), so a
+host's eval input does not grow with the host count; every view of every
+video appears exactly once over all hosts; all hosts yield the same number of
+batches, the last ones padded with `mask` False.
 """
 
 import dataclasses
@@ -283,6 +285,60 @@ def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
             "mask": tf.ones([n], tf.bool)}
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalReads:
+    """What one host reads of an eval split: `files[j]` from its record `skips[j]` on,
+    `takes[j]` records whose split positions start at `firsts[j]`; `videos` are the
+    positions it evaluates (its contiguous block of the selected videos)."""
+    files: List[str]
+    skips: List[int]
+    takes: List[int]
+    firsts: List[int]
+    videos: np.ndarray
+
+
+def _host_block(n: int, process_index: int, process_count: int) -> range:
+    """Host p's contiguous share of n items: sizes differ by at most one, the first hosts
+    take the extra ones."""
+    per, extra = divmod(n, process_count)
+    start = process_index * per + min(process_index, extra)
+    return range(start, start + per + (process_index < extra))
+
+
+def eval_reads(shards: Dict[str, int], selected: np.ndarray, process_index: int,
+               process_count: int) -> EvalReads:
+    """Host p's reads of a split with `shards` ({file: records}, in order) to evaluate its
+    block of `selected` (sorted split positions): only the files that hold its videos, each
+    from the first to the last record it needs (a file shared with the previous host is
+    read past that host's records, not decoded)."""
+    block = _host_block(len(selected), process_index, process_count)
+    videos = selected[block.start:block.stop]
+    out = EvalReads([], [], [], [], videos)
+    if not len(videos):
+        return out
+    lo, hi = int(videos[0]), int(videos[-1]) + 1
+    start = 0
+    for path, count in shards.items():
+        first, last = max(lo, start), min(hi, start + count)
+        if first < last:
+            out.files.append(path)
+            out.skips.append(first - start)
+            out.takes.append(last - first)
+            out.firsts.append(first)
+        start += count
+    return out
+
+
+def _selected(total: int, split: str, video_ids: Optional[Sequence[int]]) -> np.ndarray:
+    """The sorted split positions to evaluate: all of them, or `video_ids`."""
+    if video_ids is None:
+        return np.arange(total, dtype=np.int64)
+    ids = np.unique(np.asarray(video_ids, np.int64))
+    if ids.size and (ids.min() < 0 or ids.max() >= total):
+        raise ValueError(f"video_ids outside [0, {total}) of split {split!r}")
+    return ids
+
+
 def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
                  process_index: int = 0, process_count: int = 1,
                  video_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
@@ -291,22 +347,24 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     batch = _per_host(global_batch_size, pc)
     shards = _shards(data_cfg, split)
     total = sum(shards.values())
-    ds = tf.data.TFRecordDataset(list(shards)).enumerate()
+    selected = _selected(total, split, video_ids)
+    reads = eval_reads(shards, selected, pi, pc)
+    ds = tf.data.Dataset.from_tensor_slices((
+        tf.constant(reads.files, tf.string), tf.constant(reads.skips, tf.int64),
+        tf.constant(reads.takes, tf.int64), tf.constant(reads.firsts, tf.int64)))
+    ds = ds.flat_map(lambda f, skip, take, first: tf.data.Dataset.zip(
+        tf.data.Dataset.range(first, first + take),
+        tf.data.TFRecordDataset(f).skip(skip).take(take)))
     if video_ids is not None:
         keep = np.zeros(total, bool)
-        ids = np.asarray(video_ids, np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= total):
-            raise ValueError(f"video_ids outside [0, {total}) of split {split!r}")
-        keep[ids] = True
+        keep[selected] = True
         wanted = tf.constant(keep)
         ds = ds.filter(lambda i, r: tf.gather(wanted, i))
-        total = int(keep.sum())
     per_video = views.num_views(data_cfg, multi_view)
     num_clips = data_cfg.num_clips if multi_view else 1
-    mine = len(range(pi, total, pc)) * per_video
-    most = len(range(0, total, pc)) * per_video
+    mine = len(reads.videos) * per_video
+    most = -(-len(selected) // pc) * per_video
     num_batches = -(-most // batch)
-    ds = ds.shard(pc, pi)
     ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
     ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
@@ -333,8 +391,9 @@ def build_eval_iterator(data_cfg, *, split: str, global_batch_size: int, multi_v
     S = test_crop_size. `multi_view`: num_clips x num_crops views per video (view =
     clip * num_crops + crop), else the single centre view. Every view of every video is
     in exactly one host's batches once; every host yields the same number of batches;
-    padding has mask False, video_id -1, filename b'', view -1. `video_ids`: only these
-    videos (positions in the split; the k-th of them in split order goes to host k mod P).
+    padding has mask False, video_id -1, filename b'', view -1. Host p evaluates the p-th
+    contiguous block of the videos and reads only the files that hold them. `video_ids`:
+    only these videos (positions in the split; the blocks are cut from them in split order).
     """
     pi, pc = _hosts(process_index, process_count)
     ds = eval_dataset(data_cfg, split=split, global_batch_size=global_batch_size,
