@@ -354,15 +354,19 @@ def test_each_eval_host_opens_only_its_shard_files(cfg, tmp_path):
     files hold exactly its contiguous block of videos."""
     import shutil
     shards = pipeline._shards(cfg, "val")
+    starts = np.cumsum([0] + list(shards.values()))
     src = pipeline.resolve_data_dir(cfg)
     for pi in range(2):
-        reads = pipeline.eval_reads(shards, np.arange(sum(shards.values())), pi, 2)
-        assert reads.videos.tolist() == list(range(9 * pi, 9 * pi + 9))
-        assert 0 < len(reads.files) < len(shards)
+        block = range(9 * pi, 9 * pi + 9)                  # 18 videos in 4 files of 5, 5, 4, 4
+        holding = [f for f, a, b in zip(shards, starts, starts[1:])
+                   if a < block.stop and b > block.start]
+        assert 0 < len(holding) < len(shards)
+        reads = pipeline.eval_reads(shards, np.arange(starts[-1]), pi, 2)
+        assert reads.videos.tolist() == list(block) and reads.files == holding
         copy = tmp_path / f"host{pi}"
         shutil.copytree(src, copy)
         for path in shards:
-            if path not in reads.files:
+            if path not in holding:
                 (copy / os.path.basename(path)).write_bytes(b"not a TFRecord file")
         broken = data_config(**{**cfg.to_dict(), "data_dir": str(copy)})
         want = collect_eval(cfg, 2, 12)[pi]
