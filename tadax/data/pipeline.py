@@ -339,6 +339,14 @@ def _selected(total: int, split: str, video_ids: Optional[Sequence[int]]) -> np.
     return ids
 
 
+def host_eval_reads(data_cfg, split: str, process_index: int, process_count: int,
+                    video_ids: Optional[Sequence[int]] = None) -> EvalReads:
+    """What host p of P reads to evaluate `split` (or its `video_ids`); see `eval_reads`."""
+    shards = _shards(data_cfg, split)
+    selected = _selected(sum(shards.values()), split, video_ids)
+    return eval_reads(shards, selected, process_index, process_count)
+
+
 def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
                  process_index: int = 0, process_count: int = 1,
                  video_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
