@@ -273,3 +273,40 @@ def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.ones((3, 2)))
     variables, _ = load_weights(str(tmp_path), use_ema=True)
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.full((3, 2), 2.0))
+
+
+COLLECTIVES_SCRIPT = """
+import re
+import jax, jax.numpy as jnp, optax
+from test_train_steps import TinyVideoNet, config
+from tadax.train import sharding, state as state_lib, steps
+for mix in (0.0, 0.8):
+    cfg = config(accum=2, mixup=mix, cutmix=mix)
+    model, tx = TinyVideoNet(), optax.adamw(1e-2)
+    mesh = sharding.make_mesh(cfg.mesh)
+    abstract, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
+    step = steps.make_train_step(model, tx, lambda s: jnp.float32(1e-2), cfg, mesh, shard)
+    spec = sharding.batch_sharding(mesh)
+    batch = {"video": jax.ShapeDtypeStruct((16, 2, 4, 4, 3), jnp.float32, sharding=spec),
+             "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=spec)}
+    hlo = step.lower(abstract, batch).compile().as_text()
+    print(mix, sorted(re.findall(r"= .*? (all-reduce|all-gather|collective-permute|all-to-all|"
+                                 r"reduce-scatter)(?:-start)?\\(", hlo)))
+"""
+
+
+def test_mixing_adds_no_communication():
+    """On 4 devices with 2 micro-batches, the compiled step with mixup and cutmix has exactly
+    the collectives of the plain step: each device mixes its own clips with replicated draws."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}")
+    out = subprocess.run([sys.executable, "-c", COLLECTIVES_SCRIPT], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    plain, mixed = out.stdout.strip().splitlines()[-2:]
+    assert plain.startswith("0.0 ") and mixed.startswith("0.8 ")
+    assert "all-reduce" in plain and mixed[4:] == plain[4:], out.stdout

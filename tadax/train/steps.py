@@ -75,7 +75,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         soft = None
         if mixing:
             rng, mix_rng = jax.random.split(rng)
-            mix = mixup.draw(mix_rng, cfg.data, groups, video.shape[2], video.shape[3])
+            # Replicated draws: each device takes its group's; sharded, the Beta sampler's
+            # rejection loop would synchronise the devices at every iteration.
+            mix = jax.lax.with_sharding_constraint(
+                mixup.draw(mix_rng, cfg.data, groups, video.shape[2], video.shape[3]),
+                replicated(mesh))
             video, soft = mixup.mix(video, labels, cfg.data.num_classes, mix)
         logits, new_stats = _forward(model, params, batch_stats, video, rng, train=True)
         loss = cross_entropy(logits, labels, smoothing, soft)
