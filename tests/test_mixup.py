@@ -48,17 +48,19 @@ def test_cut_box_matches_timm_including_clipped_boxes():
 
 
 def test_mix_equals_the_numpy_reference():
-    """Three groups of four clips: mixup, cutmix with a box clipped at the corner, and an
-    unmixed group; every frame gets the same box and the targets sum to 1."""
+    """Four groups of four clips: mixup, cutmix with a box clipped at the corner, an unmixed
+    group, cutmix with a box clipped at the left only; every frame gets the same box and
+    the targets sum to 1."""
     rng = np.random.default_rng(0)
-    video = rng.normal(size=(12, 3, 8, 6, 3)).astype(np.float32)
-    labels = rng.integers(0, 7, 12).astype(np.int32)
-    lam = np.array([0.3, 0.0, 1.0], np.float32)
-    cutmix = np.array([False, True, False])
-    box = np.array([numpy_box(0.3, 0, 0, 8, 6), numpy_box(0.6, 7, 5, 8, 6), (0, 0, 0, 0)])
+    video = rng.normal(size=(16, 3, 8, 6, 3)).astype(np.float32)
+    labels = rng.integers(0, 7, 16).astype(np.int32)
+    cutmix = np.array([False, True, False, True])
+    box = np.array([numpy_box(0.3, 0, 0, 8, 6), numpy_box(0.6, 7, 5, 8, 6), (0, 0, 0, 0),
+                    numpy_box(0.5, 3, 2, 8, 6)])
     assert box[1].tolist() == [5, 8, 4, 6]                 # clipped at the bottom-right corner
-    area = (box[1, 1] - box[1, 0]) * (box[1, 3] - box[1, 2])
-    lam[1] = 1 - area / 48
+    assert box[3].tolist() == [1, 5, 0, 4]
+    area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
+    lam = np.where(cutmix, 1 - area / 48, [0.3, 0.0, 1.0, 0.0]).astype(np.float32)
     params = {"lam": jnp.asarray(lam), "cutmix": jnp.asarray(cutmix),
               "box": jnp.asarray(box, jnp.int32)}
     got_video, got_targets = jax.jit(mixup.mix, static_argnums=2)(video, labels, 7, params)
@@ -66,9 +68,10 @@ def test_mix_equals_the_numpy_reference():
     np.testing.assert_allclose(np.asarray(got_video), want_video, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(got_targets), want_targets, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(got_targets).sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(got_video)[8:], video[8:])
-    changed = np.any(np.asarray(got_video)[4:8] != video[4:8], axis=-1)    # (4, T, H, W)
-    assert np.all(changed == changed[:, :1]) and changed[0, 0].sum() == area
+    np.testing.assert_array_equal(np.asarray(got_video)[8:12], video[8:12])
+    for g in (1, 3):
+        changed = np.any(np.asarray(got_video)[4 * g:4 * g + 4] != video[4 * g:4 * g + 4], -1)
+        assert np.all(changed == changed[:, :1]) and changed[0, 0].sum() == area[g]
 
 
 def test_mix_keeps_bfloat16_clips():
