@@ -158,7 +158,8 @@ def test_micro_batches_mix_within_themselves():
     batches = []
     for _ in range(2):
         clips = rng.normal(size=(2, 2, 4, 4, 3)).astype(np.float32)
-        batches.append({"video": clips[np.arange(8) % 2], "label": np.arange(8, dtype=np.int32) % 2})
+        batches.append({"video": clips[np.arange(8) % 2],
+                        "label": np.arange(8, dtype=np.int32) % 2})
     _, plain2 = run(accum=2, batches=batches)
     _, mixed2 = run(accum=2, mixup=0.8, cutmix=1.0, batches=batches)
     np.testing.assert_allclose([m["loss"] for m in mixed2], [m["loss"] for m in plain2],
