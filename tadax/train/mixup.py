@@ -34,9 +34,10 @@ def cut_box(lam: jax.Array, cy: jax.Array, cx: jax.Array, height: int,
 
 def draw(key: jax.Array, data_cfg, num_groups: int, height: int,
          width: int) -> Dict[str, jax.Array]:
-    """One group's mixing decision per group -> `{'lam': (G,) float32` weight of a clip's
-    own label (1 where unmixed; the pasted-area correction for cutmix), `'cutmix': (G,)
-    bool, 'box': (G, 4) int32` (y0, y1, x0, x1; empty where not cutmix)}`."""
+    """The mixing decisions of G = `num_groups` groups of (H, W) = (height, width) clips ->
+    `{'lam': (G,) float32` (the weight of a clip's own label: 1 where unmixed, the uncovered
+    fraction for cutmix), `'cutmix': (G,) bool, 'box': (G, 4) int32` (y0, y1, x0, x1;
+    empty where not cutmix)}`."""
     k_mix, k_switch, k_lam_mix, k_lam_cut, k_y, k_x = jax.random.split(key, 6)
     g = (num_groups,)
     mixed = jax.random.uniform(k_mix, g) < data_cfg.mixup_prob
