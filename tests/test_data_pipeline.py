@@ -377,3 +377,18 @@ def test_each_eval_host_opens_only_its_shard_files(cfg, tmp_path):
         for a, b in zip(got, want):
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_eval_hosts_beyond_the_videos_yield_padding_only(cfg):
+    """2 selected videos on 4 hosts: hosts 0 and 1 get one each, hosts 2 and 3 read nothing
+    and yield as many batches, all padding."""
+    hosts = [list(pipeline.build_eval_iterator(cfg, split="val", global_batch_size=8,
+                                               multi_view=True, process_index=pi,
+                                               process_count=4, video_ids=[11, 3]))
+             for pi in range(4)]
+    assert len({len(h) for h in hosts}) == 1
+    seen = [sorted(zip(np.concatenate([b["video_id"][b["mask"]] for b in h]).tolist(),
+                       np.concatenate([b["view"][b["mask"]] for b in h]).tolist()))
+            for h in hosts]
+    assert seen == [[(3, v) for v in range(6)], [(11, v) for v in range(6)], [], []]
+    assert pipeline.host_eval_reads(cfg, "val", 3, 4, video_ids=[11, 3]).files == []
