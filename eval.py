@@ -148,6 +148,11 @@ def main(argv):
     step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
     split = FLAGS.split or config.eval.test_split
     preflight.check_data(config.data, split)
+    reads = pipeline.host_eval_reads(config.data, split, jax.process_index(), jax.process_count())
+    if len(reads.videos):
+        print(f"host {jax.process_index()}/{jax.process_count()} evaluates videos "
+              f"{reads.videos[0]}-{reads.videos[-1]} from {len(reads.files)} shard files",
+              flush=True)
     batches = pipeline.build_eval_iterator(
         config.data, split=split, global_batch_size=config.eval.batch_size,
         multi_view=not FLAGS.single_view, process_index=jax.process_index(),

@@ -1,5 +1,5 @@
 """Reading: sampling and view placement, host sharding, determinism and resume,
-per-clip augmentation consistency, SSv2 flip modes, mixup, and the synthetic dataset."""
+per-clip augmentation consistency, SSv2 flip modes, and the synthetic dataset."""
 
 import os
 
@@ -10,7 +10,6 @@ import tensorflow as tf
 from tadax.data import augment, pipeline, records, sampling, synthetic, views
 from tadax.data.config import data_config
 from tadax.data.encode import jpeg_bytes
-from tadax.data.mixup import mix_batch
 from tadax.data.video import load_views
 
 
@@ -293,38 +292,6 @@ def test_shuffle_frames_permutes_time(cfg):
     assert not np.array_equal(base["video"], shuffled["video"])
 
 
-# ------------------------------------------------------------ mixup
-
-@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
-def test_mixup_cutmix(mixup, cutmix):
-    c = data_config(dataset="kinetics400", num_classes=5, mixup_alpha=mixup, cutmix_alpha=cutmix)
-    rng = np.random.default_rng(0)
-    video = rng.normal(size=(4, 3, 16, 16, 3)).astype(np.float32)
-    label = np.array([0, 1, 2, 3], np.int32)
-    for s in range(5):
-        out = mix_batch({"video": video, "label": label}, c, np.random.default_rng(s))
-        soft = out["label_soft"]
-        assert soft.shape == (4, 5) and np.allclose(soft.sum(1), 1.0)
-        lam = soft[0, 0]
-        np.testing.assert_allclose(soft[0, 3], 1 - lam, atol=1e-6)
-        if cutmix and not mixup:               # the same box on every frame
-            changed = np.any(out["video"][0] != video[0], axis=-1)
-            assert np.all(changed == changed[0])
-            assert lam == pytest.approx(1 - changed[0].mean(), abs=1e-6)
-
-
-def test_train_iterator_mixes_the_same_on_any_host_count(cfg):
-    c = data_config(**{**cfg.to_dict(), "mixup_alpha": 0.8, "cutmix_alpha": 1.0})
-    def host(pi, pc):
-        return next(pipeline.build_train_iterator(c, global_batch_size=8, seed=0,
-                                                  process_index=pi, process_count=pc))
-    one = host(0, 1)
-    assert one["label_soft"].shape == (8, 8)
-    two = [host(pi, 2) for pi in range(2)]
-    for key in ("video", "label", "label_soft"):
-        np.testing.assert_array_equal(np.concatenate([b[key] for b in two]), one[key])
-
-
 # ------------------------------------------------------------ synthetic
 
 def test_synthetic_pairs_are_time_reversals():
@@ -379,3 +346,49 @@ def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
                                                 process_count=1))
     labels = np.concatenate([b["label"][b["mask"]] for b in batches])
     assert sorted(labels.tolist()) == sorted(list(range(6)) * 2)
+
+
+def test_each_eval_host_opens_only_its_shard_files(cfg, tmp_path):
+    """Two hosts on a copy of the split whose other host's files are garbage: each host's
+    batches are the ones the intact split gives (it never opens those files), and its
+    files hold exactly its contiguous block of videos."""
+    import shutil
+    shards = pipeline._shards(cfg, "val")
+    starts = np.cumsum([0] + list(shards.values()))
+    src = pipeline.resolve_data_dir(cfg)
+    for pi in range(2):
+        block = range(9 * pi, 9 * pi + 9)                  # 18 videos in 4 files of 5, 5, 4, 4
+        holding = [f for f, a, b in zip(shards, starts, starts[1:])
+                   if a < block.stop and b > block.start]
+        assert 0 < len(holding) < len(shards)
+        reads = pipeline.eval_reads(shards, np.arange(starts[-1]), pi, 2)
+        assert reads.videos.tolist() == list(block) and reads.files == holding
+        copy = tmp_path / f"host{pi}"
+        shutil.copytree(src, copy)
+        for path in shards:
+            if path not in holding:
+                (copy / os.path.basename(path)).write_bytes(b"not a TFRecord file")
+        broken = data_config(**{**cfg.to_dict(), "data_dir": str(copy)})
+        want = collect_eval(cfg, 2, 12)[pi]
+        got = list(pipeline.build_eval_iterator(broken, split="val", global_batch_size=12,
+                                                multi_view=True, process_index=pi,
+                                                process_count=2))
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_eval_hosts_beyond_the_videos_yield_padding_only(cfg):
+    """2 selected videos on 4 hosts: hosts 0 and 1 get one each, hosts 2 and 3 read nothing
+    and yield as many batches, all padding."""
+    hosts = [list(pipeline.build_eval_iterator(cfg, split="val", global_batch_size=8,
+                                               multi_view=True, process_index=pi,
+                                               process_count=4, video_ids=[11, 3]))
+             for pi in range(4)]
+    assert len({len(h) for h in hosts}) == 1
+    seen = [sorted(zip(np.concatenate([b["video_id"][b["mask"]] for b in h]).tolist(),
+                       np.concatenate([b["view"][b["mask"]] for b in h]).tolist()))
+            for h in hosts]
+    assert seen == [[(3, v) for v in range(6)], [(11, v) for v in range(6)], [], []]
+    assert pipeline.host_eval_reads(cfg, "val", 3, 4, video_ids=[11, 3]).files == []

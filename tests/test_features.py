@@ -117,7 +117,7 @@ def reference(setup):
 
 
 def test_eval_iterator_subset_of_videos(setup):
-    """`video_ids`: only those videos, the k-th of them (in split order) on host k mod P,
+    """`video_ids`: only those videos, cut in split order into one contiguous block per host,
     every view once, equal batch counts, and the record's file name with every view."""
     from tadax.data import pipeline
 
@@ -126,7 +126,7 @@ def test_eval_iterator_subset_of_videos(setup):
         setup["config"].data, split="val", global_batch_size=4, multi_view=True,
         process_index=p, process_count=2, video_ids=[5, 1, 3])) for p in range(2)]
     assert len(hosts[0]) == len(hosts[1])
-    for p, want in enumerate(([1, 5], [3])):
+    for p, want in enumerate(([1, 3], [5])):
         got = [(int(b["video_id"][r]), int(b["view"][r]), b["filename"][r].decode())
                for b in hosts[p] for r in np.flatnonzero(b["mask"])]
         assert got == [(i, v, ref[i]["filename"]) for i in want for v in (0, 1)]

@@ -192,12 +192,30 @@ def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
     out = subprocess.run(base + [f"--output={tmp_path / 'multi'}"], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "host 0/1 evaluates videos 0-255 from 4 shard files" in out.stdout
     multi = json.loads((tmp_path / "multi" / "metrics.json").read_text())
     assert multi["views_per_video"] == [2, 2] and multi["num_videos"] == single["num_videos"]
     assert (tmp_path / "multi" / "confusion.png").exists()
     # Without --labels the names come from the dataset's classes.txt.
     row = json.loads((tmp_path / "multi" / "predictions.jsonl").read_text().splitlines()[0])
     assert row["label_name"] in synthetic.CLASSES and len(row["top5_names"]) == 5
+
+    # Two processes: each reads the 2 shard files of its half of the 256 videos, and the
+    # report they write is the one-process report.
+    port = free_port()
+    procs = [subprocess.Popen(
+        base + [f"--output={tmp_path / 'two'}", "--distributed",
+                f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                f"--process_id={i}"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, text in zip(procs, outs):
+        assert p.returncode == 0, text
+    assert "host 0/2 evaluates videos 0-127 from 2 shard files" in outs[0]
+    assert "host 1/2 evaluates videos 128-255 from 2 shard files" in outs[1]
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "multi" / name).read_text()
+    assert (tmp_path / "two" / "confusion.png").exists()
 
 
 def test_eval_cli_classifies_one_video_file(reference, tmp_path):

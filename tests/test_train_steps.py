@@ -25,33 +25,41 @@ class TinyVideoNet(nn.Module):
         return nn.Dense(self.classes, name="head")(nn.gelu(x))
 
 
-def config(accum=1, ema=0.0, mixup=0.0):
+def config(accum=1, ema=0.0, mixup=0.0, cutmix=0.0):
     return ml_collections.ConfigDict(dict(
         seed=0,
-        data=dict(mixup_alpha=mixup, cutmix_alpha=0.0),
+        data=dict(mixup_alpha=mixup, cutmix_alpha=cutmix, mixup_prob=1.0, mixup_switch_prob=0.5,
+                  num_classes=5),
         model=dict(num_frames=2, image_size=4),
         train=dict(grad_accum_steps=accum, label_smoothing=0.1, ema_decay=ema),
         sharding=dict(rules=[("batch_stats", "replicate"), (".*", "fsdp")], fsdp_min_size=1),
         mesh=dict(fsdp=1)))
 
 
-def run(accum, ema=0.0, n_steps=2, soft=None):
-    """`soft(labels) -> (B, C)` targets turns on the mixup input `label_soft`."""
-    cfg = config(accum, ema, mixup=0.0 if soft is None else 0.8)
+def random_batch(rng):
+    return {"video": rng.normal(size=(8, 2, 4, 4, 3)).astype(np.float32),
+            "label": rng.integers(0, 5, 8).astype(np.int32)}
+
+
+def setup(cfg):
+    """(mesh, `fresh() -> ` a new initial train state, jitted train step) of TinyVideoNet."""
     model = TinyVideoNet()
     mesh = sharding.make_mesh(cfg.mesh)
     tx = optax.adamw(1e-2)
     schedule = lambda step: jnp.float32(1e-2)  # noqa: E731
     _, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
-    st = state_lib.create_train_state(model, tx, cfg, shard)
-    step = steps.make_train_step(model, tx, schedule, cfg, mesh, shard)
+    return (mesh, lambda: state_lib.create_train_state(model, tx, cfg, shard),
+            steps.make_train_step(model, tx, schedule, cfg, mesh, shard))
+
+
+def run(accum, ema=0.0, n_steps=2, mixup=0.0, cutmix=0.0, batches=None):
+    """`n_steps` steps on random batches (or `batches`, one per step)."""
+    mesh, fresh, step = setup(config(accum, ema, mixup, cutmix))
+    st = fresh()
     rng = np.random.default_rng(0)
     out = []
-    for _ in range(n_steps):
-        batch = {"video": rng.normal(size=(8, 2, 4, 4, 3)).astype(np.float32),
-                 "label": rng.integers(0, 5, 8).astype(np.int32)}
-        if soft is not None:
-            batch["label_soft"] = soft(batch["label"])
+    for i in range(n_steps):
+        batch = random_batch(rng) if batches is None else batches[i]
         st, m = step(st, sharding.global_batch(batch, mesh))
         out.append(m)
     return st, out
@@ -114,18 +122,62 @@ def test_accumulation_carries_batch_statistics_through_the_micro_batches():
         np.testing.assert_allclose(got, p0 - 0.1 * g / 4, atol=1e-6, rtol=1e-5)
 
 
-def test_mixup_targets_drive_the_loss():
-    """One-hot `label_soft` reproduces the plain step; mixed targets change it, also when
-    accumulated over micro-batches."""
-    onehot = lambda labels: np.eye(5, dtype=np.float32)[labels]  # noqa: E731
-    mixed = lambda labels: 0.7 * onehot(labels) + 0.3 * onehot(labels[::-1])  # noqa: E731
-    _, plain = run(accum=1)
-    _, same = run(accum=1, soft=onehot)
-    _, mix1 = run(accum=1, soft=mixed)
-    _, mix4 = run(accum=4, soft=mixed)
-    np.testing.assert_allclose([m["loss"] for m in same], [m["loss"] for m in plain], rtol=1e-6)
-    assert abs(float(mix1[0]["loss"]) - float(plain[0]["loss"])) > 1e-3
-    np.testing.assert_allclose([m["loss"] for m in mix4], [m["loss"] for m in mix1], rtol=1e-5)
+def test_mixing_step_is_a_function_of_the_step():
+    """Mixup on: the same state and batch give the same update (a resumed run mixes as an
+    uninterrupted one); the same batch at another step number mixes differently; both
+    differ from the unmixed step."""
+    batch = random_batch(np.random.default_rng(0))
+
+    def stepper(cfg):
+        mesh, fresh, step = setup(cfg)
+
+        def one_step(step_number):
+            st = fresh()
+            st["step"] = jnp.asarray(step_number, st["step"].dtype)
+            new, metrics = step(st, sharding.global_batch(batch, mesh))
+            return jax.device_get(new["params"]), float(metrics["loss"])
+        return one_step
+
+    mixed = stepper(config(mixup=8.0))        # coefficients near 1/2: a visible change
+    params, loss = mixed(3)
+    again, loss_again = mixed(3)
+    assert loss == loss_again
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    _, other = mixed(4)
+    _, plain = stepper(config())(3)
+    assert abs(other - loss) > 1e-3 and abs(plain - loss) > 1e-3
+
+
+def test_micro_batches_mix_within_themselves():
+    """With 2 micro-batches (example i in micro-batch i mod 2) whose clips are each one
+    repeated clip, mixing within a micro-batch changes nothing: the mixed accumulated step
+    equals the unmixed one, while mixing the whole batch (one micro-batch) changes it
+    (unmixed, one micro-batch equals two: test_gradient_accumulation_equals_one_big_batch)."""
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(2):
+        clips = rng.normal(size=(2, 2, 4, 4, 3)).astype(np.float32)
+        batches.append({"video": clips[np.arange(8) % 2],
+                        "label": np.arange(8, dtype=np.int32) % 2})
+    _, plain2 = run(accum=2, batches=batches)
+    _, mixed2 = run(accum=2, mixup=0.8, cutmix=1.0, batches=batches)
+    np.testing.assert_allclose([m["loss"] for m in mixed2], [m["loss"] for m in plain2],
+                               rtol=1e-5)
+    _, mixed1 = run(accum=1, mixup=0.8, cutmix=1.0, batches=batches)
+    assert max(abs(float(a["loss"]) - float(b["loss"])) for a, b in zip(mixed1, plain2)) > 1e-3
+
+
+def test_mixing_needs_two_clips_per_device_and_micro_batch():
+    from tadax.errors import ConfigError
+    from tadax.train import trainer
+    cfg = ml_collections.ConfigDict(dict(
+        train=dict(global_batch_size=4, grad_accum_steps=4), eval=dict(batch_size=4),
+        data=dict(mixup_alpha=0.0, cutmix_alpha=1.0)))
+    with pytest.raises(ConfigError, match="needs at least 2"):
+        trainer._check_batch_layout(cfg)
+    cfg.train.grad_accum_steps = 2
+    trainer._check_batch_layout(cfg)
 
 
 def test_ema_follows_the_weights():
@@ -222,3 +274,40 @@ def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.ones((3, 2)))
     variables, _ = load_weights(str(tmp_path), use_ema=True)
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.full((3, 2), 2.0))
+
+
+COLLECTIVES_SCRIPT = """
+import re
+import jax, jax.numpy as jnp, optax
+from test_train_steps import TinyVideoNet, config
+from tadax.train import sharding, state as state_lib, steps
+for mix in (0.0, 0.8):
+    cfg = config(accum=2, mixup=mix, cutmix=mix)
+    model, tx = TinyVideoNet(), optax.adamw(1e-2)
+    mesh = sharding.make_mesh(cfg.mesh)
+    abstract, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
+    step = steps.make_train_step(model, tx, lambda s: jnp.float32(1e-2), cfg, mesh, shard)
+    spec = sharding.batch_sharding(mesh)
+    batch = {"video": jax.ShapeDtypeStruct((16, 2, 4, 4, 3), jnp.float32, sharding=spec),
+             "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=spec)}
+    hlo = step.lower(abstract, batch).compile().as_text()
+    print(mix, sorted(re.findall(r"= .*? (all-reduce|all-gather|collective-permute|all-to-all|"
+                                 r"reduce-scatter)(?:-start)?\\(", hlo)))
+"""
+
+
+def test_mixing_adds_no_communication():
+    """On 4 devices with 2 micro-batches, the compiled step with mixup and cutmix has exactly
+    the collectives of the plain step: each device mixes its own clips with replicated draws."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}")
+    out = subprocess.run([sys.executable, "-c", COLLECTIVES_SCRIPT], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    plain, mixed = out.stdout.strip().splitlines()[-2:]
+    assert plain.startswith("0.0 ") and mixed.startswith("0.8 ")
+    assert "all-reduce" in plain and mixed[4:] == plain[4:], out.stdout

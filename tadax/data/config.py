@@ -85,9 +85,11 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.flip = True
     c.ssv2_flip_mode = "mirror"   # ssv2 only: 'mirror' swaps left/right labels when the clip is flipped;
                                   # 'original' swaps them on an independent coin (the original's code); 'off'
-    c.mixup_alpha = 0.0           # > 0 turns mixup on (adds 'label_soft' to the batches)
+    # Mixup/cutmix run in the train step on device (tadax/train/mixup.py), per group of
+    # clips: each device's share of a micro-batch.
+    c.mixup_alpha = 0.0           # > 0 turns mixup on
     c.cutmix_alpha = 0.0          # > 0 turns cutmix on
-    c.mixup_prob = 1.0            # probability that a batch is mixed at all
+    c.mixup_prob = 1.0            # probability that a group is mixed at all
     c.mixup_switch_prob = 0.5     # with both on: probability of cutmix instead of mixup
     # Evaluation views.
     c.test_scale = 224            # short side before cropping

@@ -13,10 +13,12 @@ seed alone, the same on 1 host or P (whenever P divides K), and a run resumed
 at step s skips s B/K raw records per stream (whole epochs without reading
 them) and sees exactly the batches an uninterrupted run saw.
 
-Evaluation (`build_eval_iterator`): video i of the split (in shard order) goes
-to host i mod P; every view of every video appears exactly once over all
-hosts; all hosts yield the same number of batches, the last ones padded with
-`mask` False.
+Evaluation (`build_eval_iterator`): host p of P evaluates the p-th of P
+contiguous blocks of the split's videos (in shard order; sizes differ by at
+most one) and opens only the shard files holding them (`eval_reads`), so a
+host's eval input does not grow with the host count; every view of every
+video appears exactly once over all hosts; all hosts yield the same number of
+batches, the last ones padded with `mask` False.
 """
 
 import dataclasses
@@ -30,7 +32,6 @@ import numpy as np
 import tensorflow as tf
 
 from tadax.data import annotations, augment, records, sampling, tfds_source, views
-from tadax.data.mixup import mix_batch, mixing_enabled
 from tadax.paths import user_path
 
 # Something-Something V2 classes that name a direction: (left version, right version).
@@ -249,26 +250,15 @@ def build_train_iterator(data_cfg, *, global_batch_size: int, seed: int, start_s
                          process_index: Optional[int] = None,
                          process_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
     """Infinite numpy batches for this host: `{'video': (B_host, T, S, S, 3), 'label': (B_host,)
-    int32}` (+ `'label_soft': (B_host, num_classes)` float32 when mixup/cutmix is on), where
-    B_host = global_batch_size / process_count, S = train_crop_size, dtype = data_cfg.dtype.
-    Deterministic for (seed, start_step): resuming at step s gives the batches an
-    uninterrupted run gives from step s. Mixup/cutmix mixes each stream's B/K clips
-    among themselves (one coefficient per stream and step), so it too is the same
-    on any number of hosts.
+    int32}`, where B_host = global_batch_size / process_count, S = train_crop_size, dtype =
+    data_cfg.dtype. Deterministic for (seed, start_step): resuming at step s gives the
+    batches an uninterrupted run gives from step s. Mixup/cutmix is not applied here: the
+    train step does it on device (`tadax/train/mixup.py`).
     """
     pi, pc = _hosts(process_index, process_count)
     ds = train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed,
                        start_step=start_step, process_index=pi, process_count=pc)
-    mixing = mixing_enabled(data_cfg)
-    k = num_streams(data_cfg, global_batch_size, len(_shards(data_cfg, "train")), pc)
-    per, first = global_batch_size // k, pi * k // pc
-    for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step):
-        if mixing:
-            chunks = [mix_batch({key: v[j * per:(j + 1) * per] for key, v in batch.items()},
-                                data_cfg, np.random.default_rng([seed, first + j, step]))
-                      for j in range(len(batch["label"]) // per)]
-            batch = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
-        yield batch
+    return ds.as_numpy_iterator()
 
 
 def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
@@ -295,6 +285,68 @@ def _eval_clip(serialized, video_id, clip_idx, data_cfg, multi_view: bool):
             "mask": tf.ones([n], tf.bool)}
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalReads:
+    """What one host reads of an eval split: `files[j]` from its record `skips[j]` on,
+    `takes[j]` records whose split positions start at `firsts[j]`; `videos` are the
+    positions it evaluates (its contiguous block of the selected videos)."""
+    files: List[str]
+    skips: List[int]
+    takes: List[int]
+    firsts: List[int]
+    videos: np.ndarray
+
+
+def _host_block(n: int, process_index: int, process_count: int) -> range:
+    """Host p's contiguous share of n items: sizes differ by at most one, the first hosts
+    take the extra ones."""
+    per, extra = divmod(n, process_count)
+    start = process_index * per + min(process_index, extra)
+    return range(start, start + per + (process_index < extra))
+
+
+def eval_reads(shards: Dict[str, int], selected: np.ndarray, process_index: int,
+               process_count: int) -> EvalReads:
+    """Host p's reads of a split with `shards` ({file: records}, in order) to evaluate its
+    block of `selected` (sorted split positions): only the files that hold its videos, each
+    from the first to the last record it needs (a file shared with the previous host is
+    read past that host's records, not decoded)."""
+    block = _host_block(len(selected), process_index, process_count)
+    videos = selected[block.start:block.stop]
+    out = EvalReads([], [], [], [], videos)
+    if not len(videos):
+        return out
+    lo, hi = int(videos[0]), int(videos[-1]) + 1
+    start = 0
+    for path, count in shards.items():
+        first, last = max(lo, start), min(hi, start + count)
+        if first < last:
+            out.files.append(path)
+            out.skips.append(first - start)
+            out.takes.append(last - first)
+            out.firsts.append(first)
+        start += count
+    return out
+
+
+def _selected(total: int, split: str, video_ids: Optional[Sequence[int]]) -> np.ndarray:
+    """The sorted split positions to evaluate: all of them, or `video_ids`."""
+    if video_ids is None:
+        return np.arange(total, dtype=np.int64)
+    ids = np.unique(np.asarray(video_ids, np.int64))
+    if ids.size and (ids.min() < 0 or ids.max() >= total):
+        raise ValueError(f"video_ids outside [0, {total}) of split {split!r}")
+    return ids
+
+
+def host_eval_reads(data_cfg, split: str, process_index: int, process_count: int,
+                    video_ids: Optional[Sequence[int]] = None) -> EvalReads:
+    """What host p of P reads to evaluate `split` (or its `video_ids`); see `eval_reads`."""
+    shards = _shards(data_cfg, split)
+    selected = _selected(sum(shards.values()), split, video_ids)
+    return eval_reads(shards, selected, process_index, process_count)
+
+
 def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bool,
                  process_index: int = 0, process_count: int = 1,
                  video_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
@@ -303,22 +355,24 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     batch = _per_host(global_batch_size, pc)
     shards = _shards(data_cfg, split)
     total = sum(shards.values())
-    ds = tf.data.TFRecordDataset(list(shards)).enumerate()
+    selected = _selected(total, split, video_ids)
+    reads = eval_reads(shards, selected, pi, pc)
+    ds = tf.data.Dataset.from_tensor_slices((
+        tf.constant(reads.files, tf.string), tf.constant(reads.skips, tf.int64),
+        tf.constant(reads.takes, tf.int64), tf.constant(reads.firsts, tf.int64)))
+    ds = ds.flat_map(lambda f, skip, take, first: tf.data.Dataset.zip(
+        tf.data.Dataset.range(first, first + take),
+        tf.data.TFRecordDataset(f).skip(skip).take(take)))
     if video_ids is not None:
         keep = np.zeros(total, bool)
-        ids = np.asarray(video_ids, np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= total):
-            raise ValueError(f"video_ids outside [0, {total}) of split {split!r}")
-        keep[ids] = True
+        keep[selected] = True
         wanted = tf.constant(keep)
         ds = ds.filter(lambda i, r: tf.gather(wanted, i))
-        total = int(keep.sum())
     per_video = views.num_views(data_cfg, multi_view)
     num_clips = data_cfg.num_clips if multi_view else 1
-    mine = len(range(pi, total, pc)) * per_video
-    most = len(range(0, total, pc)) * per_video
+    mine = len(reads.videos) * per_video
+    most = -(-len(selected) // pc) * per_video
     num_batches = -(-most // batch)
-    ds = ds.shard(pc, pi)
     ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
     ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
@@ -345,8 +399,9 @@ def build_eval_iterator(data_cfg, *, split: str, global_batch_size: int, multi_v
     S = test_crop_size. `multi_view`: num_clips x num_crops views per video (view =
     clip * num_crops + crop), else the single centre view. Every view of every video is
     in exactly one host's batches once; every host yields the same number of batches;
-    padding has mask False, video_id -1, filename b'', view -1. `video_ids`: only these
-    videos (positions in the split; the k-th of them in split order goes to host k mod P).
+    padding has mask False, video_id -1, filename b'', view -1. Host p evaluates the p-th
+    contiguous block of the videos and reads only the files that hold them. `video_ids`:
+    only these videos (positions in the split; the blocks are cut from them in split order).
     """
     pi, pc = _hosts(process_index, process_count)
     ds = eval_dataset(data_cfg, split=split, global_batch_size=global_batch_size,

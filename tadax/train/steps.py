@@ -1,13 +1,19 @@
 """Jitted train and eval steps with explicit shardings.
 
 The train step takes the global batch `{'video': (B, T, H, W, 3) float32,
-'label': (B,) int32}` (plus `'label_soft': (B, C)` float32 mixed targets when
-the data config turns mixup or cutmix on) split over the mesh's batch axes and the train state
+'label': (B,) int32}` split over the mesh's batch axes and the train state
 (donated), and returns the new state and replicated scalar metrics. With
 `grad_accum_steps = k` the batch is processed as k micro-batches of B/k
 (example i goes to micro-batch i mod k, so every micro-batch stays spread
 over all devices) and their gradients averaged: the update equals one on
 the whole batch, except that BatchNorm sees B/k clips at a time.
+
+Mixup / cutmix (`tadax/train/mixup.py`, on when the data config sets an
+alpha) runs in the step on each micro-batch: its groups are the D device
+shares of the micro-batch (B / (k D) clips each, the original's per-GPU
+batch when k D equals its GPU count), so pairing needs no communication.
+The random draws come from the step's key (seed, step): a resumed run mixes
+as an uninterrupted one.
 """
 
 from typing import Any, Callable, Dict, Optional
@@ -19,7 +25,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tadax.data.mixup import mixing_enabled
+from tadax.train import mixup
 from tadax.train.sharding import BATCH_AXES, batch_sharding, replicated
 
 
@@ -62,9 +68,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     smoothing = cfg.train.label_smoothing
     ema_decay = cfg.train.ema_decay
     seed = cfg.seed
-    mixed = mixing_enabled(cfg.data)
+    mixing = mixup.mixing_enabled(cfg.data)
+    groups = mesh.devices.size
 
-    def loss_fn(params, batch_stats, video, labels, soft, rng):
+    def loss_fn(params, batch_stats, video, labels, rng):
+        soft = None
+        if mixing:
+            rng, mix_rng = jax.random.split(rng)
+            # Replicated draws: each device takes its group's; sharded, the Beta sampler's
+            # rejection loop would synchronise the devices at every iteration.
+            mix = jax.lax.with_sharding_constraint(
+                mixup.draw(mix_rng, cfg.data, groups, video.shape[2], video.shape[3]),
+                replicated(mesh))
+            video, soft = mixup.mix(video, labels, cfg.data.num_classes, mix)
         logits, new_stats = _forward(model, params, batch_stats, video, rng, train=True)
         loss = cross_entropy(logits, labels, smoothing, soft)
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
@@ -83,15 +99,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     def step(state, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state["step"])
         params, video, labels = state["params"], batch["video"], batch["label"]
-        soft = batch["label_soft"] if mixed else None
         if accum == 1:
             (loss, (stats, correct)), grads = grad_fn(params, state["batch_stats"], video,
-                                                      labels, soft, rng)
+                                                      labels, rng)
         else:
             def body(carry, xs):
                 stats, grads, loss, correct = carry
-                v, l, s, i = xs
-                (mloss, (stats, mcorrect)), g = grad_fn(params, stats, v, l, s,
+                v, l, i = xs
+                (mloss, (stats, mcorrect)), g = grad_fn(params, stats, v, l,
                                                         jax.random.fold_in(rng, i))
                 grads = jax.tree_util.tree_map(jnp.add, grads, g)
                 return (stats, grads, loss + mloss, correct + mcorrect), None
@@ -100,8 +115,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             init = (state["batch_stats"], zeros, jnp.zeros((), jnp.float32),
                     jnp.zeros((), jnp.int32))
             (stats, grads, loss, correct), _ = jax.lax.scan(
-                body, init, (micro_batches(video), micro_batches(labels),
-                             None if soft is None else micro_batches(soft), jnp.arange(accum)))
+                body, init, (micro_batches(video), micro_batches(labels), jnp.arange(accum)))
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
             loss = loss / accum
         updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -117,8 +131,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         return new_state, jax.tree_util.tree_map(lambda m: m.astype(jnp.float32), metrics)
 
     batch_spec = {"video": batch_sharding(mesh), "label": batch_sharding(mesh)}
-    if mixed:
-        batch_spec["label_soft"] = batch_sharding(mesh)
     return jax.jit(step, in_shardings=(shardings, batch_spec),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 

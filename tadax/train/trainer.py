@@ -19,7 +19,7 @@ from tadax.data import pipeline
 from tadax.errors import ConfigError
 from tadax.models import build_model
 from tadax.paths import user_path
-from tadax.train import evaluation, plots, preflight
+from tadax.train import evaluation, mixup, plots, preflight
 from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
@@ -49,6 +49,11 @@ def _check_batch_layout(config: ml_collections.ConfigDict) -> None:
     if batch % unit:
         raise ConfigError(f"train.global_batch_size={batch} must be a multiple of "
                          f"{jax.device_count()} devices x {accum} accumulation steps")
+    if mixup.mixing_enabled(config.data) and batch // unit < 2:
+        raise ConfigError(f"mixup/cutmix pairs the clips of each device's share of a "
+                          f"micro-batch: train.global_batch_size={batch} over "
+                          f"{jax.device_count()} devices x {accum} accumulation steps leaves "
+                          f"{batch // unit}; it needs at least 2")
     if config.eval.batch_size % jax.device_count():
         raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of "
                          f"the {jax.device_count()} devices")
@@ -150,8 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     with SigtermWatch() as sigterm:
         for step in range(start + 1, total + 1):
             local = next(batches)
-            batch = global_batch({k: local[k] for k in ("video", "label", "label_soft")
-                                  if k in local}, mesh)
+            batch = global_batch({k: local[k] for k in ("video", "label")}, mesh)
             state, metrics = train_step(state, batch)
             if pending is not None:
                 consume(*pending)
