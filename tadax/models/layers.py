@@ -4,7 +4,7 @@ Layouts are channels-last throughout: videos are `(B, T, H, W, C)`.
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -34,9 +34,14 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-def layer_norm(eps: float, name: str) -> nn.LayerNorm:
-    """LayerNorm over the last axis with the exact (two-pass) variance PyTorch uses."""
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+def layer_norm(eps: float, name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
+    """LayerNorm over the last axis with the exact (two-pass) variance PyTorch uses.
+
+    Statistics and normalisation run in float32 whatever the input's dtype;
+    the output is `dtype` (the compute dtype where a matmul follows, float32
+    where the result is the residual stream or the pooled features).
+    """
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def temporal_avg_pool3(x: jax.Array) -> jax.Array:
@@ -67,7 +72,9 @@ def resolve_depthwise_impl(impl: str) -> str:
 def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
     """Per-channel cross-correlation as a sum of kh*kw shifted, scaled slices (one fused loop).
 
-    x `(N, H, W, C)`, kernel `(kh, kw, C)`, padding `(pad_h, pad_w)` -> `(N, H', W', C)`.
+    x `(N, H, W, C)`, kernel `(kh, kw, C)`, padding `(pad_h, pad_w)` -> `(N, H', W', C)`
+    in x's dtype. The sum accumulates in float32 (as a convolution unit does): a
+    49-tap sum accumulated in bfloat16 would lose several bits.
     """
     kh, kw, _ = kernel.shape
     ph, pw = padding
@@ -77,9 +84,10 @@ def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax
     out = None
     for i in range(kh):
         for j in range(kw):
-            term = xp[:, i:i + h_out, j:j + w_out, :] * kernel[i, j]
+            term = (xp[:, i:i + h_out, j:j + w_out, :].astype(jnp.float32)
+                    * kernel[i, j].astype(jnp.float32))
             out = term if out is None else out + term
-    return out
+    return out.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -200,7 +208,8 @@ class BatchNorm(nn.Module):
     running estimates `momentum` of the way towards the batch values, the
     variance towards the unbiased estimate, as `torch.nn.BatchNorm3d` does.
     Under `jit` with a sharded batch the statistics are those of the global
-    batch. Eval mode uses the running estimates. x: `(..., C)`.
+    batch. Eval mode uses the running estimates. Statistics and normalisation
+    run in float32; the output has x's dtype. x: `(..., C)`.
     """
     eps: float = 1e-5
     momentum: float = 0.1
@@ -226,5 +235,5 @@ class BatchNorm(nn.Module):
                 ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.eps).astype(x.dtype)
-        return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+        y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale + bias).astype(x.dtype)
