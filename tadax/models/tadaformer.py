@@ -71,7 +71,8 @@ def check_attention_impl(impl: str, dtype: Any) -> None:
     here: an unknown name, or 'cudnn' without a CUDA backend or in float32 (cuDNN's fused
     attention takes 16-bit inputs only)."""
     if impl not in ATTENTION_IMPLS:
-        raise ConfigError(f"model.attention_impl={impl!r}: choose one of {', '.join(ATTENTION_IMPLS)}")
+        raise ConfigError(f"model.attention_impl={impl!r}: choose one of "
+                          f"{', '.join(ATTENTION_IMPLS)}")
     if impl != "cudnn":
         return
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
