@@ -23,6 +23,7 @@ from tadax.models.convnext import TAdaConvNeXtV2Block
 from tadax.models.tadaformer import SpatialAttention, TAdaFormerBlock
 from tadax.train import run_config
 from tadax.weights import mapping
+from test_cli_errors import assert_one_line_error, run
 from test_parity import ENTRIES, IDS, _converted, _with
 
 # Measured maxima over each family's fixtures: logits max abs error; loss error relative
@@ -204,3 +205,12 @@ def test_residual_stream_stays_float32_under_bfloat16():
     variables = jax.eval_shape(lambda x: layer.init(jax.random.PRNGKey(0), x, False), tokens)
     out = jax.eval_shape(lambda v, x: layer.apply(v, x, False), variables, tokens)
     assert out.dtype == jnp.float32
+
+
+def test_train_with_cudnn_attention_on_a_cpu_stops_with_one_line(tmp_path):
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    code, out = run("train.py", "--config", "configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+                    "--config.model.dtype=bfloat16", "--config.model.attention_impl=cudnn")
+    assert_one_line_error(code, out, "model.attention_impl='cudnn'", "NVIDIA GPU")
+    assert not (tmp_path / "run").exists()
