@@ -48,12 +48,12 @@ def temporal_avg_pool3(x: jax.Array) -> jax.Array:
     """Average over a 3-frame window along T, zero padded, always divided by 3.
 
     Matches `nn.AvgPool3d((3, 1, 1), stride=1, padding=(1, 0, 0))` (which
-    counts the padding). x: `(B, T, ...)` -> same shape.
+    counts the padding). x: `(B, T, ...)` -> same shape and dtype, summed in float32.
     """
     pad = [(0, 0)] * x.ndim
     pad[1] = (1, 1)
-    xp = jnp.pad(x, pad)
-    return (xp[:, :-2] + xp[:, 1:-1] + xp[:, 2:]) / 3.0
+    xp = jnp.pad(x.astype(jnp.float32), pad)
+    return ((xp[:, :-2] + xp[:, 1:-1] + xp[:, 2:]) / 3.0).astype(x.dtype)
 
 
 def resolve_depthwise_impl(impl: str) -> str:

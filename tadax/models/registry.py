@@ -55,7 +55,10 @@ def complete_model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDic
     """A model config read back from a saved run or model directory, with the fields
     added since it was saved at their defaults (e.g. `attention_impl`: 'xla')."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(stored).items()}
-    return default_model_config(fields.pop("arch"), **fields)
+    defaults = default_model_config(fields["arch"],
+                                    **{k: v for k, v in fields.items() if k != "arch"})
+    fields.update((k, v) for k, v in defaults.items() if k not in fields)   # stored order kept
+    return ml_collections.ConfigDict(fields)
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> VideoClassifier:

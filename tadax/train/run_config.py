@@ -54,5 +54,5 @@ def read_run_config(path: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or the run directory above it")
     stored = _tuples(json.loads((run_dir / CONFIG_FILE).read_text()))
     if "model" in stored:
-        stored["model"] = complete_model_config(stored["model"]).to_dict()
+        stored["model"] = complete_model_config(stored["model"])
     return ml_collections.ConfigDict(stored)
