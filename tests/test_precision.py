@@ -4,8 +4,8 @@ The bfloat16 models are matched against the float32 outputs and gradients of
 the original PyTorch code (`$TADAX_FIXTURES`), within tolerances per model
 family set at 1.5x the largest error measured on this CPU over the family's
 fixtures (README, "Precision and attention"), tight enough that the bf16
-handling before the audit (routing function and calibration in bf16) fails
-the TAdaFormer ones.
+handling before the audit (routing function, calibration, BatchNorm
+normalisation and temporal averages in bf16) fails the TAdaFormer K400 one.
 """
 
 import flax.linen as nn
