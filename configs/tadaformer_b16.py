@@ -11,7 +11,9 @@ Reproduces: 84.5 top-1 (16 frames, 4 clips x 3 crops; the original's zoo,
   python train.py --config configs/tadaformer_b16.py:frames=32 ...     # 32-frame variant
 
 Cost: 30 epochs of ~240k clips at 256 per step (~28k steps), 153 GFLOPs
-(multiply-adds) per 16-frame clip forward: the original used 8 GPUs.
+(multiply-adds) per 16-frame clip forward: the original used 8 GPUs. On accelerators
+`--config.model.dtype=bfloat16` computes in bf16 (fp32 parameters), and on NVIDIA GPUs
+`--config.model.attention_impl=cudnn` adds cuDNN's fused attention.
 """
 
 from configs import common

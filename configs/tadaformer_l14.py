@@ -10,7 +10,8 @@ from the K710 checkpoints 88.9 / 89.5 / 89.9 at 16 / 32 / 64 frames
 
 The original's global batch is 64 (16 GPUs x 4). Cost: 24 epochs (~90k steps),
 703 GFLOPs per 16-frame clip; remat (`--config.model.remat=True`) and bf16
-(`--config.model.dtype=bfloat16`) fit it on 16 GB accelerators.
+(`--config.model.dtype=bfloat16`) fit it on 16 GB accelerators; on NVIDIA GPUs
+`--config.model.attention_impl=cudnn` (bf16 only) uses cuDNN's fused attention.
 """
 
 from configs import common

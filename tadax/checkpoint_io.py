@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tadax.models.registry import complete_model_config
 from tadax.paths import user_path
 
 
@@ -49,11 +50,7 @@ def save_variables(path: str, variables: Mapping[str, Any],
 
 
 def _model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    config = dict(stored)
-    for key in ("rf_kernels", "depths", "dims"):
-        if key in config:
-            config[key] = tuple(config[key])
-    return ml_collections.ConfigDict(config)
+    return complete_model_config(stored)
 
 
 def is_model_dir(path: str) -> bool:

@@ -274,6 +274,8 @@ def _export(args, overrides: Dict) -> int:
     if epath.Path(args.output).exists() and not args.overwrite:
         raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
     fields = dict(cfg.to_dict(), **overrides)
+    if fields.get("family") == "tadaformer":
+        fields["attention_impl"] = "xla"     # the artefacts run on every platform
     try:
         cfg = default_model_config(fields.pop("arch"), **fields)
     except ValueError as e:

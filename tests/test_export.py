@@ -64,7 +64,8 @@ def test_saved_model_round_trip(converted, tmp_path):
 
 
 def test_a_training_run_exports_with_its_config(converted, tmp_path):
-    """A run directory (checkpoints/<step>/state + config.json from train.py) exports too."""
+    """A run directory (checkpoints/<step>/state + config.json from train.py) exports too,
+    with XLA's attention when the run used cuDNN's (the artefacts run on every platform)."""
     import ml_collections
     from tadax.train.checkpointing import RunCheckpoints
     directory, videos, want = converted
@@ -76,7 +77,7 @@ def test_a_training_run_exports_with_its_config(converted, tmp_path):
     checkpoints.wait()
     checkpoints.close()
     (run / "config.json").write_text(ml_collections.ConfigDict(
-        {"model": cfg.to_dict()}).to_json_best_effort())
+        {"model": dict(cfg.to_dict(), attention_impl="cudnn")}).to_json_best_effort())
     out = tmp_path / "run.jax_export"
     assert convert.main(["export", "--format", "jax_export", "--platforms", "cpu",
                          "--input", str(run), "--output", str(out)]) == 0

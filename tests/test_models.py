@@ -134,17 +134,3 @@ def test_remat_gives_the_same_gradients():
     remat = grad(build_model(default_model_config("tadaformer_tiny", num_classes=5, remat=True)))
     for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(remat)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("arch", ["tadaformer_tiny", "tadaconvnextv2_tiny"])
-def test_bfloat16_compute_keeps_float32_parameters(arch):
-    extra = TINY_CONVNEXT if arch == "tadaconvnextv2_tiny" else dict(num_classes=5)
-    cfg = default_model_config(arch, **extra)
-    model, variables, _ = _init(cfg)
-    video = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.num_frames, cfg.image_size,
-                                                      cfg.image_size, 3))
-    bf16 = build_model(default_model_config(arch, dtype="bfloat16", **extra))
-    forward = lambda m: jax.jit(lambda v, x: m.apply(v, x))(variables, video)  # noqa: E731
-    np.testing.assert_allclose(forward(bf16), forward(model), atol=0.05, rtol=0.05)
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
-        lambda p: p.dtype == jnp.float32, variables["params"]))

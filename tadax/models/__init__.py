@@ -7,7 +7,8 @@ or `backbone/stages_2_5/dwconv_rf/b/kernel`, so that name-based recipes
 """
 
 from tadax.models.classifier import VideoClassifier
-from tadax.models.registry import ARCHITECTURES, build_model, default_model_config, from_upstream
+from tadax.models.registry import (ARCHITECTURES, build_model, complete_model_config,
+                                   default_model_config, from_upstream)
 
-__all__ = ["ARCHITECTURES", "VideoClassifier", "build_model", "default_model_config",
-           "from_upstream"]
+__all__ = ["ARCHITECTURES", "VideoClassifier", "build_model", "complete_model_config",
+           "default_model_config", "from_upstream"]

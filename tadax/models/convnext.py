@@ -33,6 +33,10 @@ class TAdaConvNeXtV2Block(nn.Module):
     `norm(y) + norm_avgpool(avgpool_t(y))` (the second LayerNorm starts at
     zero), the inverted-bottleneck MLP with QuickGELU, layer scale `gamma`,
     and a residual dropped per clip.
+
+    The residual stream (the output) is float32 under any compute dtype: a
+    block's contribution starts at `layer_scale_init` (1e-6) times the
+    branch, which a bfloat16 sum (steps of 2**-7 at 1) would round away.
     """
     dim: int
     rf_ratio: int
@@ -48,21 +52,21 @@ class TAdaConvNeXtV2Block(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = materialise(x)
         alpha = RouteFunc(self.dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
-                          with_bias_cal=True, zero_init_cal=True, dtype=self.dtype,
-                          name="dwconv_rf")(x)
+                          with_bias_cal=True, zero_init_cal=True, name="dwconv_rf")(x)
         y = TAdaConv2dV2(self.dim, (7, 7), (3, 3), groups=self.dim, use_bias=True,
                          cal_dim="cout", impl=self.tadaconv_impl,
                          depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                          name="dwconv")(x, train, alpha=alpha)
-        norm_avgpool = LayerNorm(1e-6, scale_init=nn.initializers.zeros, name="norm_avgpool")
-        y = layer_norm(1e-6, "norm")(y) + norm_avgpool(temporal_avg_pool3(y))
+        norm_avgpool = LayerNorm(1e-6, scale_init=nn.initializers.zeros, dtype=self.dtype,
+                                 name="norm_avgpool")
+        y = layer_norm(1e-6, "norm", self.dtype)(y) + norm_avgpool(temporal_avg_pool3(y))
         y = quick_gelu(_dense(4 * self.dim, self.dtype, "pwconv1")(y))
         y = _dense(self.dim, self.dtype, "pwconv2")(y)
         if self.layer_scale_init > 0:
             gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init),
                                (self.dim,), jnp.float32)
             y = gamma.astype(y.dtype) * y
-        return x + DropPath(self.drop_path_rate)(y, train).astype(x.dtype)
+        return x.astype(jnp.float32) + DropPath(self.drop_path_rate)(y, train).astype(jnp.float32)
 
 
 class TAdaConvNeXtV2Backbone(nn.Module):

@@ -4,7 +4,7 @@ Layouts are channels-last throughout: videos are `(B, T, H, W, C)`.
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -36,7 +36,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm over the last axis in float32, two-pass variance. x `(..., C)` -> float32.
+    """LayerNorm over the last axis, two-pass variance. x `(..., C)` float32 -> float32.
 
     The gradient is written by hand: autodiff's version re-derives the
     statistics in several separate passes over `x`, which XLA:CPU then fuses
@@ -53,7 +53,6 @@ def _normalised(x: jax.Array, eps: float) -> Tuple[jax.Array, jax.Array]:
 
 
 def _layer_norm_fwd(x, scale, bias, eps):
-    x = x.astype(jnp.float32)
     xhat, rstd = _normalised(x, eps)
     return xhat * scale + bias, (x, rstd, scale)
 
@@ -72,37 +71,42 @@ _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with PyTorch's exact (two-pass) variance, in float32.
+    """LayerNorm over the last axis with PyTorch's exact (two-pass) variance.
 
+    Statistics and normalisation run in float32 whatever the input's dtype;
+    the output is `dtype` (the compute dtype where a matmul follows, float32
+    where the result is the residual stream or the pooled features).
     Parameters `scale` (from `scale_init`) and `bias` (zeros), float32
-    `(C,)`, as flax's `nn.LayerNorm` names them. x: `(..., C)` -> float32.
+    `(C,)`, as flax's `nn.LayerNorm` names them. x: `(..., C)` -> `(..., C)`.
     """
     epsilon: float
     scale_init: nn.initializers.Initializer = nn.initializers.ones
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         scale = self.param("scale", self.scale_init, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return _layer_norm(x, scale, bias, self.epsilon)
+        return _layer_norm(x.astype(jnp.float32), scale, bias, self.epsilon).astype(self.dtype)
 
 
-def layer_norm(eps: float, name: str) -> LayerNorm:
-    """LayerNorm over the last axis with the exact (two-pass) variance PyTorch uses."""
-    return LayerNorm(epsilon=eps, name=name)
+def layer_norm(eps: float, name: str, dtype: Any = jnp.float32) -> LayerNorm:
+    """LayerNorm over the last axis with the exact (two-pass) variance PyTorch uses,
+    output in `dtype` (see `LayerNorm`)."""
+    return LayerNorm(epsilon=eps, dtype=dtype, name=name)
 
 
 def temporal_avg_pool3(x: jax.Array) -> jax.Array:
     """Average over a 3-frame window along T, zero padded, always divided by 3.
 
     Matches `nn.AvgPool3d((3, 1, 1), stride=1, padding=(1, 0, 0))` (which
-    counts the padding). x: `(B, T, ...)` -> same shape.
+    counts the padding). x: `(B, T, ...)` -> same shape and dtype, summed in float32.
     """
     pad = [(0, 0)] * x.ndim
     pad[1] = (1, 1)
-    xp = jnp.pad(x, pad)
-    return (xp[:, :-2] + xp[:, 1:-1] + xp[:, 2:]) / 3.0
+    xp = jnp.pad(x.astype(jnp.float32), pad)
+    return ((xp[:, :-2] + xp[:, 1:-1] + xp[:, 2:]) / 3.0).astype(x.dtype)
 
 
 def resolve_depthwise_impl(impl: str) -> str:
@@ -121,7 +125,9 @@ def resolve_depthwise_impl(impl: str) -> str:
 def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
     """Per-channel cross-correlation as a sum of kh*kw shifted, scaled slices (one fused loop).
 
-    x `(N, H, W, C)`, kernel `(kh, kw, C)`, padding `(pad_h, pad_w)` -> `(N, H', W', C)`.
+    x `(N, H, W, C)`, kernel `(kh, kw, C)`, padding `(pad_h, pad_w)` -> `(N, H', W', C)`
+    in x's dtype. The sum accumulates in float32 (as a convolution unit does): a
+    49-tap sum accumulated in bfloat16 would lose several bits.
     """
     kh, kw, _ = kernel.shape
     ph, pw = padding
@@ -131,9 +137,10 @@ def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax
     out = None
     for i in range(kh):
         for j in range(kw):
-            term = xp[:, i:i + h_out, j:j + w_out, :] * kernel[i, j]
+            term = (xp[:, i:i + h_out, j:j + w_out, :].astype(jnp.float32)
+                    * kernel[i, j].astype(jnp.float32))
             out = term if out is None else out + term
-    return out
+    return out.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -267,7 +274,8 @@ class BatchNorm(nn.Module):
     running estimates `momentum` of the way towards the batch values, the
     variance towards the unbiased estimate, as `torch.nn.BatchNorm3d` does.
     Under `jit` with a sharded batch the statistics are those of the global
-    batch. Eval mode uses the running estimates. x: `(..., C)`.
+    batch. Eval mode uses the running estimates. Statistics and normalisation
+    run in float32; the output has x's dtype. x: `(..., C)`.
     """
     eps: float = 1e-5
     momentum: float = 0.1
@@ -293,5 +301,5 @@ class BatchNorm(nn.Module):
                 ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.eps).astype(x.dtype)
-        return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+        y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale + bias).astype(x.dtype)

@@ -12,13 +12,14 @@ import ml_collections
 
 from tadax.models.classifier import VideoClassifier
 from tadax.models.convnext import TAdaConvNeXtV2Backbone
-from tadax.models.tadaformer import TAdaFormerBackbone
+from tadax.models.tadaformer import TAdaFormerBackbone, check_attention_impl
 
 _COMMON = dict(num_classes=400, num_frames=16, image_size=224, dropout_rate=0.5,
                drop_path_rate=0.0, tadaconv_impl="fast", depthwise_impl="auto",
                dtype="float32", remat=False, rf_ratio=2, rf_kernels=(3, 3))
 _TADAFORMER = dict(family="tadaformer", tubelet_size=3, tubelet_stride=2, reduction=2,
-                   rf_head_dim=64, temp_enhance=False, double_tada=False)
+                   rf_head_dim=64, temp_enhance=False, double_tada=False,
+                   attention_impl="xla")
 _CONVNEXT = dict(family="tadaconvnextv2", stem_t_kernel=3, stem_t_stride=2,
                  layer_scale_init=1e-6)
 
@@ -50,19 +51,35 @@ def default_model_config(arch: str, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def complete_model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A model config read back from a saved run or model directory, with the fields
+    added since it was saved at their defaults (e.g. `attention_impl`: 'xla')."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(stored).items()}
+    defaults = default_model_config(fields["arch"],
+                                    **{k: v for k, v in fields.items() if k != "arch"})
+    fields.update((k, v) for k, v in defaults.items() if k not in fields)   # stored order kept
+    return ml_collections.ConfigDict(fields)
+
+
 def build_model(cfg: ml_collections.ConfigDict) -> VideoClassifier:
-    """The Flax model a config describes; see `VideoClassifier` for how to call it."""
+    """The Flax model a config describes; see `VideoClassifier` for how to call it.
+
+    `dtype` is the compute dtype ('float32' or 'bfloat16'); parameters are
+    float32 either way. A TAdaFormer's `attention_impl` that cannot run here
+    ('cudnn' without a CUDA GPU or in float32) is refused with a `ConfigError`.
+    """
     dtype = jnp.dtype(cfg.dtype)
     shared = dict(rf_ratio=cfg.rf_ratio, rf_kernels=tuple(cfg.rf_kernels),
                   drop_path_rate=cfg.drop_path_rate, tadaconv_impl=cfg.tadaconv_impl,
                   depthwise_impl=cfg.depthwise_impl, remat=cfg.remat, dtype=dtype)
     if cfg.family == "tadaformer":
+        check_attention_impl(cfg.attention_impl, dtype)
         backbone = TAdaFormerBackbone(
             width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
             image_size=cfg.image_size, tubelet_size=cfg.tubelet_size,
             tubelet_stride=cfg.tubelet_stride, reduction=cfg.reduction,
             rf_head_dim=cfg.rf_head_dim, temp_enhance=cfg.temp_enhance,
-            double_tada=cfg.double_tada, **shared)
+            double_tada=cfg.double_tada, attention_impl=cfg.attention_impl, **shared)
     elif cfg.family == "tadaconvnextv2":
         backbone = TAdaConvNeXtV2Backbone(
             depths=tuple(cfg.depths), dims=tuple(cfg.dims), rf_head_dim=cfg.rf_head_dim,

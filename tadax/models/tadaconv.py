@@ -16,10 +16,10 @@ from tadax.models.layers import (BatchNorm, grouped_conv2d, layer_norm, quick_ge
                                  temporal_avg_pool3, upstream_trunc_normal)
 
 
-def _temporal_conv(features: int, k: int, use_bias: bool, kernel_init, dtype, name: str) -> nn.Conv:
-    """A convolution along T of a `(B, T, C)` sequence, 'same' zero padding."""
+def _temporal_conv(features: int, k: int, use_bias: bool, kernel_init, name: str) -> nn.Conv:
+    """A float32 convolution along T of a `(B, T, C)` sequence, 'same' zero padding."""
     return nn.Conv(features, kernel_size=(k,), padding=[(k // 2, k // 2)], use_bias=use_bias,
-                   kernel_init=kernel_init, bias_init=nn.initializers.zeros, dtype=dtype,
+                   kernel_init=kernel_init, bias_init=nn.initializers.zeros, dtype=jnp.float32,
                    name=name)
 
 
@@ -42,6 +42,11 @@ class RouteFunc(nn.Module):
     The kernel calibration alpha `(B, T, C)` is also sown into the
     'intermediates' collection as `alpha` (kept only when the caller applies
     the model with `mutable=['intermediates']`).
+
+    Everything after the spatial pooling runs in float32 whatever the model's
+    compute dtype: it works on `(B, T, C)` frame descriptors, a negligible
+    share of the model's FLOPs, and its outputs are factors near 1 whose
+    deviations are the adaptive signal (bfloat16 resolves steps of 2**-7 at 1).
     """
     channels: int
     ratio: int
@@ -49,26 +54,24 @@ class RouteFunc(nn.Module):
     head_dim: int = 64
     with_bias_cal: bool = False
     zero_init_cal: bool = True
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Tuple[jax.Array, Optional[jax.Array]]:
-        """x: `(B, T, H, W, C)` -> (alpha `(B, T, C)`, beta `(B, T, C)` or None)."""
+        """x: `(B, T, H, W, C)` -> float32 (alpha `(B, T, C)`, beta `(B, T, C)` or None)."""
         hidden = self.channels // self.ratio
         if hidden % self.head_dim:
             raise ValueError(f"routing width {hidden} is not a multiple of head_dim {self.head_dim}")
-        y = jnp.mean(x, axis=(2, 3))
-        y = _temporal_conv(hidden, self.kernels[0], True, upstream_trunc_normal, self.dtype, "a")(y)
+        y = jnp.mean(x, axis=(2, 3), dtype=jnp.float32)
+        y = _temporal_conv(hidden, self.kernels[0], True, upstream_trunc_normal, "a")(y)
         y = quick_gelu(layer_norm(1e-6, "norm")(y))
         y = y + self._attention(layer_norm(1e-6, "norm_transformer")(y))
         out_init = nn.initializers.zeros if self.zero_init_cal else upstream_trunc_normal
         offset = 1.0 if self.zero_init_cal else 0.0
-        alpha = _temporal_conv(self.channels, self.kernels[1], False, out_init, self.dtype,
-                               "b")(y) + offset
+        alpha = _temporal_conv(self.channels, self.kernels[1], False, out_init, "b")(y) + offset
         self.sow("intermediates", "alpha", alpha)
         beta = None
         if self.with_bias_cal:
-            beta = _temporal_conv(self.channels, self.kernels[1], False, out_init, self.dtype,
+            beta = _temporal_conv(self.channels, self.kernels[1], False, out_init,
                                   "b_bias")(y) + offset
         return alpha, beta
 
@@ -79,16 +82,20 @@ class RouteFunc(nn.Module):
         `s*D + d*heads + h` is part s (q, k, v) of head h, dim d (head index
         minor); the output channel is `h*head_dim + d` (head index major).
         The logits are scaled by D**-0.5 (the full width, not the head width).
+        Written out rather than through `jax.nn.dot_product_attention`: T is a
+        handful of tokens in float32 (a fused kernel such as cuDNN's gains
+        nothing there and takes only 16-bit inputs), and the head-minor
+        channel split and full-width scale are the original's.
         """
         b, t, width = y.shape
         heads = width // self.head_dim
-        qkv = _temporal_conv(3 * width, 1, True, upstream_trunc_normal, self.dtype, "qkv_proj")(y)
+        qkv = _temporal_conv(3 * width, 1, True, upstream_trunc_normal, "qkv_proj")(y)
         qkv = qkv.reshape(b, t, 3, self.head_dim, heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("bqdh,bkdh->bhqk", q, k) * (width ** -0.5)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bkdh->bqhd", weights, v).reshape(b, t, width)
-        return _temporal_conv(width, 1, True, upstream_trunc_normal, self.dtype, "attn_out")(out)
+        return _temporal_conv(width, 1, True, upstream_trunc_normal, "attn_out")(out)
 
 
 def calibrated_kernel(kernel: jax.Array, alpha: jax.Array, cal_dim: str, groups: int) -> jax.Array:
@@ -127,6 +134,8 @@ class TAdaConv2dV2(nn.Module):
         (TAdaFormer); otherwise alpha is passed in (TAdaConvNeXtV2).
       internal_temp_aggr: return `bn_a(y) + bn_b(avgpool_t(y))` (TAdaFormer).
       rf_ratio, rf_kernels, rf_head_dim: settings of the internal routing function.
+      dtype: compute dtype of the convolution and of the output; the
+        calibration (`alpha`, `beta`, float32) is applied in float32.
     """
     features: int
     kernel_size: Tuple[int, int]
@@ -158,24 +167,24 @@ class TAdaConv2dV2(nn.Module):
                 raise ValueError("alpha is given but this TAdaConv owns its routing function")
             alpha = RouteFunc(self.features, self.rf_ratio, tuple(self.rf_kernels),
                               self.rf_head_dim, with_bias_cal=self.use_bias,
-                              zero_init_cal=False, dtype=self.dtype, name="rf_func")(x)
+                              zero_init_cal=False, name="rf_func")(x)
         if alpha is None:
             raise ValueError("TAdaConv2dV2 without an internal routing function needs alpha")
         w_alpha, b_alpha = alpha
         x = x.astype(self.dtype)
-        kernel = kernel.astype(self.dtype)
         if self.impl == "fast":
-            y = self._fast(x, kernel, w_alpha.astype(self.dtype))
+            y = self._fast(x, kernel, w_alpha)
         elif self.impl == "vmap":
-            y = self._vmapped(x, kernel, w_alpha.astype(self.dtype))
+            y = self._vmapped(x, kernel, w_alpha)
         else:
             raise ValueError(f"impl must be 'fast' or 'vmap', got {self.impl!r}")
         if bias is not None:
-            cal_bias = bias.astype(self.dtype)
+            cal_bias = bias
             if b_alpha is not None:
-                cal_bias = b_alpha.astype(self.dtype) * cal_bias
+                cal_bias = b_alpha * cal_bias
                 cal_bias = cal_bias[:, :, None, None, :]
             y = y + cal_bias
+        y = y.astype(self.dtype)
         if self.internal_temp_aggr:
             y = (BatchNorm(name="bn_a")(y, train)
                  + BatchNorm(zero_init=True, name="bn_b")(temporal_avg_pool3(y), train))
@@ -188,8 +197,8 @@ class TAdaConv2dV2(nn.Module):
     def _fast(self, x, kernel, w_alpha):
         b, t = x.shape[:2]
         if self.cal_dim == "cin":
-            x = x * w_alpha[:, :, None, None, :]
-        y = self._conv_frames(x.reshape(b * t, *x.shape[2:]), kernel)
+            x = (x * w_alpha[:, :, None, None, :]).astype(self.dtype)
+        y = self._conv_frames(x.reshape(b * t, *x.shape[2:]), kernel.astype(self.dtype))
         y = y.reshape(b, t, *y.shape[1:])
         if self.cal_dim == "cout":
             y = y * w_alpha[:, :, None, None, :]
@@ -197,7 +206,7 @@ class TAdaConv2dV2(nn.Module):
 
     def _vmapped(self, x, kernel, w_alpha):
         def one_frame(frame, frame_alpha):
-            k = calibrated_kernel(kernel, frame_alpha, self.cal_dim, self.groups)
+            k = calibrated_kernel(kernel, frame_alpha, self.cal_dim, self.groups).astype(self.dtype)
             return self._conv_frames(frame[None], k)[0]
 
         return jax.vmap(jax.vmap(one_frame))(x, w_alpha)

@@ -5,8 +5,10 @@ from typing import Any, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import backend as jax_backend
 import numpy as np
 
+from tadax.errors import ConfigError
 from tadax.models.layers import (DropPath, layer_norm, quick_gelu, torch_default_kernel,
                                  upstream_trunc_normal)
 from tadax.models.tadaconv import TAdaConv2dV2
@@ -61,13 +63,38 @@ class TAdaBranch(nn.Module):
         return _dense(self.width, "tada_proj", self.dtype, kernel_init=zeros)(x)
 
 
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+def check_attention_impl(impl: str, dtype: Any) -> None:
+    """Refuses, naming the model config field, an attention implementation that cannot run
+    here: an unknown name, or 'cudnn' without a CUDA backend or in float32 (cuDNN's fused
+    attention takes 16-bit inputs only)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ConfigError(f"model.attention_impl={impl!r}: choose one of "
+                          f"{', '.join(ATTENTION_IMPLS)}")
+    if impl != "cudnn":
+        return
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ConfigError(f"model.attention_impl='cudnn' computes in 16 bits; set "
+                          f"model.dtype=bfloat16 (it is {jnp.dtype(dtype).name}) or use 'xla'")
+    backend = jax_backend.get_backend()
+    if backend.platform != "gpu" or "cuda" not in backend.platform_version.lower():
+        raise ConfigError(f"model.attention_impl='cudnn' needs an NVIDIA GPU with cuDNN; "
+                          f"JAX runs on {backend.platform} here: use model.attention_impl='xla'")
+
+
 class SpatialAttention(nn.Module):
     """`nn.MultiheadAttention` over the tokens of each frame, packed q/k/v projection.
 
     x: `(N, L, W)` -> `(N, L, W)`; parameters `in_proj` `(W, 3W)` (q, k, v
-    blocks in that order) and `out_proj`.
+    blocks in that order) and `out_proj`. The attention itself is
+    `jax.nn.dot_product_attention` with `attention_impl` ('xla': XLA's
+    einsums, logits and softmax in float32; 'cudnn': cuDNN's fused kernel,
+    16-bit inputs, float32 accumulation).
     """
     num_heads: int
+    attention_impl: str = "xla"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -77,7 +104,7 @@ class SpatialAttention(nn.Module):
         qkv = nn.Dense(3 * width, kernel_init=nn.initializers.xavier_uniform(),
                        bias_init=nn.initializers.zeros, dtype=self.dtype, name="in_proj")(x)
         q, k, v = jnp.split(qkv.reshape(n, length, 3 * self.num_heads, head_dim), 3, axis=2)
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         return _dense(width, "out_proj", self.dtype)(out.reshape(n, length, width))
 
 
@@ -86,7 +113,10 @@ class TAdaFormerBlock(nn.Module):
 
     `x += tada(x)` on the patch tokens (class token untouched), spatial
     attention, optionally a second TAdaBranch (`double_tada`), and the MLP;
-    each residual is dropped per clip with `drop_path_rate`.
+    each residual is dropped per clip with `drop_path_rate`. The residual
+    stream stays float32 under any compute dtype (`tada_proj` starts at zero,
+    and small updates would vanish in a bfloat16 sum); the branches compute
+    in `dtype`, their LayerNorms' statistics in float32.
     """
     width: int
     num_heads: int
@@ -100,6 +130,7 @@ class TAdaFormerBlock(nn.Module):
     drop_path_rate: float
     tadaconv_impl: str
     depthwise_impl: str
+    attention_impl: str = "xla"
     dtype: Any = jnp.float32
 
     def _tada(self, name: str, x: jax.Array, train: bool) -> jax.Array:
@@ -116,11 +147,11 @@ class TAdaFormerBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         drop = DropPath(self.drop_path_rate, self.num_frames)
         x = x + drop(self._tada("tada", x, train), train)
-        x = x + drop(SpatialAttention(self.num_heads, self.dtype, name="attn")(
-            layer_norm(1e-5, "ln_1")(x)), train)
+        x = x + drop(SpatialAttention(self.num_heads, self.attention_impl, self.dtype, name="attn")(
+            layer_norm(1e-5, "ln_1", self.dtype)(x)), train)
         if self.double_tada:
             x = x + drop(self._tada("tada2", x, train), train)
-        h = layer_norm(1e-5, "ln_2")(x)
+        h = layer_norm(1e-5, "ln_2", self.dtype)(x)
         h = MLP(self.width, self.dtype, name="mlp")(h)
         return x + drop(h, train)
 
@@ -161,6 +192,7 @@ class TAdaFormerBackbone(nn.Module):
     drop_path_rate: float = 0.0
     tadaconv_impl: str = "fast"
     depthwise_impl: str = "auto"
+    attention_impl: str = "xla"
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -186,8 +218,8 @@ class TAdaFormerBackbone(nn.Module):
         for i in range(self.depth):
             x = block_cls(width, self.num_heads, t, self.reduction, self.rf_ratio,
                           tuple(self.rf_kernels), self.rf_head_dim, self.temp_enhance, self.double_tada, rates[i],
-                          self.tadaconv_impl, self.depthwise_impl, dtype=self.dtype,
-                          name=f"layers_{i}")(x, train)
+                          self.tadaconv_impl, self.depthwise_impl, self.attention_impl,
+                          dtype=self.dtype, name=f"layers_{i}")(x, train)
         cls_tokens = x[:, 0].reshape(b, t, width)
         self.sow("intermediates", "frame_class_tokens", cls_tokens)
         pooled = layer_norm(1e-5, "ln_post")(jnp.mean(cls_tokens.astype(jnp.float32), axis=1))

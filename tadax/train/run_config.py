@@ -12,6 +12,8 @@ from typing import Any, Optional
 import ml_collections
 from etils import epath
 
+from tadax.models import complete_model_config
+
 CONFIG_FILE = "config.json"
 
 
@@ -44,9 +46,13 @@ def _tuples(value: Any) -> Any:
 def read_run_config(path: str) -> ml_collections.ConfigDict:
     """The saved config of the run that `path` (run dir, `checkpoints/` or a step) belongs to.
 
+    Model config fields added since the run was saved get their defaults.
     Raises FileNotFoundError when no `config.json` is found.
     """
     run_dir = run_dir_of(path)
     if run_dir is None:
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or the run directory above it")
-    return ml_collections.ConfigDict(_tuples(json.loads((run_dir / CONFIG_FILE).read_text())))
+    stored = _tuples(json.loads((run_dir / CONFIG_FILE).read_text()))
+    if "model" in stored:
+        stored["model"] = complete_model_config(stored["model"])
+    return ml_collections.ConfigDict(stored)

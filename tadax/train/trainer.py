@@ -85,6 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     """
     workdir = user_path(workdir)
     _check_batch_layout(config)
+    model = build_model(config.model)     # a model that cannot run here stops before any write
     splits = {"train", config.eval.val_split}
     if config.eval.final_multi_view:
         splits.add(config.eval.test_split)
@@ -97,7 +98,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
     latest = ckpts.latest_step()
     mesh = make_mesh(config.mesh)
-    model = build_model(config.model)
     abstract = abstract_variables(model, config.model)
     tx, schedule = build_optimizer(abstract["params"], config.optimizer, epoch_steps,
                                    config.train.epochs)

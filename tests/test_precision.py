@@ -1,0 +1,216 @@
+"""bfloat16 compute with float32 parameters, and the attention implementation option.
+
+The bfloat16 models are matched against the float32 outputs and gradients of
+the original PyTorch code (`$TADAX_FIXTURES`), within tolerances per model
+family set at 1.5x the largest error measured on this CPU over the family's
+fixtures (README, "Precision and attention"), tight enough that the bf16
+handling before the audit (routing function, calibration, BatchNorm
+normalisation and temporal averages in bf16) fails the TAdaFormer K400 one.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from conftest import fixtures_dir
+from tadax.errors import ConfigError
+from tadax.models import build_model, complete_model_config, default_model_config
+from tadax.models.convnext import TAdaConvNeXtV2Block
+from tadax.models.tadaformer import SpatialAttention, TAdaFormerBlock
+from tadax.train import run_config
+from tadax.weights import mapping
+from test_cli_errors import assert_one_line_error, run
+from test_parity import ENTRIES, IDS, _converted, _with
+
+# Measured maxima over each family's fixtures: logits max abs error; per gradient tensor,
+# max abs error relative to the tensor's max abs, as the median over a fixture's tensors and
+# the worst tensor (ConvNeXt's worst is the stem convolution's bias, right before a
+# LayerNorm: a sum over all positions of a bf16 output gradient that nearly cancels). The
+# loss error, relative to the loss, is rounding noise of the logits: one bound for both.
+MEASURED = {
+    "tadaformer": dict(logits=7.7e-3, loss=1.2e-3, grad_median=7.6e-3, grad_worst=5.2e-2),
+    "tadaconvnextv2": dict(logits=1.38e-2, loss=1.2e-3, grad_median=1.28e-2, grad_worst=0.37),
+}
+MARGIN = 1.5
+
+TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(32, 64, 128, 256), rf_head_dim=16,
+                     image_size=64, num_frames=4, num_classes=5)
+# Matmuls and convolutions allowed float32 operands in a bfloat16 model: the routing
+# functions (on (B, T, C) frame descriptors), the head, and the logits of XLA's
+# attention, whose float32 output makes the backward's dQ and dK products float32.
+FLOAT32_ALLOWED = ("rf_func", "dwconv_rf", "/head/", "BTNH,BSNH->BNTS")
+
+
+@pytest.fixture(scope="module")
+def tmp_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("converted"))
+
+
+def _relative_errors(ref, grads):
+    """Per fixture gradient: max abs error / the reference tensor's max abs."""
+    flat = mapping.flatten({"params": grads})
+    errors = {}
+    for key in (k for k in ref.files if k.startswith("grad/")):
+        path = mapping.flax_path(key[len("grad/"):], ref[key].ndim)
+        got = np.asarray(flat[path])
+        want = mapping.torch_to_flax_array(ref[key], path[-1], got.shape)
+        errors[key] = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-8)
+    return errors
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_bfloat16_matches_the_float32_original(entry, tmp_root):
+    name = entry["name"]
+    ref = np.load(fixtures_dir() / f"{name}.npz")
+    variables, saved_cfg = _converted(name, tmp_root)
+    model = build_model(_with(saved_cfg, dtype="bfloat16", dropout_rate=0.0, drop_path_rate=0.0))
+    video = jnp.asarray(ref["video_ncthw"]).transpose(0, 2, 3, 4, 1)
+    labels = jnp.asarray(ref["labels"])
+    rngs = {"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+
+    def run(params):
+        def loss_fn(p):
+            out, _ = model.apply(dict(variables, params=p), video, train=True, rngs=rngs,
+                                 mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean(), out
+
+        (loss, train_logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if "batch_stats" not in variables:    # no BatchNorm, no dropout: eval mode is the same
+            return train_logits, train_logits, loss, grads
+        return model.apply(dict(variables, params=params), video), train_logits, loss, grads
+
+    logits, train_logits, loss, grads = jax.jit(run)(variables["params"])
+    assert logits.dtype == train_logits.dtype == loss.dtype == jnp.float32
+    tol = {k: MARGIN * v for k, v in MEASURED[saved_cfg.family].items()}
+    np.testing.assert_allclose(logits, ref["logits_eval"], atol=tol["logits"], rtol=0)
+    np.testing.assert_allclose(train_logits, ref["logits_train"], atol=tol["logits"], rtol=0)
+    assert abs(float(loss) - float(ref["loss_train"])) <= tol["loss"] * abs(float(ref["loss_train"]))
+    errors = _relative_errors(ref, grads)
+    assert float(np.median(list(errors.values()))) <= tol["grad_median"], errors
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= tol["grad_worst"], (worst, errors[worst])
+
+def _matmul_operand_dtypes(jaxpr, found):
+    """(name stack, operand dtypes) of every dot_general / conv in `jaxpr` and its sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+            found.append((str(eqn.source_info.name_stack),
+                          {str(v.aval.dtype) for v in eqn.invars[:2]}))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    _matmul_operand_dtypes(sub.jaxpr, found)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    _matmul_operand_dtypes(sub, found)
+    return found
+
+
+@pytest.mark.parametrize("arch,extra", [
+    ("tadaformer_tiny", dict(num_classes=5, temp_enhance=True, double_tada=True)),
+    ("tadaconvnextv2_tiny", TINY_CONVNEXT)])
+def test_bfloat16_model_keeps_float32_parameters_and_runs_its_matmuls_in_bfloat16(arch, extra):
+    cfg = default_model_config(arch, dtype="bfloat16", dropout_rate=0.0, **extra)
+    model = build_model(cfg)
+    video = jax.ShapeDtypeStruct((2, cfg.num_frames, cfg.image_size, cfg.image_size, 3),
+                                 jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), video)
+    rngs = {"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+
+    def step(variables, video):
+        def loss_fn(p):
+            out, state = model.apply(dict(variables, params=p), video, train=True, rngs=rngs,
+                                     mutable=["batch_stats"])
+            return jnp.mean(out ** 2), (out, state)
+        return jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+
+    # Shapes and dtypes only: traced, never compiled or run.
+    (loss, (logits, state)), grads = jax.eval_shape(step, variables, video)
+    for tree, name in ((variables, "variables"), (grads, "gradients"), (state, "batch stats")):
+        dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves(tree)}
+        assert dtypes <= {"float32"} and (dtypes or name == "batch stats"), (name, dtypes)
+    assert logits.dtype == loss.dtype == jnp.float32
+
+    found = _matmul_operand_dtypes(jax.make_jaxpr(step)(variables, video).jaxpr, [])
+    checked = [(name, dtypes) for name, dtypes in found
+               if not any(part in name for part in FLOAT32_ALLOWED)]
+    assert len(checked) >= 20
+    in_float32 = [name for name, dtypes in checked if dtypes != {"bfloat16"}]
+    assert not in_float32, in_float32
+
+def test_xla_attention_is_the_default_computation():
+    """'xla' (the default) computes exactly what `jax.nn.dot_product_attention` picks by
+    itself, as the model did before the option existed."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 17, 64))
+    layer = SpatialAttention(num_heads=4, attention_impl="xla")
+    params = layer.init(jax.random.PRNGKey(1), x)
+    got = layer.apply(params, x)
+    n, length, width = x.shape
+    qkv = x @ params["params"]["in_proj"]["kernel"] + params["params"]["in_proj"]["bias"]
+    q, k, v = jnp.split(qkv.reshape(n, length, 12, 16), 3, axis=2)
+    out = jax.nn.dot_product_attention(q, k, v).reshape(n, length, width)
+    want = out @ params["params"]["out_proj"]["kernel"] + params["params"]["out_proj"]["bias"]
+    assert np.array_equal(got, want)
+    assert default_model_config("tadaformer_b16").attention_impl == "xla"
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(attention_impl="cudnn", dtype="bfloat16"), "needs an NVIDIA GPU with cuDNN"),
+    (dict(attention_impl="cudnn"), "set model.dtype=bfloat16"),
+    (dict(attention_impl="flash"), "choose one of xla, cudnn"),
+])
+def test_unusable_attention_impl_is_refused_at_build(fields, message):
+    if "GPU" in message and jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="model.attention_impl") as error:
+        build_model(default_model_config("tadaformer_tiny", **fields))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_saved_config_without_attention_impl_reads_back():
+    stored = default_model_config("tadaformer_tiny").to_dict()
+    del stored["attention_impl"]
+    stored["rf_kernels"] = list(stored["rf_kernels"])          # as JSON stores it
+    cfg = complete_model_config(stored)
+    assert cfg.attention_impl == "xla" and cfg.rf_kernels == (3, 3)
+    assert isinstance(build_model(cfg), nn.Module)
+
+
+def test_saved_run_without_attention_impl_reads_back(tmp_path):
+    config = ml_collections.ConfigDict({"model": default_model_config("tadaformer_tiny").to_dict()})
+    del config.model["attention_impl"]
+    run_config.write_run_config(config, str(tmp_path))
+    model_cfg = run_config.read_run_config(str(tmp_path)).model
+    assert model_cfg.attention_impl == "xla"
+    assert isinstance(build_model(model_cfg), nn.Module)
+
+
+def test_residual_stream_stays_float32_under_bfloat16():
+    """A block's contribution (ConvNeXt's layer scale starts at 1e-6, TAdaFormer's
+    `tada_proj` at zero) must not be rounded away in a bfloat16 sum: blocks return float32,
+    also from a bfloat16 input (the first block of a ConvNeXt stage, after the bf16
+    downsampling conv)."""
+    block = TAdaConvNeXtV2Block(32, 2, (3, 3), 16, 0.0, 1e-6, "fast", "shifted",
+                                dtype=jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((1, 4, 8, 8, 32), jnp.bfloat16)
+    variables = jax.eval_shape(lambda x: block.init(jax.random.PRNGKey(0), x, False), x)
+    assert jax.eval_shape(lambda v, x: block.apply(v, x, False), variables, x).dtype == jnp.float32
+
+    layer = TAdaFormerBlock(64, 2, 4, 2, 2, (3, 3), 16, False, False, 0.0, "fast", "shifted",
+                            dtype=jnp.bfloat16)
+    tokens = jax.ShapeDtypeStruct((4, 1 + 4 * 4, 64), jnp.float32)
+    variables = jax.eval_shape(lambda x: layer.init(jax.random.PRNGKey(0), x, False), tokens)
+    out = jax.eval_shape(lambda v, x: layer.apply(v, x, False), variables, tokens)
+    assert out.dtype == jnp.float32
+
+
+def test_train_with_cudnn_attention_on_a_cpu_stops_with_one_line(tmp_path):
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    code, out = run("train.py", "--config", "configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+                    "--config.model.dtype=bfloat16", "--config.model.attention_impl=cudnn")
+    assert_one_line_error(code, out, "model.attention_impl='cudnn'", "NVIDIA GPU")
+    assert not (tmp_path / "run").exists()
