@@ -146,3 +146,26 @@ def test_memory_mode_extrapolates_from_two_compiles(capsys):
     assert per_clip > 0 and peak == pytest.approx(fixed + per_clip, rel=1e-3)
     assert fits == sorted(fits) and fits[0] > 0 and row[11] == "XLA estimate"
     assert np.isclose(fits[-1], (141 - fixed) / per_clip, rtol=0.02)
+
+
+def test_group_key_folds_indices_and_names_the_pass():
+    from tadax.bench.profile import group_key
+    assert (group_key("jit(step)/transpose(jvp(VideoClassifier))/backbone/layers_11/mlp/c_fc/"
+                      "dot_general") == "BWD dot_general [mlp/c_fc]")
+    assert group_key("jit(step)/jvp(VideoClassifier)/backbone/stages_2_7/dwconv/mul") == \
+        "FWD mul [stages_N_N/dwconv]"
+    assert group_key("jit(step)/add") == "FWD add [step]"
+
+
+def test_profile_mode_accounts_for_the_step(capsys, tmp_path):
+    assert bench.main(["--mode", "profile", "--models", "tadaformer_tiny", "--runs", "1",
+                       "--top", "1000", "--trace-dir", str(tmp_path)]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert rows[0][:2] == ["tadaformer_tiny", "all ops"]
+    total = float(rows[0][2])
+    groups = {r[1]: float(r[2]) for r in rows[1:]}
+    assert sum(groups.values()) == pytest.approx(total, rel=0.01)
+    assert list(groups.values()) == sorted(groups.values(), reverse=True)
+    # the MLP's matmuls run forward once and backward (input and kernel gradients)
+    assert "FWD dot_general [mlp/c_fc]" in groups and "BWD dot_general [mlp/c_fc]" in groups
+    assert list(tmp_path.glob("plugins/profile/*/*.trace.json.gz"))

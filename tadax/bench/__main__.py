@@ -5,6 +5,7 @@
   python -m tadax.bench --mode op                        # the TAdaConv op alone
   python -m tadax.bench --mode memory                    # B/16, L/14: peak memory, batch that fits
   python -m tadax.bench --mode accelerator               # on a GPU/TPU: bf16 train, clips/s, MFU
+  python -m tadax.bench --mode profile --models tadaconvnextv2_tiny   # where a train step goes
   python -m tadax.bench --against-original ../TAdaConv   # side by side with the original
   python -m tadax.bench --mode accelerator --models tadaformer_tiny   # any mode, tiny model
 
@@ -19,6 +20,9 @@ Modes:
                device's peak after one step on GPU/TPU; taken as linear in
                the batch (fixed + per clip), it gives the largest batch that
                fits 16, 32, 80 and 141 GiB.
+  profile      the train step under jax.profiler: time per op of the compiled
+               step, grouped by pass (FWD / BWD), operation and module scope,
+               largest first (--top rows; --trace-dir keeps the trace).
   accelerator  the train step in bfloat16 (remat as the recipe configures)
                with clips/s and MFU (XLA's FLOPs of the step / the device's
                peak bf16 rate); MFU is 'unknown' on a device kind without a
@@ -43,7 +47,7 @@ from typing import List, Optional, Tuple
 
 import jax
 
-from tadax.bench import accelerator, against, memory, op, original
+from tadax.bench import accelerator, against, memory, op, original, profile
 from tadax.bench.recipes import RECIPES, BenchError, parse_overrides, recipe_config
 from tadax.bench.runs import TadaxRunner, device_peak_bytes, time_runs, xla_flops, \
     xla_memory_bytes
@@ -52,6 +56,7 @@ from tadax.bench.table import markdown_table, min_median
 ZOO = ["tadaformer_b16", "tadaformer_l14", "tadaconvnextv2_tiny", "tadaconvnextv2_small",
        "tadaconvnextv2_base"]
 DEFAULT_MODELS = {"eval": ZOO, "train": ZOO, "memory": ["tadaformer_b16", "tadaformer_l14"],
+                  "profile": ["tadaformer_b16", "tadaconvnextv2_tiny"],
                   "accelerator": ["tadaformer_b16", "tadaformer_l14"],
                   "against": ["tadaformer_b16", "tadaconvnextv2_tiny"]}
 
@@ -141,6 +146,22 @@ def run_memory(args, overrides) -> str:
          "GiB per clip", *caps, "peak from", "compile s"), rows)
 
 
+def run_profile(args, overrides) -> str:
+    rows = []
+    for name in args.models:
+        runner = TadaxRunner(recipe_config(name, overrides), args.batch)
+        _progress(f"{name}: compiling the train step")
+        compiled = runner.compile_train()
+        runner.run_train()
+        _progress(f"{name}: {args.runs} profiled step(s)")
+        total, groups = profile.profile_step(runner.run_train, compiled.as_text(), args.runs,
+                                             args.trace_dir)
+        rows.append((name, "all ops", f"{total * 1e3:.4g}", "100%"))
+        rows += [(name, group, f"{seconds * 1e3:.4g}", f"{seconds / total:.1%}")
+                 for group, seconds in groups[:args.top]]
+    return markdown_table(("model", "pass, op [scope]", "ms / step", "share"), rows)
+
+
 def run_accelerator(args, overrides) -> str:
     device = jax.devices()[0]
     known = accelerator.peak_bf16(device.device_kind)
@@ -184,7 +205,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tadax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", default="eval",
-                        choices=["eval", "train", "op", "memory", "accelerator"])
+                        choices=["eval", "train", "op", "memory", "profile", "accelerator"])
     parser.add_argument("--against-original", metavar="PATH",
                         help="a checkout of the original PyTorch project to compare with")
     parser.add_argument("--models", nargs="+", metavar="NAME",
@@ -199,6 +220,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="memory mode")
     parser.add_argument("--remat", nargs="+", default=["False", "True"],
                         help="memory mode: values of model.remat to compare")
+    parser.add_argument("--top", type=int, default=25, help="profile mode: rows per model")
+    parser.add_argument("--trace-dir", default="", help="profile mode: keep the trace here")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="--against-original: largest max |log p| difference accepted")
     args = parser.parse_args(argv)
@@ -227,6 +250,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             table = run_op(args)
         elif args.run_mode == "memory":
             table = run_memory(args, overrides)
+        elif args.run_mode == "profile":
+            table = run_profile(args, overrides)
         elif args.run_mode == "accelerator":
             table = run_accelerator(args, overrides)
         elif args.run_mode == "against":
