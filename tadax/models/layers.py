@@ -261,7 +261,10 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.rate
         clips = x.shape[0] // self.frames_per_clip
-        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, (clips,))
+        # A buffer of its own: XLA:CPU would otherwise fuse the random-bit generation into
+        # every element-wise consumer and rerun it per element (forward and backward).
+        mask = materialise(jax.random.bernoulli(self.make_rng("drop_path"), keep, (clips,))
+                           .astype(jnp.float32)) > 0
         mask = jnp.repeat(mask, self.frames_per_clip)
         mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
