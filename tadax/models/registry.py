@@ -12,11 +12,12 @@ import ml_collections
 
 from tadax.models.classifier import VideoClassifier
 from tadax.models.convnext import TAdaConvNeXtV2Backbone
+from tadax.models.repeat import remat_name
 from tadax.models.tadaformer import TAdaFormerBackbone
 
 _COMMON = dict(num_classes=400, num_frames=16, image_size=224, dropout_rate=0.5,
                drop_path_rate=0.0, tadaconv_impl="fast", depthwise_impl="auto",
-               dtype="float32", remat=False, rf_ratio=2, rf_kernels=(3, 3))
+               dtype="float32", remat="none", scan_layers=False, rf_ratio=2, rf_kernels=(3, 3))
 _TADAFORMER = dict(family="tadaformer", tubelet_size=3, tubelet_stride=2, reduction=2,
                    rf_head_dim=64, temp_enhance=False, double_tada=False)
 _CONVNEXT = dict(family="tadaconvnextv2", stem_t_kernel=3, stem_t_stride=2,
@@ -55,7 +56,8 @@ def build_model(cfg: ml_collections.ConfigDict) -> VideoClassifier:
     dtype = jnp.dtype(cfg.dtype)
     shared = dict(rf_ratio=cfg.rf_ratio, rf_kernels=tuple(cfg.rf_kernels),
                   drop_path_rate=cfg.drop_path_rate, tadaconv_impl=cfg.tadaconv_impl,
-                  depthwise_impl=cfg.depthwise_impl, remat=cfg.remat, dtype=dtype)
+                  depthwise_impl=cfg.depthwise_impl, remat=remat_name(cfg.remat),
+                  scan_layers=cfg.scan_layers, dtype=dtype)
     if cfg.family == "tadaformer":
         backbone = TAdaFormerBackbone(
             width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
