@@ -51,6 +51,16 @@ def default_model_config(arch: str, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def upgrade_model_fields(fields: Mapping[str, Any]) -> Dict[str, Any]:
+    """Saved model config fields (a converted directory's, a run's `config.json`) in today's
+    terms: `remat` True / False -> 'full' / 'none', and `scan_layers` (absent before the
+    stacked layout existed) False."""
+    fields = dict(fields)
+    fields["remat"] = remat_name(fields.get("remat", "none"))
+    fields.setdefault("scan_layers", False)
+    return fields
+
+
 def build_model(cfg: ml_collections.ConfigDict) -> VideoClassifier:
     """The Flax model a config describes; see `VideoClassifier` for how to call it."""
     dtype = jnp.dtype(cfg.dtype)

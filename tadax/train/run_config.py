@@ -3,7 +3,8 @@
 `RUN/config.json` holds the whole run config (model, data, optimizer, eval,
 mesh, ...), so that `eval.py --checkpoint RUN` evaluates with the run's own
 data settings. JSON has no tuples: reading turns every list back into a tuple,
-as the configs write their sequences.
+as the configs write their sequences; the model block of an older run is
+brought up to date (`tadax.models.registry.upgrade_model_fields`).
 """
 
 import json
@@ -11,6 +12,8 @@ from typing import Any, Optional
 
 import ml_collections
 from etils import epath
+
+from tadax.models.registry import upgrade_model_fields
 
 CONFIG_FILE = "config.json"
 
@@ -49,4 +52,7 @@ def read_run_config(path: str) -> ml_collections.ConfigDict:
     run_dir = run_dir_of(path)
     if run_dir is None:
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or the run directory above it")
-    return ml_collections.ConfigDict(_tuples(json.loads((run_dir / CONFIG_FILE).read_text())))
+    config = _tuples(json.loads((run_dir / CONFIG_FILE).read_text()))
+    if "model" in config:
+        config["model"] = upgrade_model_fields(config["model"])
+    return ml_collections.ConfigDict(config)
