@@ -151,6 +151,16 @@ def test_saved_remat_booleans_still_load():
         remat_name("some")
 
 
+@pytest.mark.parametrize("arch", list(SMALL))
+def test_converted_weights_start_a_scanned_model(arch):
+    """init.checkpoint and eval.py load converted (unrolled) weights through select_pretrained."""
+    _, _, loaded = model_and_variables(arch, False)
+    cfg, model, _ = model_and_variables(arch, True)
+    abstract = state_lib.abstract_variables(model, cfg)
+    selected = state_lib.select_pretrained(loaded, abstract, fresh=r"^$")
+    leaves_equal(selected, layout.stacked(loaded))
+
+
 def test_run_checkpoint_restores_into_the_other_layout(tmp_path):
     from tadax.train.checkpointing import RunCheckpoints
     ckpt_cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=1,
