@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tadax.models import build_model
+from tadax.models.repeat import REMAT_POLICIES
 from tadax.train.optim import build_optimizer
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import abstract_variables, create_train_state, train_state_spec
@@ -45,11 +46,12 @@ def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
 
 
 def bench_model(name: str, batch_per_device: int, frames: int, steps: int, dtype: str,
-                remat: bool) -> dict:
+                remat: str, scan_layers: bool) -> dict:
     """Times `steps` train steps after a warm-up one; returns the measurements."""
     config = importlib.import_module(f"configs.{RECIPES[name]}").get_config(f"frames={frames}")
     config.model.dtype = dtype
     config.model.remat = remat
+    config.model.scan_layers = scan_layers
     config.train.global_batch_size = batch_per_device * jax.device_count()
     mesh = make_mesh(config.mesh)
     model = build_model(config.model)
@@ -101,17 +103,22 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--remat", default="none", choices=list(REMAT_POLICIES),
+                        help="rematerialisation policy of a block")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="scan over the blocks (stacked layout)")
     args = parser.parse_args()
     rate = matmul_rate()
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; measured float32 matmul "
           f"rate {rate / 1e9:.1f} GFLOP/s per device; batch {args.batch} per device, "
-          f"{args.frames} frames, {args.dtype}{', remat' if args.remat else ''}", flush=True)
+          f"{args.frames} frames, {args.dtype}, remat {args.remat}"
+          f"{', scanned blocks' if args.scan_layers else ''}", flush=True)
     print("| model | s / step | clips/s | clips/s/device | XLA GFLOP / step | GFLOP/s "
           "| of matmul rate | memory GiB | compile s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        r = bench_model(name, args.batch, args.frames, args.steps, args.dtype, args.remat)
+        r = bench_model(name, args.batch, args.frames, args.steps, args.dtype, args.remat,
+                        args.scan_layers)
         fraction = r["achieved_gflop_s"] * 1e9 / (rate * jax.device_count())
         print(f"| {name} | {r['step_s']:.2f} | {r['clips_per_s']:.3f} | "
               f"{r['clips_per_s_per_device']:.3f} | {r['gflop_per_step']:.0f} | "
