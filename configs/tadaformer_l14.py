@@ -6,10 +6,10 @@ from the K710 checkpoints 88.9 / 89.5 / 89.9 at 16 / 32 / 64 frames
 
   python train.py --config configs/tadaformer_l14.py --config.init.checkpoint=ckpt/clip_l14 \
       --config.data.data_dir=/data/kinetics400
-  python train.py --config configs/tadaformer_l14.py:frames=64 --config.model.remat=True ...
+  python train.py --config configs/tadaformer_l14.py:frames=64 --config.model.remat=full ...
 
 The original's global batch is 64 (16 GPUs x 4). Cost: 24 epochs (~90k steps),
-703 GFLOPs per 16-frame clip; remat (`--config.model.remat=True`) and bf16
+703 GFLOPs per 16-frame clip; remat (`--config.model.remat=full`) and bf16
 (`--config.model.dtype=bfloat16`) fit it on 16 GB accelerators; on NVIDIA GPUs
 `--config.model.attention_impl=cudnn` (bf16 only) uses cuDNN's fused attention.
 """

@@ -4,6 +4,9 @@ Layout of a directory (local or gs://) written by `save_variables`:
   DIR/variables/     Orbax PyTree checkpoint of `{'params': ..., 'batch_stats': ...}`
   DIR/model_config/  JSON of the model config (`tadax.models.default_model_config` fields)
 so a converted or trained model can be rebuilt from the directory alone.
+The variables are always stored in the unrolled layout of the blocks (the
+original's names, `tadax/models/layout.py`), whatever the config's
+`scan_layers`; models built with `scan_layers` convert them when loading.
 """
 
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -13,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tadax.models import layout
 from tadax.models.registry import complete_model_config
 from tadax.paths import user_path
 
@@ -39,7 +43,7 @@ def save_variables(path: str, variables: Mapping[str, Any],
     tmp = path.with_name(path.name + ".tmp-write")
     if tmp.exists():
         tmp.rmtree()
-    tree = jax.tree_util.tree_map(np.asarray, dict(variables))
+    tree = jax.tree_util.tree_map(np.asarray, layout.unrolled(dict(variables)))
     config_json = {k: list(v) if isinstance(v, tuple) else v
                    for k, v in model_config.to_dict().items()}
     _checkpointer().save(tmp, ocp.args.Composite(

@@ -38,7 +38,7 @@ import numpy as np
 from etils import epath
 
 from tadax import checkpoint_io, serving, torch_reader
-from tadax.models import build_model, default_model_config
+from tadax.models import build_model, default_model_config, layout
 from tadax.models.registry import upstream_fields
 from tadax.paths import user_path
 from tadax.train import run_config
@@ -170,14 +170,15 @@ def convert_pretrained(kind: str, state_dict: Mapping[str, np.ndarray],
 
 
 def export_state_dict(variables: Mapping, output: str, overwrite: bool) -> None:
-    """Writes Flax variables as the original's checkpoint (`{'model_state': ...}`).
+    """Writes Flax variables (either layout of the blocks) as the original's checkpoint
+    (`{'model_state': ...}`).
 
     `.safetensors` needs only safetensors; `.pyth` / `.pth` / `.pt` use torch.save.
     """
     target = user_path(output)
     if target.exists() and not overwrite:
         raise ConversionError(f"{output} exists; pass --overwrite to replace it")
-    state = mapping.flax_to_torch(variables)
+    state = mapping.flax_to_torch(layout.unrolled(dict(variables)))
     if output.endswith(".safetensors"):
         from safetensors.numpy import save
         target.write_bytes(save({k: np.ascontiguousarray(v) for k, v in state.items()}))
@@ -280,6 +281,7 @@ def _export(args, overrides: Dict) -> int:
         cfg = default_model_config(fields.pop("arch"), **fields)
     except ValueError as e:
         raise ConversionError(f"{args.input}: {e}") from e
+    variables = layout.to_layout(dict(variables), cfg.scan_layers)
     platforms = [p for p in args.platforms.split(",") if p]
     unknown = sorted(set(platforms) - set(serving.KNOWN_PLATFORMS))
     if unknown or not platforms:

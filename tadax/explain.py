@@ -22,6 +22,8 @@ import matplotlib
 import numpy as np
 from etils import epath
 
+from tadax.models import layout
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -36,13 +38,23 @@ def _natural_key(path: str) -> List[List[Any]]:
 
 
 def collect_alphas(intermediates: Dict[str, Any]) -> List[Tuple[str, np.ndarray]]:
-    """The sown calibration factors -> [(module path, alpha (B, T', C))] in network order."""
+    """The sown calibration factors -> [(module path, alpha (B, T', C))] in network order.
+
+    A scanned stack (`scan_layers`) sows one alpha `(blocks, B, T', C)` per
+    routing function; it is split into its blocks, named by their unrolled
+    paths (`backbone/layers/tada/...` -> `backbone/layers_{i}/tada/...`).
+    """
     found = []
 
     def walk(tree, path):
         for key, value in tree.items():
             if key == "alpha":
-                found.append(("/".join(path), np.asarray(value[0], np.float32)))
+                alpha = np.asarray(value[0], np.float32)
+                name = "/".join(path)
+                if layout.STACKED_PATH.search(name):
+                    found.extend(zip(layout.block_paths(name, len(alpha)), alpha))
+                else:
+                    found.append((name, alpha))
             elif isinstance(value, dict):
                 walk(value, path + [key])
 

@@ -24,6 +24,13 @@ def test_alphas_in_network_order():
                      for i in (0, 2, 10) for n in ("tada", "tada2")]
     assert explain.block_label(paths[1]) == "layers_0/tada2"
     assert explain.block_label("backbone/stages_2_5/dwconv_rf") == "stages_2_5"
+    # A scanned stack sows one alpha per routing function, stacked over its blocks.
+    stacked = {"backbone": {"stages_1": {"dwconv_rf": {"alpha": (np.arange(3)[:, None],)}},
+                            "stages_0": {"dwconv_rf": {"alpha": (np.arange(2)[:, None] + 5,)}}}}
+    found = explain.collect_alphas(stacked)
+    assert [p for p, _ in found] == [f"backbone/stages_{s}_{j}/dwconv_rf"
+                                     for s, n in ((0, 2), (1, 3)) for j in range(n)]
+    assert [float(a[0]) for _, a in found] == [5, 6, 0, 1, 2]
 
 
 @pytest.fixture(scope="module")

@@ -63,17 +63,22 @@ def test_saved_model_round_trip(converted, tmp_path):
         np.testing.assert_allclose(got, want[b], atol=1e-5, rtol=0)
 
 
-def test_a_training_run_exports_with_its_config(converted, tmp_path):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_a_training_run_exports_with_its_config(converted, tmp_path, scan_layers):
     """A run directory (checkpoints/<step>/state + config.json from train.py) exports too,
+    also one trained with `scan_layers` (stacked state), to serving and to the original,
     with XLA's attention when the run used cuDNN's (the artefacts run on every platform)."""
     import ml_collections
+    from tadax.models import layout
     from tadax.train.checkpointing import RunCheckpoints
     directory, videos, want = converted
     variables, cfg = checkpoint_io.load_variables(str(directory))
+    cfg.scan_layers = scan_layers
     run = tmp_path / "run"
     checkpoints = RunCheckpoints(str(run / "checkpoints"), ml_collections.ConfigDict(
         dict(keep=1, keep_best=0, best_metric="val_loss", every_steps=0, every_secs=0)))
-    checkpoints.save(7, dict(variables, step=np.int32(7)), data_step=7)
+    checkpoints.save(7, dict(layout.to_layout(variables, scan_layers), step=np.int32(7)),
+                     data_step=7)
     checkpoints.wait()
     checkpoints.close()
     (run / "config.json").write_text(ml_collections.ConfigDict(
@@ -83,6 +88,15 @@ def test_a_training_run_exports_with_its_config(converted, tmp_path):
                          "--input", str(run), "--output", str(out)]) == 0
     exported = jax.export.deserialize(bytearray(out.read_bytes()))
     np.testing.assert_allclose(exported.call(videos[3]), want[3], atol=1e-5, rtol=0)
+    from safetensors.numpy import load_file
+    for source, name in ((run, "run.safetensors"), (directory, "dir.safetensors")):
+        assert convert.main(["export", "--input", str(source), "--output",
+                             str(tmp_path / name)]) == 0
+    from_run, from_dir = (load_file(str(tmp_path / n)) for n in ("run.safetensors",
+                                                                  "dir.safetensors"))
+    assert sorted(from_run) == sorted(from_dir)
+    for key, value in from_dir.items():
+        np.testing.assert_array_equal(from_run[key], value, err_msg=key)
 
 
 def test_unknown_platform_is_one_clear_line(converted, tmp_path, capsys):

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import require, shared_dir
 from configs import rules
-from tadax.models import build_model, default_model_config
+from tadax.models import build_model, default_model_config, layout
 from tadax.train import optim
 from tadax.weights import mapping
 
@@ -79,8 +79,24 @@ def flat_names(tree):
     return {optim.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def real_params(arch, **overrides):
-    cfg = default_model_config(arch, **overrides)
+def per_block(mults, params):
+    """{unrolled name: multiplier} of a multiplier tree of either layout: a stacked leaf's
+    value (a float, or an array over its leading axis) is given to each of its blocks."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = optim.path_str(path)
+        value = flat_names(mults)[name]
+        names = layout.block_paths(name, leaf.shape[0] if leaf.shape else 0)
+        if len(names) == 1 and names[0] == name:
+            out[name] = value
+            continue
+        for i, block in enumerate(names):
+            out[block] = value if isinstance(value, float) else float(np.ravel(value)[i])
+    return out
+
+
+def real_params(arch, scan_layers=False, **overrides):
+    cfg = default_model_config(arch, scan_layers=scan_layers, **overrides)
     model = build_model(cfg)
     video = jax.ShapeDtypeStruct((1, cfg.num_frames, cfg.image_size, cfg.image_size, 3),
                                  jnp.float32)
@@ -89,21 +105,24 @@ def real_params(arch, **overrides):
 
 def check(params, opt, expected, weight_decay):
     lr_mults, wd_mults = optim.multipliers(params, opt)
-    lr, wd = flat_names(lr_mults), flat_names(wd_mults)
+    lr, wd = per_block(lr_mults, params), per_block(wd_mults, params)
     assert set(lr) == set(expected), set(lr) ^ set(expected)
     for name, (want_lr, want_decayed) in expected.items():
-        assert math.isclose(lr[name], want_lr, rel_tol=1e-12), (name, lr[name], want_lr)
+        # float32 precision: a stacked leaf's per-block multipliers are float32 arrays,
+        # as every multiplier is when it scales a float32 update.
+        assert math.isclose(lr[name], want_lr, rel_tol=1e-7), (name, lr[name], want_lr)
         assert (wd[name] * weight_decay > 0) == want_decayed, (name, wd[name])
 
 
-def test_tadaformer_b16_layer_wise_groups():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_tadaformer_b16_layer_wise_groups(scan_layers):
     cfg = ml_collections.ConfigDict()
     rules.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
     expected = expected_from_manifest(
         "tadaformer_b16_k400", lambda n, s: upstream_layer_wise(n, s, 12, 0.7))
-    params = real_params("tadaformer_b16", num_classes=400)
+    params = real_params("tadaformer_b16", scan_layers, num_classes=400)
     check(params, cfg, expected, 0.05)
-    lr = flat_names(optim.multipliers(params, cfg)[0])
+    lr = per_block(optim.multipliers(params, cfg)[0], params)
     # Spot checks of the recipe as the issue states it.
     assert lr["head/out/kernel"] == pytest.approx(10.0)
     assert lr["backbone/layers_11/attn/in_proj/kernel"] == pytest.approx(0.7)
@@ -111,22 +130,25 @@ def test_tadaformer_b16_layer_wise_groups():
     assert lr["backbone/positional_embedding"] == pytest.approx(0.7 ** 13)
 
 
-def test_tadaformer_ssv2_double_tada_groups():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_tadaformer_ssv2_double_tada_groups(scan_layers):
     cfg = ml_collections.ConfigDict()
     rules.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
     expected = expected_from_manifest(
         "tadaformer_b16_ssv2", lambda n, s: upstream_layer_wise(n, s, 12, 0.7))
-    params = real_params("tadaformer_b16", num_classes=174, temp_enhance=True, double_tada=True)
+    params = real_params("tadaformer_b16", scan_layers, num_classes=174, temp_enhance=True,
+                         double_tada=True)
     check(params, cfg, expected, 0.05)
 
 
-def test_convnext_tiny_legacy_groups():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_convnext_tiny_legacy_groups(scan_layers):
     cfg = ml_collections.ConfigDict()
     rules.convnext_rules(cfg)
     expected = expected_from_manifest("tadaconvnextv2_tiny_k400", upstream_legacy)
-    params = real_params("tadaconvnextv2_tiny", num_classes=400)
+    params = real_params("tadaconvnextv2_tiny", scan_layers, num_classes=400)
     check(params, cfg, expected, 0.02)
-    lr, wd = (flat_names(t) for t in optim.multipliers(params, cfg))
+    lr, wd = (per_block(t, params) for t in optim.multipliers(params, cfg))
     assert lr["backbone/stages_2_5/dwconv_rf/b_bias/kernel"] == 10 and wd[
         "backbone/stages_2_5/dwconv_rf/b_bias/kernel"] == 0
     assert wd["backbone/stem_norm/scale"] == 1 and wd["backbone/stages_2_5/gamma"] == 1

@@ -5,8 +5,9 @@ settings file, convert `NAME.pyth` with the real importer (`python -m
 tadax.convert zoo --upstream-config`, through an Orbax directory), build the
 model from the converted directory's config alone, and match the original's
 eval outputs, one train-mode forward/backward, and the BatchNorm statistics
-after it, with both TAdaConv implementations, within the fixtures README's
-tolerances.
+after it, with both TAdaConv implementations and in both layouts of the
+blocks (`scan_layers`: the converted weights stacked, the gradients and
+statistics unstacked to compare), within the fixtures README's tolerances.
 """
 
 import functools
@@ -20,7 +21,7 @@ import yaml
 
 from conftest import fixture_entries, fixtures_dir
 from tadax import checkpoint_io, convert
-from tadax.models import build_model, default_model_config, from_upstream
+from tadax.models import build_model, default_model_config, from_upstream, layout
 from tadax.weights import mapping
 
 ENTRIES = fixture_entries()
@@ -74,15 +75,16 @@ def tmp_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("converted"))
 
 
-@pytest.mark.parametrize("impl", ["fast", "vmap"])
+@pytest.mark.parametrize("impl,scan_layers", [("fast", False), ("vmap", False), ("fast", True)])
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-def test_matches_original(entry, impl, tmp_root):
+def test_matches_original(entry, impl, scan_layers, tmp_root):
     name = entry["name"]
     ref = np.load(fixtures_dir() / f"{name}.npz")
     variables, saved_cfg = _converted(name, tmp_root)
     # The weights and the settings file agree on every field, as the importer saw them.
     assert _plain(saved_cfg) == _plain(from_upstream(entry["model"]))
-    model = build_model(_with(saved_cfg, tadaconv_impl=impl))
+    model = build_model(_with(saved_cfg, tadaconv_impl=impl, scan_layers=scan_layers))
+    variables = layout.to_layout(variables, scan_layers)
     video = jnp.asarray(ref["video_ncthw"]).transpose(0, 2, 3, 4, 1)
     assert video.shape == (entry["batch"], entry["num_input_frames"], entry["crop"], entry["crop"], 3)
     n_params = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))
@@ -97,7 +99,7 @@ def test_matches_original(entry, impl, tmp_root):
     # One train-mode step as the fixture made it: batch statistics, no drop
     # path, the head's dropout skipped.
     train_model = build_model(_with(saved_cfg, tadaconv_impl=impl, dropout_rate=0.0,
-                                    drop_path_rate=0.0))
+                                    drop_path_rate=0.0, scan_layers=scan_layers))
     labels = jnp.asarray(ref["labels"])
 
     def loss_fn(params):
@@ -111,8 +113,8 @@ def test_matches_original(entry, impl, tmp_root):
     np.testing.assert_allclose(train_logits, ref["logits_train"], atol=1e-4, rtol=0)
     assert abs(float(loss) - float(ref["loss_train"])) <= 1e-5 * abs(float(ref["loss_train"]))
 
-    flat_grads = mapping.flatten({"params": grads})
-    flat_state = mapping.flatten(dict(state))
+    flat_grads = mapping.flatten({"params": layout.unrolled(grads)})
+    flat_state = mapping.flatten(layout.unrolled(dict(state)))
     grad_keys = [k for k in ref.files if k.startswith("grad/")]
     stat_keys = [k for k in ref.files if k.startswith("state_after_train/")
                  and not k.endswith("num_batches_tracked")]

@@ -5,11 +5,11 @@ from typing import Any, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tadax.models.layers import (DropPath, LayerNorm, layer_norm, materialise, quick_gelu,
                                  upstream_trunc_normal)
 from tadax.models.layers import temporal_avg_pool3
+from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
 from tadax.models.tadaconv import RouteFunc, TAdaConv2dV2
 
 
@@ -32,7 +32,7 @@ class TAdaConvNeXtV2Block(nn.Module):
     input, starting at the identity), temporal aggregation
     `norm(y) + norm_avgpool(avgpool_t(y))` (the second LayerNorm starts at
     zero), the inverted-bottleneck MLP with QuickGELU, layer scale `gamma`,
-    and a residual dropped per clip.
+    and a residual dropped per clip with the call's `drop_rate` (see `DropPath`).
 
     The residual stream (the output) is float32 under any compute dtype: a
     block's contribution starts at `layer_scale_init` (1e-6) times the
@@ -42,15 +42,13 @@ class TAdaConvNeXtV2Block(nn.Module):
     rf_ratio: int
     rf_kernels: Tuple[int, int]
     rf_head_dim: int
-    drop_path_rate: float
     layer_scale_init: float
     tadaconv_impl: str
     depthwise_impl: str
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = materialise(x)
+    def __call__(self, x: jax.Array, drop_rate, train: bool) -> jax.Array:
         alpha = RouteFunc(self.dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
                           with_bias_cal=True, zero_init_cal=True, name="dwconv_rf")(x)
         y = TAdaConv2dV2(self.dim, (7, 7), (3, 3), groups=self.dim, use_bias=True,
@@ -66,7 +64,7 @@ class TAdaConvNeXtV2Block(nn.Module):
             gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init),
                                (self.dim,), jnp.float32)
             y = gamma.astype(y.dtype) * y
-        return x.astype(jnp.float32) + DropPath(self.drop_path_rate)(y, train).astype(jnp.float32)
+        return x.astype(jnp.float32) + DropPath()(y, drop_rate, train).astype(jnp.float32)
 
 
 class TAdaConvNeXtV2Backbone(nn.Module):
@@ -76,6 +74,9 @@ class TAdaConvNeXtV2Backbone(nn.Module):
     with LayerNorm + 1x2x2 strided conv; features are the mean over T, H, W
     followed by LayerNorm. With `pre_pool` it returns (features, the last
     stage's output `(B, T', H', W', dims[-1])`).
+    Stage s's blocks are `stages_{s}_{j}`, or with `scan_layers` one scanned
+    `stages_{s}` whose variables have a leading axis of size `depths[s]`
+    (`tadax/models/repeat.py`); `remat` names the rematerialisation policy of a block.
     """
     depths: Sequence[int]
     dims: Sequence[int]
@@ -88,7 +89,8 @@ class TAdaConvNeXtV2Backbone(nn.Module):
     layer_scale_init: float = 1e-6
     tadaconv_impl: str = "fast"
     depthwise_impl: str = "auto"
-    remat: bool = False
+    remat: str = "none"
+    scan_layers: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -97,20 +99,24 @@ class TAdaConvNeXtV2Backbone(nn.Module):
         x = _conv3d(self.dims[0], (self.stem_t_kernel, 4, 4), (self.stem_t_stride, 4, 4),
                     ((pad_t, pad_t), (0, 0), (0, 0)), self.dtype, "stem_conv")(video)
         x = layer_norm(1e-6, "stem_norm")(x)
-        rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
-        block_cls = (nn.remat(TAdaConvNeXtV2Block, static_argnums=(2,)) if self.remat
-                     else TAdaConvNeXtV2Block)
-        index = 0
+        rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
+        block_cls = block_class(TAdaConvNeXtV2Block, self.remat, self.scan_layers)
+        start = 0
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage > 0:
                 x = layer_norm(1e-6, f"downsample_{stage}_norm")(x)
                 x = _conv3d(dim, (1, 2, 2), (1, 2, 2), "VALID", self.dtype,
                             f"downsample_{stage}_conv")(x)
+            fields = (dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
+                      self.layer_scale_init, self.tadaconv_impl, self.depthwise_impl)
+            stage_rates = rates[start:start + depth]
+            start += depth
+            if self.scan_layers:
+                x = scan_blocks(block_cls(*fields, dtype=self.dtype, name=f"stages_{stage}"),
+                                x, stage_rates, train)
+                continue
             for j in range(depth):
-                x = block_cls(dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
-                              float(rates[index]), self.layer_scale_init, self.tadaconv_impl,
-                              self.depthwise_impl, dtype=self.dtype,
-                              name=f"stages_{stage}_{j}")(x, train)
-                index += 1
+                x = block_cls(*fields, dtype=self.dtype, name=f"stages_{stage}_{j}")(
+                    materialise(x), stage_rates[j], train)
         pooled = layer_norm(1e-6, "norm")(jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3)))
         return (pooled, x) if pre_pool else pooled

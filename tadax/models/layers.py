@@ -4,7 +4,7 @@ Layouts are channels-last throughout: videos are `(B, T, H, W, C)`.
 """
 
 import functools
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -229,15 +229,16 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, padding: Sequence[int], grou
 def materialise(x: jax.Array) -> jax.Array:
     """Identity that makes `x`, and its gradient, buffers of their own. Any shape.
 
-    Placed on the residual stream at each block's input. Without it XLA:CPU
-    fuses the cheap element-wise residual sums (forward) and gradient sums
-    (backward) into every consumer and recomputes them there, through all
-    later blocks: time quadratic in depth (5x slower TAdaConvNeXtV2-T
-    training). XLA never fuses across a conditional, and it drops
-    `optimization_barrier` before fusing, hence a conditional whose other
-    branch only runs when `x` already holds a NaN (it then returns all NaN).
-    Other backends get `x` unchanged: a conditional costs a GPU a predicate
-    read by the host.
+    Placed on the residual stream before each block of an unrolled stack
+    (`scan_layers=False`). Without it XLA:CPU fuses the cheap element-wise
+    residual sums (forward) and gradient sums (backward) into every consumer
+    and recomputes them there, through all later blocks: time quadratic in
+    depth (5x slower TAdaConvNeXtV2-T training). XLA never fuses across a
+    conditional, and it drops `optimization_barrier` before fusing, hence a
+    conditional whose other branch only runs when `x` already holds a NaN (it
+    then returns all NaN). A scanned stack does not need it: the loop carry,
+    forward and backward, is already a buffer between blocks. Other backends
+    get `x` unchanged: a conditional costs a GPU a predicate read by the host.
     """
     if jax.default_backend() != "cpu":
         return x
@@ -250,16 +251,18 @@ class DropPath(nn.Module):
 
     The input's leading axis is `B * frames_per_clip` (frames of a clip are
     contiguous), so TAdaFormer's per-frame token tensors drop per clip as the
-    original's "L(BT)C" mode does. Uses the 'drop_path' rng stream.
+    original's "L(BT)C" mode does. The drop rate is a call argument: a python
+    float, a traced scalar (one per layer of a scanned stack), or None (no
+    drop path; a python 0.0 is the same). Uses the 'drop_path' rng stream.
     """
-    rate: float
     frames_per_clip: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
+    def __call__(self, x: jax.Array, rate: Optional[Union[float, jax.Array]],
+                 train: bool) -> jax.Array:
+        if not train or rate is None or (isinstance(rate, (int, float)) and rate == 0.0):
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - rate
         clips = x.shape[0] // self.frames_per_clip
         # A buffer of its own: XLA:CPU would otherwise fuse the random-bit generation into
         # every element-wise consumer and rerun it per element (forward and backward).
@@ -267,7 +270,7 @@ class DropPath(nn.Module):
                            .astype(jnp.float32)) > 0
         mask = jnp.repeat(mask, self.frames_per_clip)
         mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
 
 
 class BatchNorm(nn.Module):

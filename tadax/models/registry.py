@@ -12,11 +12,12 @@ import ml_collections
 
 from tadax.models.classifier import VideoClassifier
 from tadax.models.convnext import TAdaConvNeXtV2Backbone
+from tadax.models.repeat import remat_name
 from tadax.models.tadaformer import TAdaFormerBackbone, check_attention_impl
 
 _COMMON = dict(num_classes=400, num_frames=16, image_size=224, dropout_rate=0.5,
                drop_path_rate=0.0, tadaconv_impl="fast", depthwise_impl="auto",
-               dtype="float32", remat=False, rf_ratio=2, rf_kernels=(3, 3))
+               dtype="float32", remat="none", scan_layers=False, rf_ratio=2, rf_kernels=(3, 3))
 _TADAFORMER = dict(family="tadaformer", tubelet_size=3, tubelet_stride=2, reduction=2,
                    rf_head_dim=64, temp_enhance=False, double_tada=False,
                    attention_impl="xla")
@@ -52,9 +53,11 @@ def default_model_config(arch: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def complete_model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A model config read back from a saved run or model directory, with the fields
-    added since it was saved at their defaults (e.g. `attention_impl`: 'xla')."""
+    """A model config read back from a saved run or model directory, in today's terms:
+    `remat` True / False -> 'full' / 'none', and the fields added since it was saved at
+    their defaults (e.g. `attention_impl`: 'xla', `scan_layers`: False)."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(stored).items()}
+    fields["remat"] = remat_name(fields.get("remat", "none"))
     defaults = default_model_config(fields["arch"],
                                     **{k: v for k, v in fields.items() if k != "arch"})
     fields.update((k, v) for k, v in defaults.items() if k not in fields)   # stored order kept
@@ -71,7 +74,8 @@ def build_model(cfg: ml_collections.ConfigDict) -> VideoClassifier:
     dtype = jnp.dtype(cfg.dtype)
     shared = dict(rf_ratio=cfg.rf_ratio, rf_kernels=tuple(cfg.rf_kernels),
                   drop_path_rate=cfg.drop_path_rate, tadaconv_impl=cfg.tadaconv_impl,
-                  depthwise_impl=cfg.depthwise_impl, remat=cfg.remat, dtype=dtype)
+                  depthwise_impl=cfg.depthwise_impl, remat=remat_name(cfg.remat),
+                  scan_layers=cfg.scan_layers, dtype=dtype)
     if cfg.family == "tadaformer":
         check_attention_impl(cfg.attention_impl, dtype)
         backbone = TAdaFormerBackbone(

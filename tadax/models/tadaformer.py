@@ -6,11 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import backend as jax_backend
-import numpy as np
 
 from tadax.errors import ConfigError
 from tadax.models.layers import (DropPath, layer_norm, quick_gelu, torch_default_kernel,
                                  upstream_trunc_normal)
+from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
 from tadax.models.tadaconv import TAdaConv2dV2
 
 
@@ -113,8 +113,8 @@ class TAdaFormerBlock(nn.Module):
 
     `x += tada(x)` on the patch tokens (class token untouched), spatial
     attention, optionally a second TAdaBranch (`double_tada`), and the MLP;
-    each residual is dropped per clip with `drop_path_rate`. The residual
-    stream stays float32 under any compute dtype (`tada_proj` starts at zero,
+    each residual is dropped per clip with the call's `drop_rate` (see `DropPath`). The
+    residual stream stays float32 under any compute dtype (`tada_proj` starts at zero,
     and small updates would vanish in a bfloat16 sum); the branches compute
     in `dtype`, their LayerNorms' statistics in float32.
     """
@@ -127,7 +127,6 @@ class TAdaFormerBlock(nn.Module):
     rf_head_dim: int
     temp_enhance: bool
     double_tada: bool
-    drop_path_rate: float
     tadaconv_impl: str
     depthwise_impl: str
     attention_impl: str = "xla"
@@ -144,16 +143,16 @@ class TAdaFormerBlock(nn.Module):
         return jnp.concatenate([jnp.zeros_like(x[:, :1]), out.astype(x.dtype)], axis=1)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        drop = DropPath(self.drop_path_rate, self.num_frames)
-        x = x + drop(self._tada("tada", x, train), train)
+    def __call__(self, x: jax.Array, drop_rate, train: bool) -> jax.Array:
+        drop = DropPath(self.num_frames)
+        x = x + drop(self._tada("tada", x, train), drop_rate, train)
         x = x + drop(SpatialAttention(self.num_heads, self.attention_impl, self.dtype, name="attn")(
-            layer_norm(1e-5, "ln_1", self.dtype)(x)), train)
+            layer_norm(1e-5, "ln_1", self.dtype)(x)), drop_rate, train)
         if self.double_tada:
-            x = x + drop(self._tada("tada2", x, train), train)
+            x = x + drop(self._tada("tada2", x, train), drop_rate, train)
         h = layer_norm(1e-5, "ln_2", self.dtype)(x)
         h = MLP(self.width, self.dtype, name="mlp")(h)
-        return x + drop(h, train)
+        return x + drop(h, drop_rate, train)
 
 
 class MLP(nn.Module):
@@ -175,6 +174,9 @@ class TAdaFormerBackbone(nn.Module):
     embedding, then `ln_pre`, the TAdaFormer layers, and finally the class
     tokens averaged over frames and `ln_post`. With `pre_pool` it returns
     (features, tokens `(B, T/2, 1 + h*w, W)` after the last layer, class token first).
+    The layers are `layers_{i}`, or with `scan_layers` one scanned `layers`
+    whose variables have a leading axis of size `depth` (`tadax/models/repeat.py`);
+    `remat` names the rematerialisation policy of a layer.
     """
     width: int
     depth: int
@@ -193,7 +195,8 @@ class TAdaFormerBackbone(nn.Module):
     tadaconv_impl: str = "fast"
     depthwise_impl: str = "auto"
     attention_impl: str = "xla"
-    remat: bool = False
+    remat: str = "none"
+    scan_layers: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -213,13 +216,16 @@ class TAdaFormerBackbone(nn.Module):
                              f"patches, the positional embedding holds {pos.shape[0] - 1}")
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b * t, 1, width)), x], axis=1)
         x = layer_norm(1e-5, "ln_pre")(x + pos.astype(x.dtype))
-        rates = [float(r) for r in np.linspace(0.0, self.drop_path_rate, self.depth)]
-        block_cls = nn.remat(TAdaFormerBlock, static_argnums=(2,)) if self.remat else TAdaFormerBlock
-        for i in range(self.depth):
-            x = block_cls(width, self.num_heads, t, self.reduction, self.rf_ratio,
-                          tuple(self.rf_kernels), self.rf_head_dim, self.temp_enhance, self.double_tada, rates[i],
-                          self.tadaconv_impl, self.depthwise_impl, self.attention_impl,
-                          dtype=self.dtype, name=f"layers_{i}")(x, train)
+        rates = drop_path_rates(self.drop_path_rate, self.depth)
+        block_cls = block_class(TAdaFormerBlock, self.remat, self.scan_layers)
+        fields = (width, self.num_heads, t, self.reduction, self.rf_ratio, tuple(self.rf_kernels),
+                  self.rf_head_dim, self.temp_enhance, self.double_tada, self.tadaconv_impl,
+                  self.depthwise_impl, self.attention_impl)
+        if self.scan_layers:
+            x = scan_blocks(block_cls(*fields, dtype=self.dtype, name="layers"), x, rates, train)
+        else:
+            for i in range(self.depth):
+                x = block_cls(*fields, dtype=self.dtype, name=f"layers_{i}")(x, rates[i], train)
         cls_tokens = x[:, 0].reshape(b, t, width)
         self.sow("intermediates", "frame_class_tokens", cls_tokens)
         pooled = layer_norm(1e-5, "ln_post")(jnp.mean(cls_tokens.astype(jnp.float32), axis=1))

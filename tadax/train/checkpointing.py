@@ -29,6 +29,7 @@ from orbax.checkpoint.checkpoint_managers import save_decision_policy as sdp
 
 
 from tadax import checkpoint_io
+from tadax.models import layout
 from tadax.paths import user_path
 
 
@@ -83,13 +84,29 @@ class RunCheckpoints:
             metrics=dict(metrics) if metrics else None, force=True)
 
     def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
-        """(state with the shardings of `abstract_state`, data position) at `step`."""
+        """(state with the shardings of `abstract_state`, data position) at `step`.
+
+        A state saved in the other layout of the blocks (`scan_layers` changed
+        between runs, `tadax/models/layout.py`) is read to host memory in its
+        own layout, converted, and put on the devices with those shardings.
+        """
+        saved = layout.layout_of(self.manager.item_metadata(step).state.tree)
+        wanted = layout.layout_of(abstract_state)
+        if saved is None or saved == wanted:
+            item, restore_args = abstract_state, ocp.checkpoint_utils.construct_restore_args(
+                abstract_state)
+        else:
+            item = layout.to_layout(abstract_state, saved)
+            restore_args = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=abstract_state,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args),
             data=ocp.args.JsonRestore()))
-        return restored.state, dict(restored.data)
+        state = restored.state
+        if item is not abstract_state:
+            shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
+            state = jax.device_put(layout.to_layout(state, wanted), shardings)
+        return state, dict(restored.data)
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk."""

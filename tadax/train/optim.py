@@ -15,6 +15,13 @@ optimizer:
                   the end, -1 = num_layers + 1); with one, the id is the
                   captured integer plus the value.
 
+The rules are written for the unrolled layout's paths (`backbone/layers_3/...`).
+A stacked leaf (`scan_layers`, `tadax/models/layout.py`: `backbone/layers/...`
+with a leading axis over the blocks) gets each rule evaluated on the path and
+shape of each of its blocks; where the blocks disagree (layer-wise decay) its
+multiplier is an array over the leading axis, so both layouts update every
+block alike.
+
 The update is the original's `torch.optim.AdamW` with per-group lr:
 `p <- p - lr * m_mult * (adam(g) + wd * w_mult * p)`.
 """
@@ -26,7 +33,10 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+
+from tadax.models import layout
 
 Rules = Sequence[Tuple[str, Any]]
 
@@ -62,29 +72,43 @@ def layer_id(name: str, rules: Rules, num_layers: int) -> int:
     raise ValueError(f"no layer_ids rule matches parameter {name!r}")
 
 
+def _per_block(rule: Callable[[str, Tuple[int, ...]], float]) -> Callable:
+    """A rule on (unrolled path, shape) -> a tree_map function for either layout: a float,
+    or for a stacked leaf whose blocks disagree, a float32 array `(n, 1, ..., 1)`."""
+    def one(path, leaf):
+        name, shape = path_str(path), tuple(leaf.shape)
+        if not layout.STACKED_PATH.search(name):
+            return rule(name, shape)
+        values = [rule(n, shape[1:]) for n in layout.block_paths(name, shape[0])]
+        if len(set(values)) == 1:
+            return values[0]
+        return np.asarray(values).astype(np.float32).reshape((-1,) + (1,) * (len(shape) - 1))
+    return one
+
+
 def multipliers(params: Any, cfg: ml_collections.ConfigDict) -> Tuple[Any, Any]:
-    """Per-parameter (lr multiplier, weight-decay multiplier) trees of python floats.
+    """Per-parameter (lr multiplier, weight-decay multiplier) trees: python floats, and for
+    stacked leaves whose blocks differ, float32 arrays over the leading axis.
 
     params: the parameter tree, arrays or `jax.ShapeDtypeStruct`s (only shapes read).
     cfg: `config.optimizer`.
     """
     decay = cfg.layer_decay
 
-    def lr_mult(path, leaf):
-        name = path_str(path)
+    def lr_mult(name, shape):
         mult = float(first_match(name, cfg.lr_mults))
         if decay.rate < 1.0:
             mult *= decay.rate ** (decay.num_layers + 1 - layer_id(name, decay.layer_ids,
                                                                      decay.num_layers))
         return mult
 
-    def wd_mult(path, leaf):
-        if cfg.no_decay_1d and len(leaf.shape) <= 1:
+    def wd_mult(name, shape):
+        if cfg.no_decay_1d and len(shape) <= 1:
             return 0.0
-        return float(first_match(path_str(path), cfg.wd_mults))
+        return float(first_match(name, cfg.wd_mults))
 
-    return (jax.tree_util.tree_map_with_path(lr_mult, params),
-            jax.tree_util.tree_map_with_path(wd_mult, params))
+    return (jax.tree_util.tree_map_with_path(_per_block(lr_mult), params),
+            jax.tree_util.tree_map_with_path(_per_block(wd_mult), params))
 
 
 def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, epochs: float) -> Callable:
@@ -120,16 +144,22 @@ def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, epochs: fl
     return schedule
 
 
+def _is(m: Any, value: float) -> bool:
+    return isinstance(m, float) and m == value
+
+
 def _scale_by_tree(mults: Any) -> optax.GradientTransformation:
     def update(updates, state, params=None):
-        return jax.tree_util.tree_map(lambda u, m: u * m if m != 1.0 else u, updates, mults), state
+        return jax.tree_util.tree_map(lambda u, m: u if _is(m, 1.0) else u * m,
+                                      updates, mults), state
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _add_decay_tree(weight_decay: float, mults: Any) -> optax.GradientTransformation:
     def update(updates, state, params):
         return jax.tree_util.tree_map(
-            lambda u, p, m: u + (weight_decay * m) * p if m else u, updates, params, mults), state
+            lambda u, p, m: u if _is(m, 0.0) else u + (weight_decay * m) * p,
+            updates, params, mults), state
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -151,10 +181,23 @@ def build_optimizer(params: Any, cfg: ml_collections.ConfigDict, steps_per_epoch
 
 
 def describe_groups(params: Any, cfg: ml_collections.ConfigDict) -> Dict[Tuple[float, float], int]:
-    """{(lr multiplier, wd multiplier): number of parameter arrays}, for the run log."""
+    """{(lr multiplier, wd multiplier): number of parameter arrays}, for the run log.
+
+    A stacked leaf counts once per block, so both layouts log the same groups.
+    """
     lr_mults, wd_mults = multipliers(params, cfg)
     groups: Dict[Tuple[float, float], int] = {}
-    for lr, wd in zip(jax.tree_util.tree_leaves(lr_mults), jax.tree_util.tree_leaves(wd_mults)):
-        key = (round(lr, 8), wd)
-        groups[key] = groups.get(key, 0) + 1
+
+    def count(path, leaf, lr, wd):
+        stacked = layout.STACKED_PATH.search(path_str(path))
+        for i in range(leaf.shape[0] if stacked else 1):
+            key = (round(_block_value(lr, i), 8), _block_value(wd, i))
+            groups[key] = groups.get(key, 0) + 1
+
+    jax.tree_util.tree_map_with_path(count, params, lr_mults, wd_mults)
     return groups
+
+
+def _block_value(mult: Any, index: int) -> float:
+    """Block `index`'s value of a multiplier (a float: the same for every block)."""
+    return mult if isinstance(mult, float) else float(np.ravel(mult)[index])

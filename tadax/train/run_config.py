@@ -3,7 +3,8 @@
 `RUN/config.json` holds the whole run config (model, data, optimizer, eval,
 mesh, ...), so that `eval.py --checkpoint RUN` evaluates with the run's own
 data settings. JSON has no tuples: reading turns every list back into a tuple,
-as the configs write their sequences.
+as the configs write their sequences; the model block of an older run is
+brought up to date (`tadax.models.registry.complete_model_config`).
 """
 
 import json

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from tadax.errors import ConfigError
+from tadax.models import layout
 from tadax.train.optim import path_str
 
 BATCH_AXES = ("data", "fsdp")
@@ -45,8 +46,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _fsdp_spec(shape: Tuple[int, ...], fsdp: int, min_size: int) -> P:
-    """Split the largest axis divisible by `fsdp` of arrays with >= `min_size` elements."""
+def _fsdp_spec(shape: Tuple[int, ...], fsdp: int, min_size: int, stacked: bool = False) -> P:
+    """Split the largest axis divisible by `fsdp` of arrays with >= `min_size` elements.
+
+    stacked: the leading axis runs over the blocks of a scanned stack; the
+    array is split as one block's array would be, never over that axis.
+    """
+    if stacked:
+        return P(None, *_fsdp_spec(shape[1:], fsdp, min_size))
     if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
@@ -62,7 +69,8 @@ def tree_shardings(mesh: Mesh, tree: Any, rules: Sequence[Tuple[str, str]],
     """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs) by path rules.
 
     rules: `(regex, 'fsdp' | 'replicate')`, first `re.search` match on the
-    '/'-joined leaf path wins; a leaf no rule matches is an error.
+    '/'-joined leaf path wins; a leaf no rule matches is an error. A leaf of
+    the stacked layout (`tadax/models/layout.py`) is split like one block's.
     """
     fsdp = mesh.shape["fsdp"]
 
@@ -73,7 +81,9 @@ def tree_shardings(mesh: Mesh, tree: Any, rules: Sequence[Tuple[str, str]],
                 if how == "replicate":
                     return NamedSharding(mesh, P())
                 if how == "fsdp":
-                    return NamedSharding(mesh, _fsdp_spec(tuple(leaf.shape), fsdp, fsdp_min_size))
+                    stacked = bool(layout.STACKED_PATH.search(name))
+                    return NamedSharding(mesh, _fsdp_spec(tuple(leaf.shape), fsdp, fsdp_min_size,
+                                                          stacked))
                 raise ValueError(f"unknown sharding {how!r} in rule {pattern!r}")
         raise ValueError(f"no sharding rule matches {name!r}")
 

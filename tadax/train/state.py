@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from tadax.models import layout
 from tadax.train.optim import path_str
 from tadax.train.sharding import tree_shardings
 
@@ -111,7 +112,12 @@ def select_pretrained(loaded: Mapping[str, Any], abstract: Mapping[str, Any], fr
     fresh initialisation (e.g. '^head/' to re-learn a classifier).
     Every other model leaf must be in `loaded` with the same shape, and every
     leaf of `loaded` must belong to the model; otherwise InitError lists them.
+    `loaded` may be in either layout of the blocks (`tadax/models/layout.py`);
+    it is converted to the model's first.
     """
+    scan_layers = layout.layout_of(dict(abstract))
+    if scan_layers is not None:
+        loaded = layout.to_layout(dict(loaded), scan_layers)
     want = {}
     for col, tree in abstract.items():
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
