@@ -29,12 +29,12 @@ def test_markdown_table_and_min_median():
 
 
 def test_overrides_reach_the_recipe_config():
-    pairs = parse_overrides(["model.dtype=bfloat16", "model.num_frames=32", "model.remat=True",
+    pairs = parse_overrides(["model.dtype=bfloat16", "model.num_frames=32", "model.remat=full",
                              "train.label_smoothing=0.0"])
-    assert pairs[1] == ("model.num_frames", 32) and pairs[2] == ("model.remat", True)
+    assert pairs[1] == ("model.num_frames", 32) and pairs[2] == ("model.remat", "full")
     config = recipe_config("tadaformer_b16", pairs)
     assert (config.model.dtype, config.model.num_frames, config.model.remat,
-            config.train.label_smoothing) == ("bfloat16", 32, True, 0.0)
+            config.train.label_smoothing) == ("bfloat16", 32, "full", 0.0)
     assert recipe_config("tadaformer_b16").model.dtype == "float32"   # a fresh config each time
     with pytest.raises(BenchError, match="no field 'model.no_such_field'"):
         recipe_config("tadaformer_b16", parse_overrides(["model.no_such_field=1"]))
@@ -135,12 +135,12 @@ def test_accelerator_mode_on_cpu_says_mfu_unknown(capsys):
 
 def test_memory_mode_extrapolates_from_two_compiles(capsys):
     assert bench.main(["--mode", "memory", "--models", "tadaformer_tiny", "--frames", "8",
-                       "--dtypes", "float32", "--remat", "False",
+                       "--dtypes", "float32", "--remat", "none",
                        "--set", "model.depth=1"]) == 0
     out = capsys.readouterr().out
     assert "at batch 1 and 2 per device" in out
     (row,) = _table_rows(out)
-    assert row[:4] == ["tadaformer_tiny", "8", "float32", "False"]
+    assert row[:4] == ["tadaformer_tiny", "8", "float32", "none"]
     peak, fixed, per_clip = (float(c) for c in row[4:7])
     fits = [int(c) for c in row[7:11]]
     assert per_clip > 0 and peak == pytest.approx(fixed + per_clip, rel=1e-3)

@@ -193,17 +193,19 @@ def test_residual_stream_stays_float32_under_bfloat16():
     `tada_proj` at zero) must not be rounded away in a bfloat16 sum: blocks return float32,
     also from a bfloat16 input (the first block of a ConvNeXt stage, after the bf16
     downsampling conv)."""
-    block = TAdaConvNeXtV2Block(32, 2, (3, 3), 16, 0.0, 1e-6, "fast", "shifted",
+    block = TAdaConvNeXtV2Block(32, 2, (3, 3), 16, 1e-6, "fast", "shifted",
                                 dtype=jnp.bfloat16)
     x = jax.ShapeDtypeStruct((1, 4, 8, 8, 32), jnp.bfloat16)
-    variables = jax.eval_shape(lambda x: block.init(jax.random.PRNGKey(0), x, False), x)
-    assert jax.eval_shape(lambda v, x: block.apply(v, x, False), variables, x).dtype == jnp.float32
+    variables = jax.eval_shape(lambda x: block.init(jax.random.PRNGKey(0), x, 0.0, False), x)
+    assert jax.eval_shape(lambda v, x: block.apply(v, x, 0.0, False), variables,
+                          x).dtype == jnp.float32
 
-    layer = TAdaFormerBlock(64, 2, 4, 2, 2, (3, 3), 16, False, False, 0.0, "fast", "shifted",
+    layer = TAdaFormerBlock(64, 2, 4, 2, 2, (3, 3), 16, False, False, "fast", "shifted",
                             dtype=jnp.bfloat16)
     tokens = jax.ShapeDtypeStruct((4, 1 + 4 * 4, 64), jnp.float32)
-    variables = jax.eval_shape(lambda x: layer.init(jax.random.PRNGKey(0), x, False), tokens)
-    out = jax.eval_shape(lambda v, x: layer.apply(v, x, False), variables, tokens)
+    variables = jax.eval_shape(lambda x: layer.init(jax.random.PRNGKey(0), x, 0.0, False),
+                               tokens)
+    out = jax.eval_shape(lambda v, x: layer.apply(v, x, 0.0, False), variables, tokens)
     assert out.dtype == jnp.float32
 
 

@@ -218,8 +218,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 32], help="memory mode")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         help="memory mode")
-    parser.add_argument("--remat", nargs="+", default=["False", "True"],
-                        help="memory mode: values of model.remat to compare")
+    parser.add_argument("--remat", nargs="+", default=["none", "full"],
+                        help="memory mode: remat policies to compare (none, full, dots)")
     parser.add_argument("--top", type=int, default=25, help="profile mode: rows per model")
     parser.add_argument("--trace-dir", default="", help="profile mode: keep the trace here")
     parser.add_argument("--tolerance", type=float, default=1e-3,

@@ -26,7 +26,7 @@ class BenchError(ValueError):
 
 
 def parse_overrides(items: Iterable[str]) -> List[Tuple[str, object]]:
-    """`['model.dtype=bfloat16', 'model.remat=True']` -> `[('model.dtype', 'bfloat16'), ...]`."""
+    """`['model.dtype=bfloat16', 'model.remat=full']` -> `[('model.dtype', 'bfloat16'), ...]`."""
     out = []
     for item in items:
         key, sep, text = item.partition("=")
