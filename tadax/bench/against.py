@@ -57,13 +57,15 @@ def build_pair(path: str, settings_file: str, original_overrides: Mapping[str, A
     """The original model with random weights and tadax with those weights imported.
 
     Both run on the same `(batch, T, S, S, 3)` clips (T = DATA.NUM_INPUT_FRAMES,
-    S = DATA.TEST_CROP_SIZE of the resolved settings) and labels.
+    S = DATA.TRAIN_CROP_SIZE of the resolved settings: the train step's input, 224 for
+    the zoo; ConvNeXt's K400 files evaluate at a 256 crop, which would time eval and train
+    on different inputs) and labels.
     """
     handles, notes = upstream.import_original(path)
     for note in notes:
         print(note, file=sys.stderr)
     settings = upstream.resolve_settings(path, settings_file, original_overrides)
-    frames, crop = settings["DATA.NUM_INPUT_FRAMES"], settings["DATA.TEST_CROP_SIZE"]
+    frames, crop = settings["DATA.NUM_INPUT_FRAMES"], settings["DATA.TRAIN_CROP_SIZE"]
     rng = np.random.default_rng(seed)
     video = rng.normal(size=(batch, frames, crop, crop, 3)).astype(np.float32)
     labels = rng.integers(0, settings["VIDEO.HEAD.NUM_CLASSES"], batch).astype(np.int32)
