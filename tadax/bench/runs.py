@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tadax.models import build_model
+from tadax.models import build_model, layout
 from tadax.train.optim import build_optimizer
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import abstract_variables, create_train_state, train_state_spec
@@ -75,6 +75,8 @@ class TadaxRunner:
                                           self.shardings)
         self.eval_step = make_eval_step(self.model, self.mesh,
                                         eval_variables(self.shardings, use_ema=False))
+        if pretrained is not None:   # the importer's unrolled names, in the model's layout
+            pretrained = layout.to_layout(pretrained, config.model.scan_layers)
         self._tx, self._pretrained, self._video, self._seed = tx, pretrained, video, seed
         self.state = None
         self.batch = None
