@@ -90,7 +90,10 @@ class RunCheckpoints:
         between runs, `tadax/models/layout.py`) is read to host memory in its
         own layout, converted, and put on the devices with those shardings.
         """
-        saved = layout.layout_of(self.manager.item_metadata(step).state.tree)
+        # The state's own metadata file: the manager's item_metadata is None on GCS for an
+        # item no save of this process has registered a handler for.
+        state_dir = self.directory / str(step) / "state"
+        saved = layout.layout_of(ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree)
         wanted = layout.layout_of(abstract_state)
         if saved is None or saved == wanted:
             item, restore_args = abstract_state, ocp.checkpoint_utils.construct_restore_args(
