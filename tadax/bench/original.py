@@ -63,6 +63,12 @@ def _placeholder_torchvision() -> Optional[str]:
     return reason
 
 
+def _forget_original() -> None:
+    """Removes every module of the original's `tadaconv` package from `sys.modules`."""
+    for name in [m for m in sys.modules if m == "tadaconv" or m.startswith("tadaconv.")]:
+        del sys.modules[name]
+
+
 def import_original(path: str) -> Tuple[Dict[str, Any], List[str]]:
     """The original's model builder and optimizer from the checkout at `path`.
 
@@ -75,14 +81,14 @@ def import_original(path: str) -> Tuple[Dict[str, Any], List[str]]:
     if reason:
         notes.append(f"torchvision not importable ({reason}); the original imports it only for "
                      "image-grid helpers, so a placeholder stands in")
-    for name in [m for m in sys.modules if m == "tadaconv" or m.startswith("tadaconv.")]:
-        del sys.modules[name]   # a previously imported checkout must not stand in for this one
+    _forget_original()   # a previously imported checkout must not stand in for this one
     sys.path.insert(0, os.fspath(root))
     try:
         importlib.import_module("tadaconv.models")
         builder = importlib.import_module("tadaconv.models.base.builder")
         optimizer = importlib.import_module("tadaconv.models.utils.optimizer")
     except ModuleNotFoundError as e:
+        _forget_original()   # no half-imported package left behind
         package = PIP_NAMES.get(e.name, e.name)
         raise BenchError(f"--against-original {path}: the original's code needs the Python "
                          f"package {package!r}, which is not installed (pip install {package})"
