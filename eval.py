@@ -24,6 +24,10 @@ import os
 import re
 import sys
 
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
+    from tadax import host_memory
+    host_memory.reexec_with_huge_pages()
+
 import jax
 import numpy as np
 from absl import app, flags, logging

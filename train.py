@@ -12,6 +12,10 @@ A SIGTERM (preemption) saves the current step and exits with code 143.
 import os
 import sys
 
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
+    from tadax import host_memory
+    host_memory.reexec_with_huge_pages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -32,7 +32,10 @@ Modes:
 own settings file with random weights, tadax imports those weights through
 the zoo importer, eval outputs must agree within --tolerance (max |log p|
 difference), and eval forward and train step are timed alternately. torch
-runs on the CPU with as many threads as the cores JAX uses.
+runs on the CPU with as many threads as the cores JAX uses. Like train.py and
+eval.py, the command runs with huge pages for large host allocations
+(tadax/host_memory.py; TADAX_HUGE_PAGES=0 keeps glibc's defaults); in the
+same process, the original runs with them too (the header says which).
 
 Timings: after a warm-up call, --rounds rounds of --runs calls each; every
 round prints min / median. The batch is per device. `--set KEY=VALUE`
@@ -41,9 +44,14 @@ model.num_frames=32).
 """
 
 import argparse
+import os
 import statistics
 import sys
 from typing import List, Optional, Tuple
+
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
+    from tadax import host_memory
+    host_memory.reexec_with_huge_pages()
 
 import jax
 
@@ -69,7 +77,8 @@ def _header(args) -> str:
     device = jax.devices()[0]
     return (f"{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
             f"jax {jax.__version__}; batch {args.batch} per device; "
-            f"{args.rounds} round(s) of {args.runs} run(s)")
+            f"{args.rounds} round(s) of {args.runs} run(s); host allocator: "
+            f"{os.environ.get('GLIBC_TUNABLES') or 'glibc defaults'}")
 
 
 def run_timed(args, overrides, phase: str) -> str:
