@@ -42,7 +42,7 @@ TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(32, 64, 128, 256), rf_head_dim=1
 # Matmuls and convolutions allowed float32 operands in a bfloat16 model: the routing
 # functions (on (B, T, C) frame descriptors), the head, and the logits of XLA's
 # attention, whose float32 output makes the backward's dQ and dK products float32.
-FLOAT32_ALLOWED = ("rf_func", "dwconv_rf", "/head/", "BTNH,BSNH->BNTS")
+FLOAT32_ALLOWED = ("rf_func", "dwconv_rf", "/head/", "nhqd,nhkd->nhqk")
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,8 @@ def test_bfloat16_model_keeps_float32_parameters_and_runs_its_matmuls_in_bfloat1
     assert not in_float32, in_float32
 
 def test_xla_attention_is_the_default_computation():
-    """'xla' (the default) computes exactly what `jax.nn.dot_product_attention` picks by
-    itself, as the model did before the option existed."""
+    """'xla' (the default) computes what `jax.nn.dot_product_attention` computes, to
+    float32 rounding (its heads-major layout is only faster on XLA:CPU)."""
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 17, 64))
     layer = SpatialAttention(num_heads=4, attention_impl="xla")
     params = layer.init(jax.random.PRNGKey(1), x)
@@ -153,7 +153,7 @@ def test_xla_attention_is_the_default_computation():
     q, k, v = jnp.split(qkv.reshape(n, length, 12, 16), 3, axis=2)
     out = jax.nn.dot_product_attention(q, k, v).reshape(n, length, width)
     want = out @ params["params"]["out_proj"]["kernel"] + params["params"]["out_proj"]["bias"]
-    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert default_model_config("tadaformer_b16").attention_impl == "xla"
 
 

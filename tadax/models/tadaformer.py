@@ -84,14 +84,36 @@ def check_attention_impl(impl: str, dtype: Any) -> None:
                           f"JAX runs on {backend.platform} here: use model.attention_impl='xla'")
 
 
+def heads_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
+    """Softmax attention of packed projections: qkv `(N, L, 3W)` (the q, k and v blocks
+    in that order, heads contiguous inside each) -> `(N, L, W)`.
+
+    The heads are moved next to the batch, `(N, heads, L, d)`, before the two
+    products, so both are plain batched matmuls and the softmax reduces a
+    contiguous last axis; `jax.nn.dot_product_attention`'s `(N, L, heads, d)`
+    layout ran 1.4x slower (forward + backward) on XLA:CPU. q is scaled by
+    `d ** -0.5` before its product, as PyTorch's attention does. Logits and
+    softmax in float32, the probabilities cast to v's dtype for the second product.
+    """
+    n, length, packed = qkv.shape
+    head_dim = packed // (3 * num_heads)
+    q, k, v = jnp.transpose(qkv.reshape(n, length, 3, num_heads, head_dim), (2, 0, 3, 1, 4))
+    logits = jnp.einsum("nhqd,nhkd->nhqk", q * jnp.asarray(head_dim ** -0.5, q.dtype), k,
+                        preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("nhqk,nhkd->nhqd", probs, v)
+    return jnp.transpose(out, (0, 2, 1, 3)).reshape(n, length, num_heads * head_dim)
+
+
 class SpatialAttention(nn.Module):
     """`nn.MultiheadAttention` over the tokens of each frame, packed q/k/v projection.
 
     x: `(N, L, W)` -> `(N, L, W)`; parameters `in_proj` `(W, 3W)` (q, k, v
-    blocks in that order) and `out_proj`. The attention itself is
-    `jax.nn.dot_product_attention` with `attention_impl` ('xla': XLA's
-    einsums, logits and softmax in float32; 'cudnn': cuDNN's fused kernel,
-    16-bit inputs, float32 accumulation).
+    blocks in that order) and `out_proj`. The attention itself, by
+    `attention_impl`: 'xla', XLA's einsums in the heads-major layout of
+    `heads_major_attention` (logits and softmax in float32); 'cudnn',
+    cuDNN's fused kernel through `jax.nn.dot_product_attention` (16-bit
+    inputs, float32 accumulation).
     """
     num_heads: int
     attention_impl: str = "xla"
@@ -103,8 +125,11 @@ class SpatialAttention(nn.Module):
         head_dim = width // self.num_heads
         qkv = nn.Dense(3 * width, kernel_init=nn.initializers.xavier_uniform(),
                        bias_init=nn.initializers.zeros, dtype=self.dtype, name="in_proj")(x)
-        q, k, v = jnp.split(qkv.reshape(n, length, 3 * self.num_heads, head_dim), 3, axis=2)
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        if self.attention_impl == "xla":
+            out = heads_major_attention(qkv, self.num_heads)
+        else:
+            q, k, v = jnp.split(qkv.reshape(n, length, 3 * self.num_heads, head_dim), 3, axis=2)
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         return _dense(width, "out_proj", self.dtype)(out.reshape(n, length, width))
 
 
