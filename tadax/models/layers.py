@@ -163,22 +163,34 @@ def _depthwise_kernel_grad(xp: jax.Array, grad_out: jax.Array, kh: int, kw: int)
     """Kernel gradient of a stride-1 depthwise conv: `sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]`.
 
     xp: the zero-padded input `(N, H + kh - 1, W + kw - 1, C)`; grad_out `(N, H, W, C)`
-    -> `(kh, kw, C)`. One batched matmul over channels: the output gradient,
-    shifted down by each kernel row i inside the padded height, against the
-    padded input gives every pair of columns (w, w') of every row i; tap (i, j)
-    is the sum over w of the pairs (w, w + j), a strided slice of the
-    flattened pairs. Both operands are transposed to channel-major once
-    (per-row slices of a channels-last input would each be a transpose).
+    -> `(kh, kw, C)`. One batched matmul over channels and column blocks: the
+    output's columns are cut into blocks of kw (zero padded to a whole number);
+    within a block, the output gradient shifted down by each kernel row i
+    inside the padded height, against the block's window of 2 kw - 1 input
+    columns, gives every pair of columns (w, w') of every row i, summed over
+    frames and rows; tap (i, j) sums the pairs (w, w + j), a strided slice of
+    the flattened pairs, over blocks. Blocks keep the pairs that no tap uses
+    to about half (all W x (W + kw - 1) pairs of a row: 8x the work at W = 56).
+    The output gradient is made channel-major once, as a buffer of its own:
+    fused into its kh shifted copies, XLA:CPU transposed it kh times.
     """
     n, h, w, c = grad_out.shape
-    hp, wp = xp.shape[1], xp.shape[2]
-    x_cm = jnp.transpose(xp, (3, 1, 0, 2)).reshape(c, hp * n, wp)            # (C, Hp*N, Wp)
-    g_cm = jnp.transpose(grad_out, (3, 2, 1, 0))                             # (C, W, H, N)
-    shifted = jnp.stack([jnp.pad(g_cm, ((0, 0), (0, 0), (i, hp - h - i), (0, 0)))
-                         for i in range(kh)], axis=1).reshape(c, kh * w, hp * n)
-    pairs = jnp.einsum("cmk,ckp->cmp", shifted, x_cm,
-                       preferred_element_type=jnp.float32).reshape(c, kh, w * wp)
-    taps = [jnp.sum(pairs[:, :, j:j + (w - 1) * (wp + 1) + 1:wp + 1], axis=-1) for j in range(kw)]
+    hp = xp.shape[1]
+    blocks = -(-w // kw)
+    window = 2 * kw - 1
+    g = jnp.pad(grad_out, ((0, 0), (0, 0), (0, blocks * kw - w), (0, 0)))
+    x = jnp.pad(xp, ((0, 0), (0, 0), (0, blocks * kw + kw - 1 - xp.shape[2]), (0, 0)))
+    x_cm = jnp.transpose(x, (3, 1, 0, 2))                                      # (C, Hp, N, Wx)
+    x_windows = jnp.stack([x_cm[..., b * kw:b * kw + window] for b in range(blocks)],
+                          axis=1).reshape(c, blocks, hp * n, window)
+    g_cm = materialise(jnp.transpose(g, (3, 2, 1, 0))).reshape(c, blocks, kw, h, n)
+    shifted = jnp.stack([jnp.pad(g_cm, ((0, 0), (0, 0), (0, 0), (i, hp - h - i), (0, 0)))
+                         for i in range(kh)], axis=2).reshape(c, blocks, kh * kw, hp * n)
+    pairs = jnp.einsum("cbmk,cbkp->cbmp", shifted, x_windows,
+                       preferred_element_type=jnp.float32)
+    pairs = jnp.sum(pairs.reshape(c, blocks, kh, kw * window), axis=1)
+    taps = [jnp.sum(pairs[:, :, j:j + (kw - 1) * (window + 1) + 1:window + 1], axis=-1)
+            for j in range(kw)]
     return jnp.transpose(jnp.stack(taps, axis=-1), (1, 2, 0))                # (kh, kw, C)
 
 
