@@ -92,8 +92,9 @@ def heads_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
     products, so both are plain batched matmuls and the softmax reduces a
     contiguous last axis; `jax.nn.dot_product_attention`'s `(N, L, heads, d)`
     layout ran 1.4x slower (forward + backward) on XLA:CPU. q is scaled by
-    `d ** -0.5` before its product, as PyTorch's attention does. Logits and
-    softmax in float32, the probabilities cast to v's dtype for the second product.
+    `d ** -0.5` before its product (L x d values rather than L x L logits).
+    Logits and softmax in float32, the probabilities cast to v's dtype for
+    the second product.
     """
     n, length, packed = qkv.shape
     head_dim = packed // (3 * num_heads)
