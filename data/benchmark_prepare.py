@@ -9,11 +9,18 @@ on the same files:
 
 * decode only: PyAV decodes every frame, no conversion, resize or JPEG (the ceiling);
 * stages of one video as `data/prepare.py` stores it (one process): decode +
-  RGB conversion/resize (`decode_video`), JPEG encoding, record serialisation and
-  writing; the decode share is the decode-only time, the rest is conversion/resize;
-* end to end: `prepare_split` with one worker (videos/s per core), with every core,
-  and (`--beam`) the Apache Beam DirectRunner with as many worker processes.
+  conversion/resize to JPEG's YCbCr planes (`bt601_planes`), JPEG encoding of the
+  planes, record serialisation and writing; the decode share is the decode-only
+  time, the rest is conversion/resize;
+* end to end: `prepare_split` with one worker, with a worker per core (the clips
+  listed over again to give each worker 8 videos, so that starting the worker
+  processes does not dominate), and (`--beam`) the Apache Beam DirectRunner with
+  as many worker processes.
 
+FFmpeg decodes and swscale converts with threads of their own, so "one process"
+uses more than one core: rates per core are videos per second of CPU time (all
+threads of the process), for decoding alone and for the one-worker
+`prepare_split`, and their ratio is the cost of preparation over decoding.
 Reports hours per 100k clips on a 32-core machine (per-core rate x 32, i.e.
 assuming preparation scales with cores as the work per video is independent).
 Writes `OUT/benchmark_prepare.json` and `OUT/benchmark_prepare.png`. A measurement, not a test.
@@ -35,8 +42,8 @@ from etils import epath  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tadax.data.annotations import Entry  # noqa: E402
-from tadax.data.encode import EncodeOptions, jpeg_bytes  # noqa: E402
-from tadax.data.video import decode_video  # noqa: E402
+from tadax.data.encode import EncodeOptions, bt601_planes, planes_jpeg  # noqa: E402
+from tadax.data.video import read_video  # noqa: E402
 
 SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
 SECONDS, FPS = 10, 30
@@ -64,13 +71,13 @@ def write_clip(path: str, width: int, height: int, seed: int) -> None:
             container.mux(packet)
 
 
-def decode_only(path: str) -> float:
-    """Seconds to decode every frame of `path` with PyAV (no conversion)."""
-    start = time.perf_counter()
+def decode_only(path: str) -> tuple:
+    """(wall, CPU) seconds to decode every frame of `path` with PyAV (no conversion)."""
+    start, cpu = time.perf_counter(), time.process_time()
     with av.open(path) as container:
         for _ in container.decode(container.streams.video[0]):
             pass
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def stages(path: str, opts: EncodeOptions, out: str) -> dict:
@@ -80,9 +87,10 @@ def stages(path: str, opts: EncodeOptions, out: str) -> dict:
     from tadax.data import records
 
     t0 = time.perf_counter()
-    video = decode_video(path, short_side=opts.short_side, target_fps=opts.target_fps)
+    video = read_video(path, lambda r, frame: bt601_planes(r, frame, opts.short_side),
+                       target_fps=opts.target_fps)
     t1 = time.perf_counter()
-    jpegs = [jpeg_bytes(f, opts.jpeg_quality) for f in video.frames]
+    jpegs = [planes_jpeg(yuv, opts.jpeg_quality) for yuv in video.frames]
     t2 = time.perf_counter()
     with tf.io.TFRecordWriter(out) as writer:
         writer.write(records.sequence_example(jpegs, label=0, text="x", filename="v.mp4",
@@ -92,21 +100,22 @@ def stages(path: str, opts: EncodeOptions, out: str) -> dict:
     return {"decode_convert_resize": t1 - t0, "jpeg": t2 - t1, "write": t3 - t2}
 
 
-def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> float:
-    """Videos/s of one `prepare_split` over `paths` (one shard per video) into a fresh folder,
-    start-up of worker processes or of the pipeline included."""
+def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> tuple:
+    """(videos/s, CPU seconds of this process per video) of one `prepare_split` over `paths`
+    (one shard per video) into a fresh folder, start-up of worker processes or of the
+    pipeline included; the CPU time counts the work only when `workers` is 1."""
     from tadax.data.prepare import prepare_split
 
     entries = [Entry(path=p, label=0, text="x") for p in paths]
     for f in list(epath.Path(out).glob("bench*")) + list(epath.Path(out).glob("_meta/bench*")):
         f.unlink()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summary = prepare_split(entries, [], out_dir=out, name="bench", num_shards=len(paths),
                             opts=opts, workers=workers, quiet=True, beam_args=beam_args)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if summary["num_examples"] != len(paths):
         raise RuntimeError(f"{out}: {summary['num_skipped']} clips skipped; see bench-report.txt")
-    return len(paths) / seconds
+    return len(paths) / seconds, cpu / len(paths)
 
 
 def plot(result: dict, path: str) -> None:
@@ -123,7 +132,7 @@ def plot(result: dict, path: str) -> None:
         values = np.array([result["sizes"][n]["seconds_per_video"][part] for n in names])
         ax.bar(names, values, bottom=bottom, label=part)
         bottom += values
-    ax.set_ylabel("seconds per 10 s clip, one core")
+    ax.set_ylabel("seconds per 10 s clip, one process")
     ax.set_title(f"preparation stages (short side {result['short_side']}, "
                  f"JPEG q{result['jpeg_quality']})", fontsize=9)
     ax.legend(fontsize=8)
@@ -158,23 +167,28 @@ def main(argv=None) -> int:
                 print(f"generating {path}", file=sys.stderr)
                 write_clip(str(path), width, height, seed=i)
             paths.append(str(path))
-        decode = np.mean([decode_only(p) for p in paths])
+        decode, decode_cpu = np.mean([decode_only(p) for p in paths], axis=0)
         parts = [stages(p, opts, str(folder / "stage.tfrecord")) for p in paths]
         mean = {k: float(np.mean([s[k] for s in parts])) for k in parts[0]}
         per_video = {"decode": float(decode),
                      "convert_resize": max(0.0, mean["decode_convert_resize"] - decode),
                      "jpeg": mean["jpeg"], "write": mean["write"]}
+        prepare, prepare_cpu = end_to_end(paths, str(folder / "one"), opts, 1)
         r = {"seconds_per_video": per_video,
              "decode_only_videos_per_s": 1.0 / decode,
-             "prepare_videos_per_s_per_core": end_to_end(paths, str(folder / "one"), opts, 1)}
-        r["prepare_over_decode"] = r["decode_only_videos_per_s"] / r["prepare_videos_per_s_per_core"]
+             "decode_only_videos_per_s_per_core": 1.0 / decode_cpu,
+             "prepare_videos_per_s_one_process": prepare,
+             "prepare_videos_per_s_per_core": 1.0 / prepare_cpu,
+             "prepare_over_decode_per_core": prepare_cpu / decode_cpu}
         r["hours_per_100k_on_32_cores"] = 1e5 / (r["prepare_videos_per_s_per_core"] * 32) / 3600
-        r["prepare_videos_per_s_all_cores"] = end_to_end(paths, str(folder / "all"), opts, cores)
+        repeated = paths * -(-8 * cores // len(paths))
+        r["prepare_videos_per_s_all_cores"] = end_to_end(repeated, str(folder / "all"), opts,
+                                                         cores)[0]
         if args.beam:
             r["beam_direct_videos_per_s_all_cores"] = end_to_end(
                 paths, str(folder / "beam"), opts, 1,
                 beam_args=["--runner", "DirectRunner", "--direct_num_workers", str(cores),
-                           "--direct_running_mode", "multi_processing"])
+                           "--direct_running_mode", "multi_processing"])[0]
         result["sizes"][name] = r
     (out / "benchmark_prepare.json").write_text(json.dumps(result, indent=1))
     plot(result, str(out / "benchmark_prepare.png"))

@@ -348,6 +348,30 @@ def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
     assert sorted(labels.tolist()) == sorted(list(range(6)) * 2)
 
 
+@pytest.mark.parametrize("sizes", [[0], [5, 127, 128], [16383, 16384, 3_000_000], [300] * 400])
+def test_sequence_example_bytes_are_protobufs_own(sizes):
+    """The frames' field, written by hand in wire format, makes the very bytes protobuf's
+    deterministic serialisation makes (lengths across 1- to 4-byte varints)."""
+    rng = np.random.default_rng(len(sizes))
+    frames = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+    context = dict(label=7, text="abseiling", filename="v.mp4", start_us=-5, end_us=10**7,
+                   fps=29.97)
+    ex = tf.train.SequenceExample()
+    ctx = ex.context.feature
+    ctx[records.LABEL_KEY].int64_list.value.append(7)
+    ctx[records.TEXT_KEY].bytes_list.value.append(b"abseiling")
+    ctx[records.FILENAME_KEY].bytes_list.value.append(b"v.mp4")
+    ctx[records.START_KEY].int64_list.value.append(-5)
+    ctx[records.END_KEY].int64_list.value.append(10**7)
+    ctx[records.FPS_KEY].float_list.value.append(29.97)
+    ctx[records.NUM_FRAMES_KEY].int64_list.value.append(len(frames))
+    for f in frames:
+        ex.feature_lists.feature_list[records.FRAMES_KEY].feature.add().bytes_list.value.append(f)
+    ours = records.sequence_example(frames, **context)
+    assert ours == ex.SerializeToString(deterministic=True)
+    assert tf.train.SequenceExample.FromString(ours) == ex
+
+
 def test_each_eval_host_opens_only_its_shard_files(cfg, tmp_path):
     """Two hosts on a copy of the split whose other host's files are garbage: each host's
     batches are the ones the intact split gives (it never opens those files), and its

@@ -12,17 +12,18 @@ from PIL import Image
 # tfds_builders registers the builders.
 from tadax.data import pipeline, synthetic, tfds_builders  # noqa: F401
 from tadax.data.config import data_config
-from tadax.data.encode import EncodeOptions, jpeg_bytes
-from tadax.data.video import decode_video
+from tadax.data.encode import EncodeOptions, frame_jpeg
+from tadax.data.video import read_video
 
 
 def _frames_close(stored: np.ndarray, path: str) -> None:
-    """The stored frames are the PyAV frames of `path`, in order, JPEG-encoded once at the
-    preparation quality (TF and PIL JPEG decoders differ by ~1 grey level, a few by up to 4)."""
-    ref = decode_video(path).frames
-    assert stored.shape == ref.shape
-    once = np.stack([np.asarray(Image.open(io.BytesIO(jpeg_bytes(f, EncodeOptions().jpeg_quality))))
-                     for f in ref]).astype(np.float32)
+    """The stored frames are the frames of `path`, in order, JPEG-encoded once as preparation
+    encodes them (TF and PIL JPEG decoders differ by ~1 grey level, a few by up to 4)."""
+    quality = EncodeOptions().jpeg_quality
+    jpegs = read_video(path, lambda r, frame: frame_jpeg(r, frame, 0, quality)).frames
+    once = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB"))
+                     for j in jpegs]).astype(np.float32)
+    assert stored.shape == once.shape
     err = np.abs(stored.astype(np.float32) - once)
     assert err.mean() < 1.5 and err.max() <= 8, (err.mean(), err.max())
 

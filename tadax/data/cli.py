@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence
 from etils import epath
 
 from tadax.data import annotations, fingerprint
-from tadax.data.encode import EncodeOptions
+from tadax.data.encode import FRAME_ENCODING, EncodeOptions
 
 DEFAULT_SHORT_SIDE = {"kinetics": 320, "kinetics-list": 320, "ssv2": 0, "ssv1": 0, "generic": 0}
 PROG = "data/prepare.py"
@@ -255,7 +255,7 @@ def _run(args, extra_args: List[str]) -> int:
     for (name, entries, problems), (_, path) in zip(read, splits):
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
         options = dict(layout=args.layout, num_shards=shards, classes=classes,
-                       **dataclasses.asdict(opts))
+                       frame_encoding=FRAME_ENCODING, **dataclasses.asdict(opts))
         files = {f"--split {name}": path, **({"--labels": args.labels} if args.labels else {})}
         fp = fingerprint.compute(entries, files, args.root, options)
         if not args.overwrite:

@@ -1,12 +1,14 @@
 """Reading video files with PyAV, and the evaluation views of one file.
 
-`decode_video` is what dataset preparation stores; `load_views` gives the
-evaluation views of one file exactly as the TFRecord eval pipeline builds them.
+`read_video` decodes a file and converts each kept frame as it comes (dataset
+preparation turns them into JPEGs, `tadax.data.encode`); `decode_video` gives
+them as RGB arrays; `load_views` gives the evaluation views of one file exactly
+as the TFRecord eval pipeline builds them.
 """
 
 import contextlib
 import dataclasses
-from typing import Dict, Iterator, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import av
 import numpy as np
@@ -36,6 +38,16 @@ class DecodedVideo:
     end_us: int
 
 
+@dataclasses.dataclass
+class ConvertedVideo:
+    """The kept frames of a video, each as `convert` returned it, their rate and span
+    (first frame's timestamp, last frame's + 1/fps, in the file's own timeline)."""
+    frames: List[Any]
+    fps: float
+    start_us: int
+    end_us: int
+
+
 def resized_size(width: int, height: int, short_side: int) -> tuple:
     """(width, height) with the short side at `short_side` (even sizes); unchanged if 0."""
     if not short_side:
@@ -49,7 +61,8 @@ def resized_size(width: int, height: int, short_side: int) -> tuple:
     return max(2, new_w - new_w % 2), max(2, new_h - new_h % 2)
 
 
-def _rgb(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int) -> np.ndarray:
+def rgb_frame(reformatter: VideoReformatter, frame: "av.VideoFrame",
+              short_side: int) -> np.ndarray:
     """`frame` as `(H, W, 3)` uint8 RGB, resized so that min(H, W) = short_side (0 keeps
     the size), in one swscale call."""
     w, h = resized_size(frame.width, frame.height, short_side)
@@ -72,13 +85,16 @@ def _video_stream(path: str) -> Iterator[Tuple["av.container.InputContainer", "a
         yield container, container.streams.video[0]
 
 
-def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> DecodedVideo:
-    """Decodes `path` -> `DecodedVideo` with frames `(N, H, W, 3)` uint8 RGB.
+def read_video(path: str, convert: Callable[[VideoReformatter, "av.VideoFrame"], Any], *,
+               target_fps: float = 0.0) -> ConvertedVideo:
+    """Decodes `path` and returns `convert(reformatter, frame)` of every kept frame.
 
-    short_side: resize so that min(H, W) = short_side (0 keeps the size).
     target_fps: keep the frames nearest to a `target_fps` grid (0 keeps all
         frames at the native rate); never raises the rate above the native one.
-    Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
+    `convert` is called as each frame is decoded, with one swscale context per
+    video, so memory holds what it returns, not decoded pictures. A truncated
+    tail keeps the frames decoded before the damage. Raises `VideoDecodeError`
+    naming the file for unreadable, corrupt or empty videos.
     """
     with _video_stream(path) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
@@ -94,19 +110,31 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> 
                     if t + 0.5 / native_fps < next_slot:
                         continue
                     next_slot += 1.0 / fps
-                frames.append(_rgb(reformatter, frame, short_side))
+                frames.append(convert(reformatter, frame))
                 times.append(t)
         except (av.error.FFmpegError, ValueError) as e:
             if not frames:
                 raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
-            # A truncated tail: keep the frames decoded before the damage.
     if not frames:
         raise VideoDecodeError(f"{path}: no frames decoded")
     if not fps:
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 30.0
     end = times[-1] + 1.0 / fps
-    return DecodedVideo(frames=np.stack(frames), fps=float(fps),
-                        start_us=int(round(times[0] * 1e6)), end_us=int(round(end * 1e6)))
+    return ConvertedVideo(frames=frames, fps=float(fps), start_us=int(round(times[0] * 1e6)),
+                          end_us=int(round(end * 1e6)))
+
+
+def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> DecodedVideo:
+    """Decodes `path` -> `DecodedVideo` with frames `(N, H, W, 3)` uint8 RGB.
+
+    short_side: resize so that min(H, W) = short_side (0 keeps the size).
+    target_fps: as in `read_video`.
+    Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
+    """
+    video = read_video(path, lambda reformatter, frame: rgb_frame(reformatter, frame, short_side),
+                       target_fps=target_fps)
+    return DecodedVideo(frames=np.stack(video.frames), fps=video.fps, start_us=video.start_us,
+                        end_us=video.end_us)
 
 
 def count_frames(path: str) -> Tuple[int, float]:
@@ -141,7 +169,7 @@ def decode_frames(path: str, indices: Sequence[int], short_side: int = 0) -> Dic
                 if i > max(wanted):
                     break
                 if i in wanted:
-                    out[i] = _rgb(reformatter, frame, short_side)
+                    out[i] = rgb_frame(reformatter, frame, short_side)
         except (av.error.FFmpegError, ValueError) as e:
             if not out:
                 raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
