@@ -114,8 +114,10 @@ def _change_video(root, csv_path):
     return [], "1 video(s) changed"
 
 
-@pytest.mark.parametrize("change", ["one more CSV row", "short side", "shards", "modified video"])
-def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path, capsys, change):
+@pytest.mark.parametrize("change", ["one more CSV row", "short side", "shards", "modified video",
+                                    "frame encoding"])
+def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path, capsys, change,
+                                                             monkeypatch):
     root, csv_path, out = prepared
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)                       # keeps modification times
@@ -126,6 +128,9 @@ def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path,
         "short side": lambda: (["--short-side", "48"], "short_side 32 -> 48"),
         "shards": lambda: (["--shards", "2"], "num_shards 3 -> 2"),
         "modified video": lambda: _change_video(root, csv_path),
+        # A newer tadax that makes its JPEGs another way does not resume over these shards.
+        "frame encoding": lambda: (monkeypatch.setattr(cli, "FRAME_ENCODING", "another way"),
+                                   ([], "frame_encoding"))[1],
     }[change]()
     capsys.readouterr()
     assert _run(root, csv_path, out, *extra_args) == 2
