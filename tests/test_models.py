@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tadax.models import build_model, default_model_config
-from tadax.models.layers import DropPath
+from tadax.models.layers import DropPath, PatchConv
 from tadax.models.tadaformer import TAdaFormerBlock
 from tadax.weights.mapping import flatten
 
@@ -138,3 +138,38 @@ def test_remat_gives_the_same_gradients():
                                                      remat="full")))
     for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(rematted)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad,bias", [
+    ((2, 5, 12, 16, 3), (3, 4, 4), 2, (1, 1), True),     # TAdaConvNeXtV2's stem
+    ((1, 4, 10, 14, 6), (1, 2, 2), 1, (0, 0), True),     # its downsampling
+    ((1, 6, 33, 30, 3), (3, 16, 16), 2, (1, 1), False),  # TAdaFormer's patches; H, W not multiples
+    ((2, 7, 9, 8, 5), (2, 3, 2), 3, (0, 2), True)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_patch_conv_is_nn_conv(shape, kernel, stride, pad, bias, dtype):
+    """PatchConv has nn.Conv's parameters (names, shapes, initial values) and computes its
+    output and every gradient, up to summation order (bfloat16: its rounding)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    ours = PatchConv(7, kernel, stride, pad, use_bias=bias, bias_init=nn.initializers.normal(1.0),
+                     dtype=dtype)
+    ref = nn.Conv(7, kernel, strides=(stride, kernel[1], kernel[2]),
+                  padding=(pad, (0, 0), (0, 0)), use_bias=bias,
+                  kernel_init=ours.kernel_init, bias_init=ours.bias_init, dtype=dtype)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    ref_params = ref.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+    assert all(np.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
+
+    def loss(module, p, x):
+        y = module.apply(p, x)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+
+    (_, y), grads = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ours, params, x)
+    (_, y_ref), grads_ref = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
+        ref, params, x)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    for a, b in zip([y] + jax.tree.leaves(grads), [y_ref] + jax.tree.leaves(grads_ref)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max(), rtol=0)

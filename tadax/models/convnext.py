@@ -6,18 +6,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tadax.models.layers import (DropPath, LayerNorm, layer_norm, materialise, quick_gelu,
-                                 upstream_trunc_normal)
+from tadax.models.layers import (DropPath, LayerNorm, PatchConv, layer_norm, materialise,
+                                 quick_gelu, upstream_trunc_normal)
 from tadax.models.layers import temporal_avg_pool3
 from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
 from tadax.models.tadaconv import RouteFunc, TAdaConv2dV2
 
 
-def _conv3d(features: int, kernel: Tuple[int, int, int], stride: Tuple[int, int, int],
-            padding, dtype, name: str) -> nn.Conv:
-    return nn.Conv(features, kernel, strides=stride, padding=padding,
-                   kernel_init=upstream_trunc_normal, bias_init=nn.initializers.zeros,
-                   dtype=dtype, name=name)
+def _patch_conv(features: int, kernel: Tuple[int, int, int], temporal_stride: int,
+                temporal_padding: int, dtype, name: str) -> PatchConv:
+    return PatchConv(features, kernel, temporal_stride, (temporal_padding, temporal_padding),
+                     kernel_init=upstream_trunc_normal, bias_init=nn.initializers.zeros,
+                     dtype=dtype, name=name)
 
 
 def _dense(features: int, dtype, name: str) -> nn.Dense:
@@ -96,8 +96,8 @@ class TAdaConvNeXtV2Backbone(nn.Module):
     @nn.compact
     def __call__(self, video: jax.Array, train: bool, pre_pool: bool = False) -> Any:
         pad_t = (self.stem_t_kernel - 1) // 2
-        x = _conv3d(self.dims[0], (self.stem_t_kernel, 4, 4), (self.stem_t_stride, 4, 4),
-                    ((pad_t, pad_t), (0, 0), (0, 0)), self.dtype, "stem_conv")(video)
+        x = _patch_conv(self.dims[0], (self.stem_t_kernel, 4, 4), self.stem_t_stride, pad_t,
+                        self.dtype, "stem_conv")(video)
         x = layer_norm(1e-6, "stem_norm")(x)
         rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
         block_cls = block_class(TAdaConvNeXtV2Block, self.remat, self.scan_layers)
@@ -105,8 +105,7 @@ class TAdaConvNeXtV2Backbone(nn.Module):
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage > 0:
                 x = layer_norm(1e-6, f"downsample_{stage}_norm")(x)
-                x = _conv3d(dim, (1, 2, 2), (1, 2, 2), "VALID", self.dtype,
-                            f"downsample_{stage}_conv")(x)
+                x = _patch_conv(dim, (1, 2, 2), 1, 0, self.dtype, f"downsample_{stage}_conv")(x)
             fields = (dim, self.rf_ratio, tuple(self.rf_kernels), self.rf_head_dim,
                       self.layer_scale_init, self.tadaconv_impl, self.depthwise_impl)
             stage_rates = rates[start:start + depth]

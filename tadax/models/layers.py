@@ -238,6 +238,46 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, padding: Sequence[int], grou
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
+class PatchConv(nn.Module):
+    """A 3D convolution whose spatial kernel equals its spatial stride (non-overlapping
+    patches), `(B, T, H, W, C) -> (B, T', H // kh, W // kw, features)`, as one matmul.
+
+    The same parameters as `nn.Conv` with `strides=(temporal_stride, kh, kw)`, temporal
+    `padding` and no spatial padding (`kernel` `(kt, kh, kw, C, features)`, `bias`), and
+    the same result up to summation order. Each frame's patches become channels
+    (space-to-depth) and the kt frames of each output step are concatenated, so the
+    forward and both gradients are plain matmuls: XLA:CPU's strided convolution
+    gradients ran 3-10x slower (README, "Where the train step goes").
+    """
+    features: int
+    kernel_size: Tuple[int, int, int]
+    temporal_stride: int = 1
+    padding: Tuple[int, int] = (0, 0)
+    use_bias: bool = True
+    kernel_init: Any = upstream_trunc_normal
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kt, kh, kw = self.kernel_size
+        b, t, h, w, c = x.shape
+        kernel = self.param("kernel", self.kernel_init, (kt, kh, kw, c, self.features),
+                            jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) \
+            if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        ho, wo = h // kh, w // kw
+        x = x[:, :, :ho * kh, :wo * kw].reshape(b, t, ho, kh, wo, kw, c)
+        x = x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, ho, wo, kh * kw * c)
+        x = jnp.pad(x, ((0, 0), self.padding, (0, 0), (0, 0), (0, 0)))
+        st = self.temporal_stride
+        to = (x.shape[1] - kt) // st + 1
+        x = jnp.concatenate([x[:, i:i + st * (to - 1) + 1:st] for i in range(kt)], axis=-1)
+        y = x @ kernel.reshape(kt * kh * kw * c, self.features)
+        return y if bias is None else y + bias
+
+
 def materialise(x: jax.Array) -> jax.Array:
     """Identity that makes `x`, and its gradient, buffers of their own. Any shape.
 

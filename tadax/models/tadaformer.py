@@ -8,8 +8,8 @@ import jax.numpy as jnp
 from jax.extend import backend as jax_backend
 
 from tadax.errors import ConfigError
-from tadax.models.layers import (DropPath, layer_norm, quick_gelu, torch_default_kernel,
-                                 upstream_trunc_normal)
+from tadax.models.layers import (DropPath, PatchConv, layer_norm, quick_gelu,
+                                 torch_default_kernel, upstream_trunc_normal)
 from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
 from tadax.models.tadaconv import TAdaConv2dV2
 
@@ -228,9 +228,9 @@ class TAdaFormerBackbone(nn.Module):
     @nn.compact
     def __call__(self, video: jax.Array, train: bool, pre_pool: bool = False) -> Any:
         p, width = self.patch_size, self.width
-        x = nn.Conv(width, (self.tubelet_size, p, p), strides=(self.tubelet_stride, p, p),
-                    padding=((self.tubelet_size // 2,) * 2, (0, 0), (0, 0)), use_bias=False,
-                    kernel_init=torch_default_kernel, dtype=self.dtype, name="conv1")(video)
+        x = PatchConv(width, (self.tubelet_size, p, p), self.tubelet_stride,
+                      (self.tubelet_size // 2,) * 2, use_bias=False,
+                      kernel_init=torch_default_kernel, dtype=self.dtype, name="conv1")(video)
         b, t, h, w, _ = x.shape
         x = x.reshape(b * t, h * w, width)
         scale = width ** -0.5
