@@ -22,6 +22,7 @@ from tadax.data.video import VideoDecodeError, read_video, resized_size
 # changes the bytes, so a run is not resumed over shards made the other way.
 FRAME_ENCODING = "jfif 4:2:0 from full-range bt601 planes (swscale, simplejpeg)"
 
+
 @dataclasses.dataclass(frozen=True)
 class EncodeOptions:
     """How frames are stored: short side in pixels (0: as decoded), frame rate (0: native),
@@ -68,7 +69,7 @@ def bt601_planes(reformatter: VideoReformatter, frame: "av.VideoFrame",
     """
     w, h = resized_size(frame.width, frame.height, short_side)
     # One swscale thread: preparation runs a worker process per core, and slice threads
-    # cost more CPU time than they save wall time (~+20% CPU at 1280x720, README).
+    # cost more CPU time than they save wall time (~20% more CPU at 1280x720, measured).
     return reformatter.reformat(frame, format="yuvj420p", width=w, height=h,
                                 dst_colorspace="ITU601", threads=1)
 
@@ -120,8 +121,11 @@ def encode_entry(entry: Entry, opts: EncodeOptions) -> Encoded:
         else:
             if os.path.getsize(entry.path) == 0:
                 return Encoded(entry, skipped="empty file (0 bytes)")
-            video = read_video(entry.path, lambda reformatter, frame: frame_jpeg(
-                reformatter, frame, opts.short_side, opts.jpeg_quality), target_fps=opts.target_fps)
+            video = read_video(
+                entry.path,
+                lambda reformatter, frame: frame_jpeg(reformatter, frame, opts.short_side,
+                                                      opts.jpeg_quality),
+                target_fps=opts.target_fps)
             frames = video.frames
             fps = video.fps
             span = (video.start_us, video.end_us)

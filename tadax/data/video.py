@@ -61,8 +61,7 @@ def resized_size(width: int, height: int, short_side: int) -> tuple:
     return max(2, new_w - new_w % 2), max(2, new_h - new_h % 2)
 
 
-def rgb_frame(reformatter: VideoReformatter, frame: "av.VideoFrame",
-              short_side: int) -> np.ndarray:
+def _rgb(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int) -> np.ndarray:
     """`frame` as `(H, W, 3)` uint8 RGB, resized so that min(H, W) = short_side (0 keeps
     the size), in one swscale call."""
     w, h = resized_size(frame.width, frame.height, short_side)
@@ -131,7 +130,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> 
     target_fps: as in `read_video`.
     Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
     """
-    video = read_video(path, lambda reformatter, frame: rgb_frame(reformatter, frame, short_side),
+    video = read_video(path, lambda reformatter, frame: _rgb(reformatter, frame, short_side),
                        target_fps=target_fps)
     return DecodedVideo(frames=np.stack(video.frames), fps=video.fps, start_us=video.start_us,
                         end_us=video.end_us)
@@ -169,7 +168,7 @@ def decode_frames(path: str, indices: Sequence[int], short_side: int = 0) -> Dic
                 if i > max(wanted):
                     break
                 if i in wanted:
-                    out[i] = rgb_frame(reformatter, frame, short_side)
+                    out[i] = _rgb(reformatter, frame, short_side)
         except (av.error.FFmpegError, ValueError) as e:
             if not out:
                 raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e
