@@ -8,7 +8,7 @@ as the TFRecord eval pipeline builds them.
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
 
 import av
 import numpy as np
@@ -31,18 +31,10 @@ class VideoDecodeError(ValueError):
 
 @dataclasses.dataclass
 class DecodedVideo:
-    """Frames `(N, H, W, 3)` uint8 RGB, their rate, and the timestamps of the kept span."""
-    frames: np.ndarray
-    fps: float
-    start_us: int
-    end_us: int
-
-
-@dataclasses.dataclass
-class ConvertedVideo:
-    """The kept frames of a video, each as `convert` returned it, their rate and span
-    (first frame's timestamp, last frame's + 1/fps, in the file's own timeline)."""
-    frames: List[Any]
+    """The kept frames of a video, their rate, and their span in the file's own timeline
+    (first frame's timestamp, last frame's + 1/fps). `frames`: `(N, H, W, 3)` uint8 RGB
+    from `decode_video`, the list of what `convert` returned from `read_video`."""
+    frames: Any
     fps: float
     start_us: int
     end_us: int
@@ -85,7 +77,7 @@ def _video_stream(path: str) -> Iterator[Tuple["av.container.InputContainer", "a
 
 
 def read_video(path: str, convert: Callable[[VideoReformatter, "av.VideoFrame"], Any], *,
-               target_fps: float = 0.0) -> ConvertedVideo:
+               target_fps: float = 0.0) -> DecodedVideo:
     """Decodes `path` and returns `convert(reformatter, frame)` of every kept frame.
 
     target_fps: keep the frames nearest to a `target_fps` grid (0 keeps all
@@ -119,8 +111,8 @@ def read_video(path: str, convert: Callable[[VideoReformatter, "av.VideoFrame"],
     if not fps:
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 30.0
     end = times[-1] + 1.0 / fps
-    return ConvertedVideo(frames=frames, fps=float(fps), start_us=int(round(times[0] * 1e6)),
-                          end_us=int(round(end * 1e6)))
+    return DecodedVideo(frames=frames, fps=float(fps), start_us=int(round(times[0] * 1e6)),
+                        end_us=int(round(end * 1e6)))
 
 
 def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> DecodedVideo:
@@ -132,8 +124,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> 
     """
     video = read_video(path, lambda reformatter, frame: _rgb(reformatter, frame, short_side),
                        target_fps=target_fps)
-    return DecodedVideo(frames=np.stack(video.frames), fps=video.fps, start_us=video.start_us,
-                        end_us=video.end_us)
+    return dataclasses.replace(video, frames=np.stack(video.frames))
 
 
 def count_frames(path: str) -> Tuple[int, float]:
