@@ -23,6 +23,10 @@ from av.video.reformatter import VideoReformatter
 # widths such as 56 or 120.
 _RESIZE_FORMAT = "gbrp"
 _NATIVE_FORMAT = "rgb24"
+# swscale's area filter: for downscaling (720p to a 320 short side) ~35% less CPU than its
+# bilinear filter and as close to a Lanczos-resized RGB reference; for upscaling it is
+# the bilinear filter (README, "Preparation throughput").
+RESIZE_INTERPOLATION = "AREA"
 
 
 class VideoDecodeError(ValueError):
@@ -59,7 +63,8 @@ def _rgb(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int)
     w, h = resized_size(frame.width, frame.height, short_side)
     native = (w, h) == (frame.width, frame.height)
     return reformatter.reformat(frame, format=_NATIVE_FORMAT if native else _RESIZE_FORMAT,
-                                width=w, height=h).to_ndarray()
+                                width=w, height=h,
+                                interpolation=RESIZE_INTERPOLATION).to_ndarray()
 
 
 @contextlib.contextmanager
