@@ -99,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="ssv2: labels.json; ssv1: the labels csv; others: optional "
                    "class-name file (one a line, in index order)")
     p.add_argument("--short-side", type=_number(int, 0, "an integer >= 0"), default=None,
-                   help="resize so the short side is this (0: keep); default 320 for Kinetics, "
-                   "0 otherwise")
+                   help="downscale frames whose short side is larger to this, keep smaller "
+                   "ones as decoded (0: keep all); default 320 for Kinetics, 0 otherwise")
     p.add_argument("--target-fps", type=_number(float, 0, "a frame rate >= 0"), default=0.0,
                    help="keep frames at this rate (0: all frames at the native rate)")
     p.add_argument("--shards", type=_number(int, 0, "an integer >= 0"), default=0,

@@ -20,13 +20,15 @@ from tadax.data.video import RESIZE_INTERPOLATION, VideoDecodeError, read_video,
 
 # How the stored JPEGs are made, recorded in each split's fingerprint: a change of it
 # changes the bytes, so a run is not resumed over shards made the other way.
-FRAME_ENCODING = "jfif 4:2:0 from full-range bt601 planes (swscale area, simplejpeg)"
+FRAME_ENCODING = ("jfif 4:2:0 from full-range bt601 planes (swscale area, downscaling only, "
+                  "simplejpeg)")
 
 
 @dataclasses.dataclass(frozen=True)
 class EncodeOptions:
-    """How frames are stored: short side in pixels (0: as decoded), frame rate (0: native),
-    JPEG quality, and the rate assumed for JPEG frame folders."""
+    """How frames are stored: the largest short side in pixels (larger frames are
+    downscaled to it, smaller ones kept as decoded; 0: all as decoded), frame rate (0:
+    native), JPEG quality, and the rate assumed for JPEG frame folders."""
     short_side: int = 0
     target_fps: float = 0.0
     jpeg_quality: int = 90
@@ -52,6 +54,16 @@ def jpeg_bytes(frame: np.ndarray, quality: int) -> bytes:
                                   colorspace="RGB", colorsubsampling="420")
 
 
+def stored_size(width: int, height: int, short_side: int) -> tuple:
+    """(width, height) a frame is stored at: a short side above `short_side` is brought
+    down to it (even sizes, as `resized_size`); a frame no larger, or `short_side` 0,
+    keeps its size. Enlarging would add pixels to encode and store but no detail, and
+    training and evaluation resize what they read anyway."""
+    if not short_side or min(width, height) <= short_side:
+        return width, height
+    return resized_size(width, height, short_side)
+
+
 def _planes(frame: "av.VideoFrame") -> List[np.ndarray]:
     """The planes of a planar 8-bit frame as `(rows, width)` uint8 views (no copy)."""
     return [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:, :p.width]
@@ -60,14 +72,15 @@ def _planes(frame: "av.VideoFrame") -> List[np.ndarray]:
 
 def bt601_planes(reformatter: VideoReformatter, frame: "av.VideoFrame",
                  short_side: int) -> "av.VideoFrame":
-    """`frame` converted and resized by one swscale call into full-range BT.601 4:2:0
-    (`yuvj420p`), JPEG's own YCbCr, so that min(H, W) = short_side (0 keeps the size).
+    """`frame` converted, and downscaled to a short side of at most `short_side`
+    (`stored_size`), by one swscale call into full-range BT.601 4:2:0 (`yuvj420p`),
+    JPEG's own YCbCr.
 
     Naming BT.601 as the destination makes swscale convert other matrices (BT.709,
     BT.2020, ...) and RGB, grey or 10-bit sources; the frame's own matrix is what
     `decode_video` converts RGB frames with.
     """
-    w, h = resized_size(frame.width, frame.height, short_side)
+    w, h = stored_size(frame.width, frame.height, short_side)
     # One swscale thread: preparation runs a worker process per core, and slice threads
     # cost more CPU time than they save wall time (~20% more CPU at 1280x720, measured).
     return reformatter.reformat(frame, format="yuvj420p", width=w, height=h,
@@ -83,14 +96,13 @@ def planes_jpeg(yuv: "av.VideoFrame", quality: int) -> bytes:
 
 def frame_jpeg(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int,
                quality: int) -> bytes:
-    """One decoded frame -> JPEG bytes (JFIF, 4:2:0), resized so that min(H, W) = short_side
-    (0 keeps the size), with no RGB frame made on the way (README, "Preparation
-    throughput")."""
+    """One decoded frame -> JPEG bytes (JFIF, 4:2:0) at `stored_size`, with no RGB frame
+    made on the way (README, "Preparation throughput")."""
     return planes_jpeg(bt601_planes(reformatter, frame, short_side), quality)
 
 
 def _folder_frames(folder: str, opts: EncodeOptions) -> List[bytes]:
-    """A folder of JPEG frames (sorted by name) -> JPEG bytes, resized if asked."""
+    """A folder of JPEG frames (sorted by name) -> JPEG bytes, downscaled to `stored_size`."""
     paths = sorted(p for p in epath.Path(folder).iterdir()
                    if p.suffix in (".jpg", ".jpeg") and p.is_file())
     if not paths:
@@ -100,9 +112,9 @@ def _folder_frames(folder: str, opts: EncodeOptions) -> List[bytes]:
         try:
             data = path.read_bytes()
             with Image.open(io.BytesIO(data)) as img:
-                if opts.short_side and min(img.size) != opts.short_side:
-                    img = img.convert("RGB").resize(
-                        resized_size(img.width, img.height, opts.short_side), Image.BILINEAR)
+                size = stored_size(img.width, img.height, opts.short_side)
+                if size != img.size:
+                    img = img.convert("RGB").resize(size, Image.BILINEAR)
                     data = jpeg_bytes(np.asarray(img), opts.jpeg_quality)
                 else:
                     img.convert("RGB")      # decodes the whole frame: a broken one is refused

@@ -42,7 +42,8 @@ _FEATURES_DOC = ("video: JPEG frames at the native rate, short side resized; lab
 
 
 class VideoConfig(tfds.core.BuilderConfig):
-    """How frames are stored: `short_side` pixels (0: as decoded), native frame rate."""
+    """How frames are stored: a short side of at most `short_side` pixels (larger frames
+    downscaled, smaller ones kept; 0: as decoded), native frame rate."""
 
     def __init__(self, *, short_side: int, **kwargs):
         super().__init__(**kwargs)
@@ -50,14 +51,18 @@ class VideoConfig(tfds.core.BuilderConfig):
 
 
 _CONFIGS = [VideoConfig(name="short320", short_side=320,
-                        description="short side resized to 320 pixels"),
+                        description="short side downscaled to 320 pixels where larger"),
             VideoConfig(name="native", short_side=0, description="frames as decoded")]
 
 
 class _VideoFolderBuilder(tfds.core.GeneratorBasedBuilder):
     """Shared body: subclasses say how the manual dir lists (split -> entries) and classes."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Frames resized to the config's short side.",
+        "1.1.0": "Frames only downscaled to the config's short side, never enlarged.",
+    }
     BUILDER_CONFIGS = _CONFIGS
 
     @abc.abstractmethod
