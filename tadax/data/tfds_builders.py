@@ -115,7 +115,7 @@ class _VideoFolderBuilder(tfds.core.GeneratorBasedBuilder):
 
 
 class Kinetics400(_VideoFolderBuilder):
-    """Kinetics-400 from the official CSVs and downloaded clips (default: short side 320)."""
+    """Kinetics-400 from the official CSVs and downloaded clips (default: short sides <= 320)."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Place train.csv, validate.csv (official Kinetics-400 CSVs) "
                                     "and the ID_START_END.mp4 clips in the manual dir.")
