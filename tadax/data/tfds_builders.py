@@ -36,9 +36,9 @@ import tensorflow_datasets as tfds
 from tadax.data import annotations
 from tadax.data.encode import EncodeOptions, encode_entry
 
-_FEATURES_DOC = ("video: JPEG frames at the native rate, short side at most the config's; label: class "
-                 "index in the sorted class list (labels.json order for SSv2); label_text; "
-                 "filename; fps; num_frames.")
+_FEATURES_DOC = ("video: JPEG frames at the native rate, short side at most the config's; "
+                 "label: class index in the sorted class list (labels.json order for SSv2); "
+                 "label_text; filename; fps; num_frames.")
 
 
 class VideoConfig(tfds.core.BuilderConfig):
