@@ -139,8 +139,8 @@ def write_shard(job: ShardJob, results: Iterable[Encoded], progress=None) -> dic
 
 def encode_and_write_shard(job: ShardJob, opts: EncodeOptions) -> dict:
     """Decodes, encodes and writes one whole shard in this process (a distributed runner's unit
-    of work); returns its bookkeeping."""
-    return write_shard(job, (encode_entry(e, opts) for e in job.entries))
+    of work, with a worker process per core: one decoding thread); returns its bookkeeping."""
+    return write_shard(job, (encode_entry(e, opts, decode_threads=1) for e in job.entries))
 
 
 def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards: int
@@ -167,7 +167,10 @@ def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, 
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(workers) if workers > 1 and todo else None
     # One ordered stream of work over all missing shards: no idle workers between shards.
-    tasks = [(e, opts) for job in todo for e in job.entries]
+    # Worker processes decode with one thread each; in this process FFmpeg's threads cut
+    # the wall time of large frames (720p: 0.15 s a clip instead of 0.26 s, same CPU time).
+    decode_threads = 1 if pool is not None else 0
+    tasks = [(e, opts, decode_threads) for job in todo for e in job.entries]
     results = pool.imap(encode_task, tasks) if pool is not None else map(encode_task, tasks)
     try:
         return {job.index: write_shard(job, itertools.islice(results, len(job.entries)), progress)

@@ -82,17 +82,19 @@ def _video_stream(path: str) -> Iterator[Tuple["av.container.InputContainer", "a
 
 
 def read_video(path: str, convert: Callable[[VideoReformatter, "av.VideoFrame"], Any], *,
-               target_fps: float = 0.0) -> DecodedVideo:
+               target_fps: float = 0.0, decode_threads: int = 0) -> DecodedVideo:
     """Decodes `path` and returns `convert(reformatter, frame)` of every kept frame.
 
     target_fps: keep the frames nearest to a `target_fps` grid (0 keeps all
         frames at the native rate); never raises the rate above the native one.
+    decode_threads: FFmpeg decoding threads (0: FFmpeg's choice, a thread per core).
     `convert` is called as each frame is decoded, with one swscale context per
     video, so memory holds what it returns, not decoded pictures. A truncated
     tail keeps the frames decoded before the damage. Raises `VideoDecodeError`
     naming the file for unreadable, corrupt or empty videos.
     """
     with _video_stream(path) as (container, stream):
+        stream.codec_context.thread_count = decode_threads
         rate = stream.average_rate or stream.guessed_rate
         native_fps = float(rate) if rate else 0.0
         fps = native_fps if not target_fps or not native_fps else min(target_fps, native_fps)
