@@ -20,7 +20,7 @@ from conftest import fixtures_dir
 from tadax.errors import ConfigError
 from tadax.models import build_model, complete_model_config, default_model_config
 from tadax.models.convnext import TAdaConvNeXtV2Block
-from tadax.models.tadaformer import SpatialAttention, TAdaFormerBlock
+from tadax.models.tadaformer import SpatialAttention, TAdaFormerBlock, heads_major_attention
 from tadax.train import run_config
 from tadax.weights import mapping
 from test_cli_errors import assert_one_line_error, run
@@ -94,19 +94,23 @@ def test_bfloat16_matches_the_float32_original(entry, tmp_root):
     worst = max(errors, key=errors.get)
     assert errors[worst] <= tol["grad_worst"], (worst, errors[worst])
 
-def _matmul_operand_dtypes(jaxpr, found):
-    """(name stack, operand dtypes) of every dot_general / conv in `jaxpr` and its sub-jaxprs."""
+def _equations(jaxpr):
+    """Every equation of `jaxpr` and of its sub-jaxprs (scan bodies, remat, custom rules)."""
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
-            found.append((str(eqn.source_info.name_stack),
-                          {str(v.aval.dtype) for v in eqn.invars[:2]}))
+        yield eqn
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    _matmul_operand_dtypes(sub.jaxpr, found)
+                    yield from _equations(sub.jaxpr)
                 elif isinstance(sub, jax.extend.core.Jaxpr):
-                    _matmul_operand_dtypes(sub, found)
-    return found
+                    yield from _equations(sub)
+
+
+def _matmul_operand_dtypes(jaxpr):
+    """(name stack, operand dtypes) of every dot_general / conv in `jaxpr` and its sub-jaxprs."""
+    return [(str(eqn.source_info.name_stack), {str(v.aval.dtype) for v in eqn.invars[:2]})
+            for eqn in _equations(jaxpr)
+            if eqn.primitive.name in ("dot_general", "conv_general_dilated")]
 
 
 @pytest.mark.parametrize("arch,extra", [
@@ -134,7 +138,7 @@ def test_bfloat16_model_keeps_float32_parameters_and_runs_its_matmuls_in_bfloat1
         assert dtypes <= {"float32"} and (dtypes or name == "batch stats"), (name, dtypes)
     assert logits.dtype == loss.dtype == jnp.float32
 
-    found = _matmul_operand_dtypes(jax.make_jaxpr(step)(variables, video).jaxpr, [])
+    found = _matmul_operand_dtypes(jax.make_jaxpr(step)(variables, video).jaxpr)
     checked = [(name, dtypes) for name, dtypes in found
                if not any(part in name for part in FLOAT32_ALLOWED)]
     assert len(checked) >= 20
@@ -155,6 +159,26 @@ def test_xla_attention_is_the_default_computation():
     want = out @ params["params"]["out_proj"]["kernel"] + params["params"]["out_proj"]["bias"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert default_model_config("tadaformer_b16").attention_impl == "xla"
+
+
+def test_xla_attention_gradient_joins_q_k_v_by_concatenation():
+    """The gradient of the packed q/k/v is one concatenation of three gradients and equals
+    `jax.nn.dot_product_attention`'s; unpacking a stacked (3, ...) array instead would make
+    each a zero-padded copy of the whole stack (`pad` in the backward), 3x the traffic."""
+    qkv = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 3 * 32))
+    cotangent = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 32))
+
+    def reference(packed):
+        q, k, v = jnp.split(packed.reshape(2, 9, 12, 8), 3, axis=2)
+        return jax.nn.dot_product_attention(q, k, v).reshape(2, 9, 32)
+
+    def gradient(fn):
+        return lambda packed: jax.vjp(fn, packed)[1](cotangent)[0]
+
+    ours = gradient(lambda packed: heads_major_attention(packed, 4))
+    np.testing.assert_allclose(ours(qkv), gradient(reference)(qkv), rtol=1e-5, atol=1e-6)
+    primitives = {eqn.primitive.name for eqn in _equations(jax.make_jaxpr(ours)(qkv).jaxpr)}
+    assert "concatenate" in primitives and "pad" not in primitives, sorted(primitives)
 
 
 @pytest.mark.parametrize("fields,message", [

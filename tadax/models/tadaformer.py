@@ -91,14 +91,20 @@ def heads_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
     The heads are moved next to the batch, `(N, heads, L, d)`, before the two
     products, so both are plain batched matmuls and the softmax reduces a
     contiguous last axis; `jax.nn.dot_product_attention`'s `(N, L, heads, d)`
-    layout ran 1.4x slower (forward + backward) on XLA:CPU. q is scaled by
+    layout ran 1.4x slower (forward + backward) on XLA:CPU. q, k and v are
+    split off the packed last axis before their transposes, so their
+    gradients are joined by one concatenation; unpacking a stacked
+    `(3, N, heads, L, d)` array instead makes each gradient a zero-padded
+    copy of the whole stack, summed (3x the traffic, re-done by each of the
+    packed projection's three gradient consumers on XLA:CPU). q is scaled by
     `d ** -0.5` before its product (L x d values rather than L x L logits).
     Logits and softmax in float32, the probabilities cast to v's dtype for
     the second product.
     """
     n, length, packed = qkv.shape
     head_dim = packed // (3 * num_heads)
-    q, k, v = jnp.transpose(qkv.reshape(n, length, 3, num_heads, head_dim), (2, 0, 3, 1, 4))
+    q, k, v = (jnp.transpose(part.reshape(n, length, num_heads, head_dim), (0, 2, 1, 3))
+               for part in jnp.split(qkv, 3, axis=-1))
     logits = jnp.einsum("nhqd,nhkd->nhqk", q * jnp.asarray(head_dim ** -0.5, q.dtype), k,
                         preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
