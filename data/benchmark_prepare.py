@@ -13,9 +13,10 @@ on the same files:
   planes, record serialisation and writing; the decode share is the decode-only
   time, the rest is conversion/resize;
 * end to end: `prepare_split` with one worker, with a worker per core (the clips
-  listed over again to give each worker 8 videos, so that starting the worker
-  processes does not dominate), and (`--beam`) the Apache Beam DirectRunner with
-  as many worker processes.
+  listed over again to give each worker `--videos-per-worker` videos), and
+  (`--beam`) the Apache Beam DirectRunner with as many worker processes on the
+  same list; start-ups included (the pipeline's takes seconds: give it enough
+  videos to compare rates).
 
 FFmpeg decodes and swscale converts with threads of their own, so "one process"
 uses more than one core: rates per core are videos per second of CPU time (all
@@ -149,9 +150,14 @@ def main(argv=None) -> int:
     p.add_argument("--short-side", type=int, default=320, help="as data/prepare.py kinetics")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--beam", action="store_true", help="also time the Beam DirectRunner")
+    p.add_argument("--videos-per-worker", type=int, default=24,
+                   help="videos per worker process in the multi-process runs (the clips "
+                        "listed over again)")
     args = p.parse_args(argv)
     if args.clips < 1:
         raise SystemExit(f"--clips must be >= 1, got {args.clips}")
+    if args.videos_per_worker < 1:
+        raise SystemExit(f"--videos-per-worker must be >= 1, got {args.videos_per_worker}")
     cores = len(os.sched_getaffinity(0))
     opts = EncodeOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality)
     out = epath.Path(args.out)
@@ -181,12 +187,12 @@ def main(argv=None) -> int:
              "prepare_videos_per_s_per_core": 1.0 / prepare_cpu,
              "prepare_over_decode_per_core": prepare_cpu / decode_cpu}
         r["hours_per_100k_on_32_cores"] = 1e5 / (r["prepare_videos_per_s_per_core"] * 32) / 3600
-        repeated = paths * -(-8 * cores // len(paths))
+        repeated = paths * -(-args.videos_per_worker * cores // len(paths))
         r["prepare_videos_per_s_all_cores"] = end_to_end(repeated, str(folder / "all"), opts,
                                                          cores)[0]
         if args.beam:
             r["beam_direct_videos_per_s_all_cores"] = end_to_end(
-                paths, str(folder / "beam"), opts, 1,
+                repeated, str(folder / "beam"), opts, 1,
                 beam_args=["--runner", "DirectRunner", "--direct_num_workers", str(cores),
                            "--direct_running_mode", "multi_processing"])[0]
         result["sizes"][name] = r
