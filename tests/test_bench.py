@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tadax.bench import __main__ as bench
-from tadax.bench import accelerator, memory, op
+from tadax.bench import accelerator, against, memory, op
 from tadax.bench.recipes import BenchError, parse_overrides, recipe_config
 from tadax.bench.table import markdown_table, min_median
 
@@ -88,6 +88,19 @@ def _assert_one_error_line(err: str, message: str):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, err
     assert err.count("error") == 1 and "Traceback" not in err, err
+
+
+def test_matmul_rates_of_both_libraries_go_into_one_line():
+    """--against-original's header line: XLA's and torch's float32 rates at B/16's dense and
+    batched shapes, each figure beside its own library."""
+    pytest.importorskip("torch", reason="needs the test extra's torch")
+    rates = against.matmul_rates(runs=2)
+    assert sorted(rates) == ["torch batched", "torch dense", "xla batched", "xla dense"]
+    assert all(np.isfinite(v) and v > 0 for v in rates.values()), rates
+    line = against.matmul_rates_line({"xla dense": 201.4, "torch dense": 150.6,
+                                      "xla batched": 61.2, "torch batched": 98.7})
+    assert line.startswith("float32 matmul here, GFLOP/s: dense 1576x768 @ 768x3072 XLA 201, "
+                           "torch 151; batched 96 x 197x64 @ 64x197 XLA 61, torch 99"), line
 
 
 def test_missing_package_of_the_original_is_named(tmp_path, capsys):

@@ -35,7 +35,9 @@ difference), and eval forward and train step are timed alternately. torch
 runs on the CPU with as many threads as the cores JAX uses. Like train.py and
 eval.py, the command runs with huge pages for large host allocations
 (tadax/host_memory.py; TADAX_HUGE_PAGES=0 keeps glibc's defaults); in the
-same process, the original runs with them too (the header says which).
+same process, the original runs with them too (the header says which). The
+header also gives XLA's and torch's float32 matmul rates at B/16's dense and
+attention shapes: a matmul-bound step's ratio follows them.
 
 Timings: after a warm-up call, --rounds rounds of --runs calls each; every
 round prints min / median. The batch is per device. `--set KEY=VALUE`
@@ -199,6 +201,7 @@ def run_against(args, overrides) -> str:
     threads = against.torch_threads()
     print(f"original: {args.against_original}; torch on the CPU with {threads} threads "
           f"(the cores JAX uses)", flush=True)
+    print(against.matmul_rates_line(against.matmul_rates()), flush=True)
     rows = []
     for name in args.models:
         if name not in against.SETTINGS_FILES:

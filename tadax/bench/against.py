@@ -44,6 +44,53 @@ def torch_threads() -> int:
     return cores
 
 
+# TAdaFormer-B/16's matmuls at 16 frames, batch 1 (8 token frames of 197 tokens, width 768,
+# 12 heads of 64): the MLP's dense product, and the attention's batched logits product.
+DENSE_SHAPE = (1576, 768, 3072)
+BATCHED_SHAPE = (96, 197, 64)
+
+
+def matmul_rates(runs: int = 30) -> Dict[str, float]:
+    """Float32 GFLOP/s (best of `runs`) of XLA and torch, on the threads this comparison
+    gives each, at B/16's two kinds of matmul: `dense`, `(M, K) @ (K, N)` of DENSE_SHAPE,
+    and `batched`, the attention logits `q @ k^T` with q and k `(B, L, d)` of
+    BATCHED_SHAPE. A matmul-bound step's original / tadax ratio follows these two
+    libraries' rates on the machine.
+    Keys: 'xla dense', 'torch dense', 'xla batched', 'torch batched'."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rng = np.random.default_rng(0)
+    m, k, n = DENSE_SHAPE
+    b, length, d = BATCHED_SHAPE
+    x, w = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
+    q, keys = rng.random((2, b, length, d), np.float32)
+    xla_dense = jax.jit(lambda x, w: x @ w)
+    xla_logits = jax.jit(lambda q, k: q @ jnp.swapaxes(k, 1, 2))
+    jx, jw, jq, jk = jax.device_put((x, w, q, keys))
+    tx, tw, tq, tk = (torch.from_numpy(a) for a in (x, w, q, keys))
+    calls = {"xla dense": (lambda: xla_dense(jx, jw).block_until_ready(), 2 * m * k * n),
+             "torch dense": (lambda: tx @ tw, 2 * m * k * n),
+             "xla batched": (lambda: xla_logits(jq, jk).block_until_ready(),
+                             2 * b * length * length * d),
+             "torch batched": (lambda: tq @ tk.transpose(1, 2), 2 * b * length * length * d)}
+    rates = {}
+    for key, (call, flops) in calls.items():
+        call()
+        rates[key] = flops / min(time_runs(call, runs)) / 1e9
+    return rates
+
+
+def matmul_rates_line(rates: Mapping[str, float]) -> str:
+    """One line of `matmul_rates`' figures for the benchmark's header."""
+    (m, k, n), (b, length, d) = DENSE_SHAPE, BATCHED_SHAPE
+    return (f"float32 matmul here, GFLOP/s: dense {m}x{k} @ {k}x{n} XLA "
+            f"{rates['xla dense']:.0f}, torch {rates['torch dense']:.0f}; batched {b} x "
+            f"{length}x{d} @ {d}x{length} XLA {rates['xla batched']:.0f}, torch "
+            f"{rates['torch batched']:.0f} (B/16's MLP and attention logits products)")
+
+
 def log_prob_difference(probs_a: np.ndarray, probs_b: np.ndarray) -> float:
     """max |log p_a - log p_b| of two (B, classes) probability arrays (logits up to a shift)."""
     tiny = np.finfo(np.float32).tiny
