@@ -31,7 +31,10 @@ def _original() -> str:
 
 
 def _compare(path, tolerance=1e-3):
-    return against.compare(path, ENTRY["name"], ENTRY["upstream_config"], ENTRY["overrides"],
+    # The fixture's overrides set the test crop only; the comparison runs both sides at the
+    # train crop (what the train step sees), so that is set to the fixture's crop too.
+    overrides = dict(ENTRY["overrides"], **{"DATA.TRAIN_CROP_SIZE": ENTRY["crop"]})
+    return against.compare(path, ENTRY["name"], ENTRY["upstream_config"], overrides,
                            [], batch=1, rounds=1, runs=1, tolerance=tolerance)
 
 
