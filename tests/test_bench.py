@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tadax.bench import __main__ as bench
-from tadax.bench import accelerator, against, memory, op
+from tadax.bench import accelerator, against, host_cpu, memory, op
 from tadax.bench.recipes import BenchError, parse_overrides, recipe_config
 from tadax.bench.table import markdown_table, min_median
 
@@ -103,6 +103,36 @@ def test_matmul_rates_of_both_libraries_go_into_one_line():
                            "torch 151; batched 96 x 197x64 @ 64x197 XLA 61, torch 99"), line
 
 
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B45
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: AMD EPYC 9B45
+flags\t\t: fpu sse4_2 avx avx2
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics
+"""
+
+
+def test_host_cpu_line_names_the_widest_vector_isa():
+    """The header's CPU line: the first processor's model and flags; AVX-512 over AVX2 over
+    AVX, with the bf16 / VNNI extensions it has; Arm's NEON from its Features line."""
+    x86 = host_cpu.parse_cpuinfo(X86_CPUINFO)
+    assert x86["model"] == "AMD EPYC 9B45" and "avx512f" in x86["flags"]
+    assert host_cpu.describe(x86["model"], x86["flags"], 2) == (
+        "host CPU: AMD EPYC 9B45, 2 core(s) for this process; vector ISA: AVX-512 "
+        "(avx512_bf16, avx512_vnni)")
+    assert host_cpu.describe("Xeon", ["sse4_2", "avx", "avx2"], 8).endswith("vector ISA: AVX2")
+    arm = host_cpu.parse_cpuinfo(ARM_CPUINFO)
+    assert host_cpu.describe(arm["model"], arm["flags"], 4) == (
+        "host CPU: unknown model, 4 core(s) for this process; vector ISA: NEON")
+    assert host_cpu.host_cpu_line().startswith("host CPU: ")
+
+
 def test_missing_package_of_the_original_is_named(tmp_path, capsys):
     for marker in ("tadaconv/models/base/builder.py", "configs/pool/base.yaml"):
         (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +162,9 @@ TINY = ["--models", "tadaformer_tiny", "--rounds", "1", "--runs", "1"]
 
 def test_eval_mode_runs_the_eval_step(capsys):
     assert bench.main(["--mode", "eval", "--rounds", "2", *TINY[:2], "--runs", "1"]) == 0
-    rows = _table_rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert out.splitlines()[1] == host_cpu.host_cpu_line()
+    rows = _table_rows(out)
     assert [r[:2] for r in rows] == [["tadaformer_tiny", "1"], ["tadaformer_tiny", "2"]]
     assert float(rows[0][3]) > 0 and float(rows[0][4]) > 0     # clips/s, XLA GFLOP
 

@@ -37,7 +37,9 @@ eval.py, the command runs with huge pages for large host allocations
 (tadax/host_memory.py; TADAX_HUGE_PAGES=0 keeps glibc's defaults); in the
 same process, the original runs with them too (the header says which). The
 header also gives XLA's and torch's float32 matmul rates at B/16's dense and
-attention shapes: a matmul-bound step's ratio follows them.
+attention shapes (a matmul-bound step's ratio follows them) and, in every mode,
+the host CPU's model and widest vector instructions (XLA:CPU's matmul kernels
+use AVX-512 where the CPU has it).
 
 Timings: after a warm-up call, --rounds rounds of --runs calls each; every
 round prints min / median. The batch is per device. `--set KEY=VALUE`
@@ -57,7 +59,7 @@ if __name__ == "__main__":   # before the heavy imports: re-runs itself once (se
 
 import jax
 
-from tadax.bench import accelerator, against, memory, op, original, profile
+from tadax.bench import accelerator, against, host_cpu, memory, op, original, profile
 from tadax.bench.recipes import RECIPES, BenchError, parse_overrides, recipe_config
 from tadax.bench.runs import TadaxRunner, device_peak_bytes, time_runs, xla_flops, \
     xla_memory_bytes
@@ -80,7 +82,8 @@ def _header(args) -> str:
     return (f"{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
             f"jax {jax.__version__}; batch {args.batch} per device; "
             f"{args.rounds} round(s) of {args.runs} run(s); host allocator: "
-            f"{os.environ.get('GLIBC_TUNABLES') or 'glibc defaults'}")
+            f"{os.environ.get('GLIBC_TUNABLES') or 'glibc defaults'}\n"
+            f"{host_cpu.host_cpu_line()}")
 
 
 def run_timed(args, overrides, phase: str) -> str:
