@@ -7,22 +7,25 @@ Generates `--clips` H.264 clips per size (10 s at 30 fps, libx264 CRF 23, a
 panning texture with sensor-like noise: Kinetics' sizes and frame rate), then,
 on the same files:
 
-* decode only: PyAV decodes every frame, no conversion, resize or JPEG (the ceiling);
-* stages of one video as `data/prepare.py` stores it (one process): decode +
+* decode only: PyAV decodes every frame with one FFmpeg thread, no conversion,
+  resize or JPEG (the ceiling);
+* stages of one video in one thread, as a preparation worker runs them: decoding,
   conversion/resize to JPEG's YCbCr planes (`bt601_planes`), JPEG encoding of the
-  planes, record serialisation and writing; the decode share is the decode-only
-  time, the rest is conversion/resize;
-* end to end: `prepare_split` with one worker, with a worker per core (the clips
-  listed over again to give each worker `--videos-per-worker` videos), and
-  (`--beam`) the Apache Beam DirectRunner with as many worker processes on the
-  same list; start-ups included (the pipeline's takes seconds: give it enough
-  videos to compare rates).
+  planes, and serialising and writing the record;
+* a worker's whole job over all the clips, as one shard: `encode_and_write_shard`
+  (a Beam worker's unit of work; the local path splits the same work between its
+  workers and the process that writes), one FFmpeg thread: preparation's rate per
+  core;
+* end to end: `prepare_split` with one worker (in this process, which keeps
+  FFmpeg's threads), with a worker per core (the clips listed over again to give each
+  worker `--videos-per-worker` videos), and (`--beam`) the Apache Beam DirectRunner
+  with as many worker processes on the same list; wall time, start-ups included (the
+  pipeline's takes seconds: give it enough videos to compare rates).
 
-FFmpeg decodes and swscale converts with threads of their own, so "one process"
-uses more than one core: rates per core are videos per second of CPU time (all
-threads of the process), for decoding alone and for the one-worker
-`prepare_split`, and their ratio is the cost of preparation over decoding.
-Reports hours per 100k clips on a 32-core machine (per-core rate x 32, i.e.
+Decoding, stages and the worker's job are timed in CPU seconds of this process
+(`time.process_time`), best of three, so rates per core do not depend on other
+processes; their ratio, worker over decoding, is the cost of preparation over
+decoding. Reports hours per 100k clips on a 32-core machine (per-core rate x 32, i.e.
 assuming preparation scales with cores as the work per video is independent).
 Writes `OUT/benchmark_prepare.json` and `OUT/benchmark_prepare.png`. A measurement, not a test.
 """
@@ -38,13 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Only light imports at the top: worker processes (spawned) re-import this module, and
 # TensorFlow would add seconds to each one's start: it is imported where it is used.
 import av  # noqa: E402
+from av.video.reformatter import VideoReformatter  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tadax.data.annotations import Entry  # noqa: E402
 from tadax.data.encode import EncodeOptions, bt601_planes, planes_jpeg  # noqa: E402
-from tadax.data.video import read_video  # noqa: E402
 
 SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
 SECONDS, FPS = 10, 30
@@ -72,51 +75,85 @@ def write_clip(path: str, width: int, height: int, seed: int) -> None:
             container.mux(packet)
 
 
-def decode_only(path: str) -> tuple:
-    """(wall, CPU) seconds to decode every frame of `path` with PyAV (no conversion)."""
-    start, cpu = time.perf_counter(), time.process_time()
+def _best_cpu_seconds(run, repeats: int = 3):
+    """(least CPU seconds of this process over `repeats` calls of `run`, its last result)."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.process_time()
+        result = run()
+        best = min(best, time.process_time() - start)
+    return best, result
+
+
+def _decoded_frames(path: str) -> list:
+    """Every frame of `path`, decoded by PyAV with one FFmpeg thread, as a worker decodes."""
     with av.open(path) as container:
-        for _ in container.decode(container.streams.video[0]):
-            pass
-    return time.perf_counter() - start, time.process_time() - cpu
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        return list(container.decode(stream))
+
+
+def decode_only(path: str) -> float:
+    """CPU seconds to decode every frame of `path` with one thread (no conversion)."""
+    def run():
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            for _ in container.decode(stream):
+                pass
+    return _best_cpu_seconds(run)[0]
 
 
 def stages(path: str, opts: EncodeOptions, out: str) -> dict:
-    """Seconds of each preparation stage for one video, as `data/prepare.py` runs them."""
+    """CPU seconds of each preparation stage for one video in one thread, as a worker runs
+    them (there each frame goes through all stages as it is decoded)."""
     import tensorflow as tf
 
     from tadax.data import records
 
-    t0 = time.perf_counter()
-    video = read_video(path, lambda r, frame: bt601_planes(r, frame, opts.short_side),
-                       target_fps=opts.target_fps)
-    t1 = time.perf_counter()
-    jpegs = [planes_jpeg(yuv, opts.jpeg_quality) for yuv in video.frames]
-    t2 = time.perf_counter()
-    with tf.io.TFRecordWriter(out) as writer:
-        writer.write(records.sequence_example(jpegs, label=0, text="x", filename="v.mp4",
-                                              start_us=video.start_us, end_us=video.end_us,
-                                              fps=video.fps))
-    t3 = time.perf_counter()
-    return {"decode_convert_resize": t1 - t0, "jpeg": t2 - t1, "write": t3 - t2}
+    decode, frames = _best_cpu_seconds(lambda: _decoded_frames(path))
+    reformatter = VideoReformatter()
+    convert, planes = _best_cpu_seconds(
+        lambda: [bt601_planes(reformatter, f, opts.short_side) for f in frames])
+    jpeg, jpegs = _best_cpu_seconds(lambda: [planes_jpeg(y, opts.jpeg_quality) for y in planes])
+
+    def write():
+        with tf.io.TFRecordWriter(out) as writer:
+            writer.write(records.sequence_example(jpegs, label=0, text="x", filename="v.mp4",
+                                                  start_us=0, end_us=SECONDS * 10 ** 6,
+                                                  fps=float(FPS)))
+    return {"decode": decode, "convert_resize": convert, "jpeg": jpeg,
+            "write": _best_cpu_seconds(write)[0]}
 
 
-def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> tuple:
-    """(videos/s, CPU seconds of this process per video) of one `prepare_split` over `paths`
-    (one shard per video) into a fresh folder, start-up of worker processes or of the
-    pipeline included; the CPU time counts the work only when `workers` is 1."""
+def worker_seconds(paths, opts: EncodeOptions, out: str) -> float:
+    """CPU seconds per video of a worker's job, `encode_and_write_shard`, over `paths` as one
+    shard (one FFmpeg thread, as in every worker)."""
+    from tadax.data.prepare import ShardJob, encode_and_write_shard
+
+    entries = tuple(Entry(path=p, label=0, text="x") for p in paths)
+    job = ShardJob(0, out, out + ".json", entries)
+    seconds, meta = _best_cpu_seconds(lambda: encode_and_write_shard(job, opts))
+    if meta["written"] != len(paths):
+        raise RuntimeError(f"{out}: skipped {meta['skipped']}")
+    return seconds / len(paths)
+
+
+def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> float:
+    """Videos per second (wall time) of one `prepare_split` over `paths` (one shard per
+    video) into a fresh folder, start-up of worker processes or of the pipeline included."""
     from tadax.data.prepare import prepare_split
 
     entries = [Entry(path=p, label=0, text="x") for p in paths]
     for f in list(epath.Path(out).glob("bench*")) + list(epath.Path(out).glob("_meta/bench*")):
         f.unlink()
-    start, cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     summary = prepare_split(entries, [], out_dir=out, name="bench", num_shards=len(paths),
                             opts=opts, workers=workers, quiet=True, beam_args=beam_args)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    seconds = time.perf_counter() - start
     if summary["num_examples"] != len(paths):
         raise RuntimeError(f"{out}: {summary['num_skipped']} clips skipped; see bench-report.txt")
-    return len(paths) / seconds, cpu / len(paths)
+    return len(paths) / seconds
 
 
 def plot(result: dict, path: str) -> None:
@@ -130,10 +167,10 @@ def plot(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     bottom = np.zeros(len(names))
     for part in parts:
-        values = np.array([result["sizes"][n]["seconds_per_video"][part] for n in names])
+        values = np.array([result["sizes"][n]["cpu_seconds_per_video"][part] for n in names])
         ax.bar(names, values, bottom=bottom, label=part)
         bottom += values
-    ax.set_ylabel("seconds per 10 s clip, one process")
+    ax.set_ylabel("CPU seconds per 10 s clip, one thread")
     ax.set_title(f"preparation stages (short side {result['short_side']}, "
                  f"JPEG q{result['jpeg_quality']})", fontsize=9)
     ax.legend(fontsize=8)
@@ -173,28 +210,25 @@ def main(argv=None) -> int:
                 print(f"generating {path}", file=sys.stderr)
                 write_clip(str(path), width, height, seed=i)
             paths.append(str(path))
-        decode, decode_cpu = np.mean([decode_only(p) for p in paths], axis=0)
+        decode = float(np.mean([decode_only(p) for p in paths]))
         parts = [stages(p, opts, str(folder / "stage.tfrecord")) for p in paths]
-        mean = {k: float(np.mean([s[k] for s in parts])) for k in parts[0]}
-        per_video = {"decode": float(decode),
-                     "convert_resize": max(0.0, mean["decode_convert_resize"] - decode),
-                     "jpeg": mean["jpeg"], "write": mean["write"]}
-        prepare, prepare_cpu = end_to_end(paths, str(folder / "one"), opts, 1)
-        r = {"seconds_per_video": per_video,
-             "decode_only_videos_per_s": 1.0 / decode,
-             "decode_only_videos_per_s_per_core": 1.0 / decode_cpu,
-             "prepare_videos_per_s_one_process": prepare,
-             "prepare_videos_per_s_per_core": 1.0 / prepare_cpu,
-             "prepare_over_decode_per_core": prepare_cpu / decode_cpu}
+        worker = worker_seconds(paths, opts, str(folder / "worker.tfrecord"))
+        r = {"cpu_seconds_per_video": {k: float(np.mean([s[k] for s in parts]))
+                                       for k in parts[0]},
+             "decode_only_videos_per_s_per_core": 1.0 / decode,
+             "prepare_videos_per_s_per_core": 1.0 / worker,
+             "prepare_over_decode_per_core": worker / decode,
+             "prepare_videos_per_s_one_process": end_to_end(paths, str(folder / "one"), opts,
+                                                            1)}
         r["hours_per_100k_on_32_cores"] = 1e5 / (r["prepare_videos_per_s_per_core"] * 32) / 3600
         repeated = paths * -(-args.videos_per_worker * cores // len(paths))
         r["prepare_videos_per_s_all_cores"] = end_to_end(repeated, str(folder / "all"), opts,
-                                                         cores)[0]
+                                                         cores)
         if args.beam:
             r["beam_direct_videos_per_s_all_cores"] = end_to_end(
                 repeated, str(folder / "beam"), opts, 1,
                 beam_args=["--runner", "DirectRunner", "--direct_num_workers", str(cores),
-                           "--direct_running_mode", "multi_processing"])[0]
+                           "--direct_running_mode", "multi_processing"])
         result["sizes"][name] = r
     (out / "benchmark_prepare.json").write_text(json.dumps(result, indent=1))
     plot(result, str(out / "benchmark_prepare.png"))
