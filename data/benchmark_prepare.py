@@ -20,7 +20,10 @@ on the same files:
   FFmpeg's threads), with a worker per core (the clips listed over again to give each
   worker `--videos-per-worker` videos), and (`--beam`) the Apache Beam DirectRunner
   with as many worker processes on the same list; wall time, start-ups included (the
-  pipeline's takes seconds: give it enough videos to compare rates).
+  pipeline's takes seconds: give it enough videos to compare rates). With local
+  workers every record still passes through the one process that writes the shards:
+  its CPU seconds per video bound the local path's rate however many cores there are
+  (`local_writer_limit_videos_per_s`).
 
 Decoding, stages and the worker's job are timed in CPU seconds of this process
 (`time.process_time`), best of three, so rates per core do not depend on other
@@ -139,21 +142,23 @@ def worker_seconds(paths, opts: EncodeOptions, out: str) -> float:
     return seconds / len(paths)
 
 
-def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> float:
-    """Videos per second (wall time) of one `prepare_split` over `paths` (one shard per
-    video) into a fresh folder, start-up of worker processes or of the pipeline included."""
+def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=None) -> tuple:
+    """(videos per second of wall time, CPU seconds of this process per video) of one
+    `prepare_split` over `paths` (one shard per video) into a fresh folder, start-up of
+    worker processes or of the pipeline included. With local workers, this process's CPU
+    time is what the writing process spends per video."""
     from tadax.data.prepare import prepare_split
 
     entries = [Entry(path=p, label=0, text="x") for p in paths]
     for f in list(epath.Path(out).glob("bench*")) + list(epath.Path(out).glob("_meta/bench*")):
         f.unlink()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summary = prepare_split(entries, [], out_dir=out, name="bench", num_shards=len(paths),
                             opts=opts, workers=workers, quiet=True, beam_args=beam_args)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if summary["num_examples"] != len(paths):
         raise RuntimeError(f"{out}: {summary['num_skipped']} clips skipped; see bench-report.txt")
-    return len(paths) / seconds
+    return len(paths) / seconds, cpu / len(paths)
 
 
 def plot(result: dict, path: str) -> None:
@@ -219,16 +224,18 @@ def main(argv=None) -> int:
              "prepare_videos_per_s_per_core": 1.0 / worker,
              "prepare_over_decode_per_core": worker / decode,
              "prepare_videos_per_s_one_process": end_to_end(paths, str(folder / "one"), opts,
-                                                            1)}
+                                                            1)[0]}
         r["hours_per_100k_on_32_cores"] = 1e5 / (r["prepare_videos_per_s_per_core"] * 32) / 3600
         repeated = paths * -(-args.videos_per_worker * cores // len(paths))
-        r["prepare_videos_per_s_all_cores"] = end_to_end(repeated, str(folder / "all"), opts,
-                                                         cores)
+        rate, writer = end_to_end(repeated, str(folder / "all"), opts, cores)
+        r["prepare_videos_per_s_all_cores"] = rate
+        r["local_writer_cpu_seconds_per_video"] = writer
+        r["local_writer_limit_videos_per_s"] = 1.0 / writer
         if args.beam:
             r["beam_direct_videos_per_s_all_cores"] = end_to_end(
                 repeated, str(folder / "beam"), opts, 1,
                 beam_args=["--runner", "DirectRunner", "--direct_num_workers", str(cores),
-                           "--direct_running_mode", "multi_processing"])
+                           "--direct_running_mode", "multi_processing"])[0]
         result["sizes"][name] = r
     (out / "benchmark_prepare.json").write_text(json.dumps(result, indent=1))
     plot(result, str(out / "benchmark_prepare.png"))
