@@ -21,9 +21,10 @@ on the same files:
   worker `--videos-per-worker` videos), and (`--beam`) the Apache Beam DirectRunner
   with as many worker processes on the same list; wall time, start-ups included (the
   pipeline's takes seconds: give it enough videos to compare rates). With local
-  workers every record still passes through the one process that writes the shards:
-  its CPU seconds per video bound the local path's rate however many cores there are
-  (`local_writer_limit_videos_per_s`).
+  workers, the CPU seconds per video of the process that runs them (it starts them,
+  hears their progress, and renames or joins the shards they write) bound the local
+  path's rate however many cores there are (`local_parent_limit_videos_per_s`; here
+  with a shard per video, so a commit per video).
 
 Decoding, stages and the worker's job are timed in CPU seconds of this process
 (`time.process_time`), best of three, so rates per core do not depend on other
@@ -49,8 +50,10 @@ import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tadax.data import record_bytes  # noqa: E402
 from tadax.data.annotations import Entry  # noqa: E402
 from tadax.data.encode import EncodeOptions, bt601_planes, planes_jpeg  # noqa: E402
+from tadax.data.tfrecord_file import TFRecordFileWriter  # noqa: E402
 
 SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
 SECONDS, FPS = 10, 30
@@ -110,10 +113,6 @@ def decode_only(path: str) -> float:
 def stages(path: str, opts: EncodeOptions, out: str) -> dict:
     """CPU seconds of each preparation stage for one video in one thread, as a worker runs
     them (there each frame goes through all stages as it is decoded)."""
-    import tensorflow as tf
-
-    from tadax.data import records
-
     decode, frames = _best_cpu_seconds(lambda: _decoded_frames(path))
     reformatter = VideoReformatter()
     convert, planes = _best_cpu_seconds(
@@ -121,10 +120,10 @@ def stages(path: str, opts: EncodeOptions, out: str) -> dict:
     jpeg, jpegs = _best_cpu_seconds(lambda: [planes_jpeg(y, opts.jpeg_quality) for y in planes])
 
     def write():
-        with tf.io.TFRecordWriter(out) as writer:
-            writer.write(records.sequence_example(jpegs, label=0, text="x", filename="v.mp4",
-                                                  start_us=0, end_us=SECONDS * 10 ** 6,
-                                                  fps=float(FPS)))
+        with TFRecordFileWriter(out) as writer:
+            writer.write(record_bytes.sequence_example(
+                jpegs, label=0, text="x", filename="v.mp4", start_us=0,
+                end_us=SECONDS * 10 ** 6, fps=float(FPS)))
     return {"decode": decode, "convert_resize": convert, "jpeg": jpeg,
             "write": _best_cpu_seconds(write)[0]}
 
@@ -146,7 +145,7 @@ def end_to_end(paths, out: str, opts: EncodeOptions, workers: int, beam_args=Non
     """(videos per second of wall time, CPU seconds of this process per video) of one
     `prepare_split` over `paths` (one shard per video) into a fresh folder, start-up of
     worker processes or of the pipeline included. With local workers, this process's CPU
-    time is what the writing process spends per video."""
+    time is what the process running them spends per video."""
     from tadax.data.prepare import prepare_split
 
     entries = [Entry(path=p, label=0, text="x") for p in paths]
@@ -227,10 +226,10 @@ def main(argv=None) -> int:
                                                             1)[0]}
         r["hours_per_100k_on_32_cores"] = 1e5 / (r["prepare_videos_per_s_per_core"] * 32) / 3600
         repeated = paths * -(-args.videos_per_worker * cores // len(paths))
-        rate, writer = end_to_end(repeated, str(folder / "all"), opts, cores)
+        rate, parent = end_to_end(repeated, str(folder / "all"), opts, cores)
         r["prepare_videos_per_s_all_cores"] = rate
-        r["local_writer_cpu_seconds_per_video"] = writer
-        r["local_writer_limit_videos_per_s"] = 1.0 / writer
+        r["local_parent_cpu_seconds_per_video"] = parent
+        r["local_parent_limit_videos_per_s"] = 1.0 / parent
         if args.beam:
             r["beam_direct_videos_per_s_all_cores"] = end_to_end(
                 repeated, str(folder / "beam"), opts, 1,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import augment, pipeline, records, sampling, synthetic, views
+from tadax.data import (augment, pipeline, record_bytes, records, sampling, synthetic,
+                        tfrecord_file, views)
 from tadax.data.config import data_config
 from tadax.data.encode import jpeg_bytes
 from tadax.data.video import load_views
@@ -217,7 +218,7 @@ def test_bfloat16_output(cfg):
 
 
 def serialized(frames, label=0):
-    return records.sequence_example([jpeg_bytes(f, 95) for f in frames], label=label, text="x",
+    return record_bytes.sequence_example([jpeg_bytes(f, 95) for f in frames], label=label, text="x",
                                     filename="v.mp4", start_us=0, end_us=10 ** 6, fps=len(frames))
 
 
@@ -328,11 +329,11 @@ def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
             for i in range(3):
                 ex = tf.train.SequenceExample()
                 ctx = ex.context.feature
-                ctx[records.LABEL_KEY].int64_list.value.append(shard * 3 + i)
-                ctx[records.START_KEY].int64_list.value.append(0)
-                ctx[records.END_KEY].int64_list.value.append(2_000_000)       # 2 s, 20 frames
+                ctx[record_bytes.LABEL_KEY].int64_list.value.append(shard * 3 + i)
+                ctx[record_bytes.START_KEY].int64_list.value.append(0)
+                ctx[record_bytes.END_KEY].int64_list.value.append(2_000_000)       # 2 s, 20 frames
                 for _ in range(20):
-                    ex.feature_lists.feature_list[records.FRAMES_KEY].feature.add() \
+                    ex.feature_lists.feature_list[record_bytes.FRAMES_KEY].feature.add() \
                         .bytes_list.value.append(jpeg_bytes(frame, 90))
                 w.write(ex.SerializeToString())
     first = next(iter(tf.data.TFRecordDataset(records.shard_files(str(tmp_path), "val"))))
@@ -348,28 +349,50 @@ def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
     assert sorted(labels.tolist()) == sorted(list(range(6)) * 2)
 
 
-@pytest.mark.parametrize("sizes", [[0], [5, 127, 128], [16383, 16384, 3_000_000], [300] * 400])
-def test_sequence_example_bytes_are_protobufs_own(sizes):
-    """The frames' field, written by hand in wire format, makes the very bytes protobuf's
-    deterministic serialisation makes (lengths across 1- to 4-byte varints)."""
+@pytest.mark.parametrize("sizes,label,text", [
+    ([0], 7, "abseiling"), ([5, 127, 128], -1, ""), ([16383, 16384, 3_000_000], 0, "é ski"),
+    ([300] * 400, 399, "zumba")])
+def test_sequence_example_bytes_are_protobufs_own(sizes, label, text):
+    """A record written in wire format without TensorFlow makes the very bytes protobuf's
+    deterministic serialisation makes: frame lengths across 1- to 4-byte varints, an
+    unlabelled video's -1 (a ten-byte varint), a label 0, empty and non-ASCII text."""
     rng = np.random.default_rng(len(sizes))
     frames = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
-    context = dict(label=7, text="abseiling", filename="v.mp4", start_us=-5, end_us=10**7,
+    context = dict(label=label, text=text, filename="v.mp4", start_us=-5, end_us=10**7,
                    fps=29.97)
     ex = tf.train.SequenceExample()
     ctx = ex.context.feature
-    ctx[records.LABEL_KEY].int64_list.value.append(7)
-    ctx[records.TEXT_KEY].bytes_list.value.append(b"abseiling")
-    ctx[records.FILENAME_KEY].bytes_list.value.append(b"v.mp4")
-    ctx[records.START_KEY].int64_list.value.append(-5)
-    ctx[records.END_KEY].int64_list.value.append(10**7)
-    ctx[records.FPS_KEY].float_list.value.append(29.97)
-    ctx[records.NUM_FRAMES_KEY].int64_list.value.append(len(frames))
+    ctx[record_bytes.LABEL_KEY].int64_list.value.append(label)
+    ctx[record_bytes.TEXT_KEY].bytes_list.value.append(text.encode())
+    ctx[record_bytes.FILENAME_KEY].bytes_list.value.append(b"v.mp4")
+    ctx[record_bytes.START_KEY].int64_list.value.append(-5)
+    ctx[record_bytes.END_KEY].int64_list.value.append(10**7)
+    ctx[record_bytes.FPS_KEY].float_list.value.append(29.97)
+    ctx[record_bytes.NUM_FRAMES_KEY].int64_list.value.append(len(frames))
+    frame_list = ex.feature_lists.feature_list[record_bytes.FRAMES_KEY]
     for f in frames:
-        ex.feature_lists.feature_list[records.FRAMES_KEY].feature.add().bytes_list.value.append(f)
-    ours = records.sequence_example(frames, **context)
+        frame_list.feature.add().bytes_list.value.append(f)
+    ours = record_bytes.sequence_example(frames, **context)
     assert ours == ex.SerializeToString(deterministic=True)
     assert tf.train.SequenceExample.FromString(ours) == ex
+
+
+def test_tfrecord_file_is_tensorflows_bytes(tmp_path):
+    """Records framed without TensorFlow: the same file as tf.io.TFRecordWriter's, read back
+    by TFRecordDataset (lengths across the checksummed header's values, an empty record)."""
+    rng = np.random.default_rng(0)
+    data = [b"", b"x"] + [rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+                          for n in (255, 256, 70_000, 3_000_001)]
+    with tfrecord_file.TFRecordFileWriter(str(tmp_path / "ours.tfrecord")) as writer:
+        for d in data:
+            writer.write(d)
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for d in data:
+            writer.write(d)
+    ours = (tmp_path / "ours.tfrecord").read_bytes()
+    assert ours == (tmp_path / "tf.tfrecord").read_bytes()
+    read = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "ours.tfrecord"))]
+    assert read == data
 
 
 def test_each_eval_host_opens_only_its_shard_files(cfg, tmp_path):

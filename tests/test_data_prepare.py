@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import cli, records
+from tadax.data import cli, record_bytes, records
+from tadax.data.annotations import Entry
+from tadax.data.prepare import ShardJob, split_into_pieces
 from tadax.data.synthetic import write_mp4
 from tadax.data.video import decode_video
 
@@ -45,7 +47,7 @@ def raw_context(out_dir: str, split: str):
     for raw in tf.data.TFRecordDataset(records.shard_files(out_dir, split)).as_numpy_iterator():
         ex = tf.train.SequenceExample.FromString(raw)
         ctx = ex.context.feature
-        out[ctx[records.FILENAME_KEY].bytes_list.value[0].decode()] = ex
+        out[ctx[record_bytes.FILENAME_KEY].bytes_list.value[0].decode()] = ex
     return out
 
 
@@ -103,10 +105,10 @@ def test_kinetics_csv_round_trip(kinetics, tmp_path):
         assert_matches_pyav(rec, str(root / "videos" / label_name / rec["filename"]))
     ctx = next(iter(raw_context(str(tmp_path), "train").values())).context.feature
     # the CSV says 10..12 s; the trimmed file's 10 frames at 5 fps span 0..2 s: that is stored
-    assert ctx[records.START_KEY].int64_list.value[0] == 0
-    assert ctx[records.END_KEY].int64_list.value[0] == 2_000_000
-    assert ctx[records.NUM_FRAMES_KEY].int64_list.value[0] == 10
-    assert ctx[records.TEXT_KEY].bytes_list.value[0].decode() in classes
+    assert ctx[record_bytes.START_KEY].int64_list.value[0] == 0
+    assert ctx[record_bytes.END_KEY].int64_list.value[0] == 2_000_000
+    assert ctx[record_bytes.NUM_FRAMES_KEY].int64_list.value[0] == 10
+    assert ctx[record_bytes.TEXT_KEY].bytes_list.value[0].decode() in classes
     summary = json.load(open(tmp_path / "train.json"))
     assert summary["num_examples"] == 6 and summary["num_skipped"] == 0
 
@@ -116,7 +118,7 @@ def test_one_jpeg_per_frame_entry(kinetics, tmp_path):
     root, paths = kinetics
     run("kinetics", root / "videos", tmp_path, {"val": paths["val"]}, "--short-side", "0")
     ex = next(iter(raw_context(str(tmp_path), "val").values()))
-    feats = ex.feature_lists.feature_list[records.FRAMES_KEY].feature
+    feats = ex.feature_lists.feature_list[record_bytes.FRAMES_KEY].feature
     assert len(feats) == 10
     assert all(len(f.bytes_list.value) == 1 and f.bytes_list.value[0][:2] == b"\xff\xd8"
                for f in feats)
@@ -295,6 +297,38 @@ def test_resume_rewrites_only_missing_shards_identically(kinetics, tmp_path):
     assert {f: open(f, "rb").read() for f in files} == before
     summary = json.load(open(tmp_path / "train.json"))
     assert summary["shards_already_complete"] == 1 and summary["num_examples"] == 6
+    assert not list(tmp_path.rglob("*.tmp"))                   # the partial file is gone too
+
+
+def test_fewer_shards_than_workers_split_into_pieces_with_the_same_bytes(kinetics, tmp_path):
+    """One shard, three workers: each writes a run of its videos to a file of its own, and
+    the joined shard and its bookkeeping are the bytes a single process writes."""
+    root, paths = kinetics
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    for out, workers in ((single, 1), (parallel, 3)):
+        run("kinetics", root / "videos", out, {"train": paths["train"]}, "--shards", "1",
+            "--short-side", "0", workers=workers)
+    (shard,) = records.shard_files(str(parallel), "train")
+    assert open(shard, "rb").read() == open(single / os.path.basename(shard), "rb").read()
+    meta = f"_meta/{os.path.basename(shard)}.json"
+    assert (parallel / meta).read_text() == (single / meta).read_text()
+    assert json.load(open(parallel / "train.json"))["num_examples"] == 6
+    assert not list(parallel.rglob("*.tmp"))
+
+
+def test_pieces_cover_each_shard_in_order():
+    """Shards are cut only when there are fewer than workers, into consecutive runs that
+    cover every video once, in record order; an empty shard still gets its (empty) file."""
+    entries = tuple(Entry(path=f"v{i}.mp4", label=0, text="x") for i in range(5))
+    jobs = [ShardJob(0, "/o/a-00000-of-00003", "/o/_meta/a.json", entries),
+            ShardJob(1, "/o/a-00001-of-00003", "/o/_meta/b.json", entries[:1]),
+            ShardJob(2, "/o/a-00002-of-00003", "/o/_meta/c.json", ())]
+    assert [len(p.entries) for p in split_into_pieces(jobs, 3, "t")] == [5, 1, 0]
+    pieces = split_into_pieces(jobs, 8, "t")
+    assert [(p.shard, p.part) for p in pieces] == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)]
+    assert sum((p.entries for p in pieces if p.shard == 0), ()) == entries
+    assert min(len(p.entries) for p in pieces[:3]) >= 1
+    assert len({p.path for p in pieces}) == 5 and all(p.path.endswith(".t.tmp") for p in pieces)
 
 
 def _gradient_clip(width: int, height: int, frames: int = 12) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import annotations, cli, pipeline, records
+from tadax.data import annotations, cli, pipeline, record_bytes, records
 from tadax.data.config import data_config
 from tadax.data.synthetic import write_mp4
 from tadax.data.video import decode_video
@@ -63,11 +63,11 @@ def split_records(out, split):
     rows = []
     for raw in tf.data.TFRecordDataset(records.shard_files(str(out), split)).as_numpy_iterator():
         ctx = tf.train.SequenceExample.FromString(raw).context.feature
-        rows.append({"label": ctx[records.LABEL_KEY].int64_list.value[0],
-                     "text": ctx[records.TEXT_KEY].bytes_list.value[0].decode(),
-                     "filename": ctx[records.FILENAME_KEY].bytes_list.value[0].decode(),
-                     "start_us": ctx[records.START_KEY].int64_list.value[0],
-                     "end_us": ctx[records.END_KEY].int64_list.value[0]})
+        rows.append({"label": ctx[record_bytes.LABEL_KEY].int64_list.value[0],
+                     "text": ctx[record_bytes.TEXT_KEY].bytes_list.value[0].decode(),
+                     "filename": ctx[record_bytes.FILENAME_KEY].bytes_list.value[0].decode(),
+                     "start_us": ctx[record_bytes.START_KEY].int64_list.value[0],
+                     "end_us": ctx[record_bytes.END_KEY].int64_list.value[0]})
     return rows
 
 

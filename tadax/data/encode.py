@@ -149,8 +149,3 @@ def encode_entry(entry: Entry, opts: EncodeOptions, decode_threads: int = 0) -> 
     except (VideoDecodeError, OSError) as e:
         return Encoded(entry, skipped=str(e))
     return Encoded(entry, frames=frames, fps=fps, start_us=span[0], end_us=span[1])
-
-
-def encode_task(args: "tuple[Entry, EncodeOptions, int]") -> Encoded:
-    """`encode_entry` for `Pool.imap`."""
-    return encode_entry(*args)

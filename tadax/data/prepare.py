@@ -15,12 +15,12 @@ in `NAME-report.txt` with the reason; the run never stops for them.
 
 import collections
 import dataclasses
-import itertools
 import json
 import multiprocessing
-import os
+import queue as queue_lib
 import re
 import time
+import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,11 +29,13 @@ from etils import epath
 from tqdm import tqdm
 
 from tadax.data import fingerprint as fingerprint_lib
-from tadax.data import records
+from tadax.data import records, shard_writer
 from tadax.data.annotations import Entry, Problem
-from tadax.data.encode import Encoded, EncodeOptions, encode_entry, encode_task
+from tadax.data.encode import Encoded, EncodeOptions, encode_entry
 
 META_DIR = "_meta"
+_COPY_CHUNK = 1 << 24         # bytes per read when joining a shard's pieces
+_PROGRESS_SECONDS = 0.5       # how often the progress bar hears from the workers
 
 
 def assign_shards(entries: Sequence[Entry], num_shards: int, seed: int = 0) -> List[List[Entry]]:
@@ -110,30 +112,38 @@ def record_fingerprint(out_dir: str, name: str, fingerprint: dict, overwrite: bo
     path.write_text(json.dumps(fingerprint, sort_keys=True))
 
 
+def _commit_shard(job: ShardJob, parts: Sequence[str], meta: dict, token: str) -> None:
+    """Makes `job.path` from `parts`, TFRecord files of its consecutive videos (renamed if
+    one, else concatenated: TFRecord files join into one), and saves its bookkeeping
+    beside it. The shard appears only complete, under its final name."""
+    if len(parts) == 1:
+        tmp = parts[0]
+    else:
+        tmp = f"{job.path}.{token}.tmp"
+        with tf.io.gfile.GFile(tmp, "wb") as out:
+            for part in parts:
+                with tf.io.gfile.GFile(part, "rb") as f:
+                    while chunk := f.read(_COPY_CHUNK):
+                        out.write(chunk)
+        for part in parts:
+            tf.io.gfile.remove(part)
+    meta_tmp = f"{job.meta_path}.{token}.tmp"
+    epath.Path(meta_tmp).write_text(json.dumps(meta))
+    tf.io.gfile.rename(tmp, job.path, overwrite=True)
+    tf.io.gfile.rename(meta_tmp, job.meta_path, overwrite=True)
+
+
 def write_shard(job: ShardJob, results: Iterable[Encoded], progress=None) -> dict:
-    """Writes the encoded videos of `job` (via a temporary name) and its bookkeeping.
+    """Writes the encoded videos of `job` (via a temporary name of this call's own, so two
+    writers of one shard never share a file) and its bookkeeping.
 
     results: `Encoded` of `job.entries`, in that order. The same bytes whichever
     process or runner calls this. Returns the bookkeeping (`written`, `skipped`).
     """
-    tmp = job.path + ".tmp"
-    written, skipped = 0, []
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for enc in results:
-            if progress is not None:
-                progress.update(1)
-            if enc.skipped:
-                skipped.append({"source": enc.entry.path, "reason": enc.skipped})
-                continue
-            writer.write(records.sequence_example(
-                enc.frames, label=enc.entry.label, text=enc.entry.text,
-                filename=os.path.basename(enc.entry.path), start_us=enc.start_us,
-                end_us=enc.end_us, fps=enc.fps))
-            written += 1
-    meta = {"written": written, "skipped": skipped}
-    epath.Path(job.meta_path + ".tmp").write_text(json.dumps(meta))
-    tf.io.gfile.rename(tmp, job.path, overwrite=True)
-    tf.io.gfile.rename(job.meta_path + ".tmp", job.meta_path, overwrite=True)
+    token = uuid.uuid4().hex
+    tmp = f"{job.path}.{token}.tmp"
+    meta = shard_writer.write_records(tmp, results, progress)
+    _commit_shard(job, [tmp], meta, token)
     return meta
 
 
@@ -141,6 +151,14 @@ def encode_and_write_shard(job: ShardJob, opts: EncodeOptions) -> dict:
     """Decodes, encodes and writes one whole shard in this process (a distributed runner's unit
     of work, with a worker process per core: one decoding thread); returns its bookkeeping."""
     return write_shard(job, (encode_entry(e, opts, decode_threads=1) for e in job.entries))
+
+
+def _remove_temporaries(out_dir: str, base: str) -> None:
+    """Removes what an interrupted run left of shard `base`: its temporary files and pieces
+    (`BASE...tmp`) and its bookkeeping's (`_meta/BASE.json...tmp`)."""
+    folder = epath.Path(out_dir)
+    for f in [*folder.glob(f"{base}*.tmp"), *(folder / META_DIR).glob(f"{base}.json*.tmp")]:
+        f.unlink()
 
 
 def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards: int
@@ -157,28 +175,82 @@ def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards:
         if epath.Path(path).exists() and epath.Path(meta_path).exists():
             done[k] = json.loads(epath.Path(meta_path).read_text())
         else:
+            _remove_temporaries(out_dir, base)
             todo.append(ShardJob(k, path, meta_path, tuple(shard)))
     return todo, done
 
 
+def split_into_pieces(todo: Sequence[ShardJob], workers: int, token: str
+                      ) -> List[shard_writer.Piece]:
+    """The local workers' units of work: each shard whole, or, with fewer shards than
+    workers, each cut into ceil(workers / shards) runs of consecutive videos, so that every
+    worker has work. Piece files are named after their shard, part and `token`."""
+    per_shard = max(1, -(-workers // max(1, len(todo))))
+    pieces = []
+    for i, job in enumerate(todo):
+        parts = max(1, min(per_shard, len(job.entries)))
+        bounds = np.linspace(0, len(job.entries), parts + 1).round().astype(int)
+        pieces += [shard_writer.Piece(i, k, f"{job.path}.part{k:04d}.{token}.tmp",
+                                      tuple(job.entries[bounds[k]:bounds[k + 1]]))
+                   for k in range(parts)]
+    return pieces
+
+
+def _drain(queue, progress) -> None:
+    """Passes the videos the workers reported done on to `progress`."""
+    while True:
+        try:
+            progress.update(queue.get_nowait())
+        except queue_lib.Empty:
+            return
+
+
 def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, progress
                    ) -> Dict[int, dict]:
-    """Writes `todo` with `workers` decoding processes (1: in this process)."""
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(workers) if workers > 1 and todo else None
-    # One ordered stream of work over all missing shards: no idle workers between shards.
-    # Worker processes decode with one thread each; in this process FFmpeg's threads cut
-    # the wall time of large frames (720p: 0.15 s a clip instead of 0.26 s, same CPU time).
-    decode_threads = 1 if pool is not None else 0
-    tasks = [(e, opts, decode_threads) for job in todo for e in job.entries]
-    results = pool.imap(encode_task, tasks) if pool is not None else map(encode_task, tasks)
-    try:
-        return {job.index: write_shard(job, itertools.islice(results, len(job.entries)), progress)
+    """Writes `todo` with `workers` processes (1: in this process). Worker processes write
+    pieces of shards themselves and send back only bookkeeping; this process joins each
+    shard's pieces when the last is written. Nothing per video passes through it, so the
+    rate grows with the workers (README, "Preparation throughput")."""
+    if workers == 1 or not todo:
+        # FFmpeg's threads cut the wall time of large frames in a single process (720p:
+        # 0.15 s a clip instead of 0.26 s, the same CPU time).
+        return {job.index: write_shard(job, (encode_entry(e, opts, decode_threads=0)
+                                             for e in job.entries), progress)
                 for job in todo}
+    token = uuid.uuid4().hex
+    pieces = split_into_pieces(todo, workers, token)
+    parts_of = collections.Counter(p.shard for p in pieces)
+    written: Dict[int, Dict[int, Tuple[str, dict]]] = collections.defaultdict(dict)
+    metas = {}
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    pool = ctx.Pool(min(workers, len(pieces)), initializer=shard_writer.set_progress_queue,
+                    initargs=(queue,))
+    try:
+        results = pool.imap_unordered(shard_writer.write_piece, [(p, opts) for p in pieces])
+        while len(metas) < len(todo):
+            try:
+                piece, meta = results.next(timeout=_PROGRESS_SECONDS)
+            except multiprocessing.TimeoutError:
+                _drain(queue, progress)
+                continue
+            _drain(queue, progress)
+            done = written[piece.shard]
+            done[piece.part] = (piece.path, meta)
+            if len(done) == parts_of[piece.shard]:
+                job, parts = todo[piece.shard], [done[k] for k in sorted(done)]
+                merged = {"written": sum(m["written"] for _, m in parts),
+                          "skipped": [s for _, m in parts for s in m["skipped"]]}
+                _commit_shard(job, [path for path, _ in parts], merged, token)
+                metas[job.index] = merged
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        pool.join()
+    _drain(queue, progress)
+    return metas
 
 
 def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_dir: str,

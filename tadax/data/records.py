@@ -3,8 +3,9 @@
 Context: `clip/label/index` (int64), `clip/label/text`, `video/filename`,
 `clip/start/timestamp` / `clip/end/timestamp` (microseconds), and ours:
 `video/fps` (float) and `video/num_frames` (int64). Feature list:
-`image/encoded`, one JPEG per frame. Shards are `NAME-00000-of-00128`.
-Data written by DMVR's scripts (no fps / frame count) is read as well.
+`image/encoded`, one JPEG per frame (`record_bytes` writes them). Shards are
+`NAME-00000-of-00128`. Data written by DMVR's scripts (no fps / frame count) is
+read as well.
 """
 
 import re
@@ -12,16 +13,10 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
+from tadax.data.record_bytes import (END_KEY, FILENAME_KEY, FPS_KEY, FRAMES_KEY, LABEL_KEY,
+                                     START_KEY)
 from tadax.paths import user_path
 
-FRAMES_KEY = "image/encoded"
-LABEL_KEY = "clip/label/index"
-TEXT_KEY = "clip/label/text"
-FILENAME_KEY = "video/filename"
-START_KEY = "clip/start/timestamp"
-END_KEY = "clip/end/timestamp"
-FPS_KEY = "video/fps"
-NUM_FRAMES_KEY = "video/num_frames"
 DEFAULT_FPS = 30.0
 
 
@@ -46,52 +41,6 @@ def shard_files(data_dir: str, split: str) -> List[str]:
         raise FileNotFoundError(f"incomplete shard set for split {split!r} in {data_dir!r}: "
                                 f"{len(files)} files, names say otherwise (an unfinished preparation?)")
     return files
-
-
-def _field_header(field: int, length: int) -> bytes:
-    """Protocol-buffer wire header of a length-delimited field (wire type 2): tag, length."""
-    header = bytearray()
-    for value in ((field << 3) | 2, length):
-        while value > 0x7F:
-            header.append((value & 0x7F) | 0x80)
-            value >>= 7
-        header.append(value)
-    return bytes(header)
-
-
-def _frames_field(frames_jpeg: Sequence[bytes]) -> bytes:
-    """SequenceExample field 2 (`feature_lists`) holding `{FRAMES_KEY: one BytesList per
-    frame}`, in wire format: the bytes protobuf's own serialisation makes (tested), with
-    one copy of the frames instead of upb's several."""
-    pieces = []
-    for jpeg in frames_jpeg:
-        value = _field_header(1, len(jpeg))                             # BytesList.value
-        bytes_list = _field_header(1, len(value) + len(jpeg)) + value   # Feature.bytes_list
-        pieces += [_field_header(1, len(bytes_list) + len(jpeg)) + bytes_list, jpeg]
-    key = _field_header(1, len(FRAMES_KEY)) + FRAMES_KEY.encode()       # map entry's key
-    feature_list_len = sum(map(len, pieces))
-    entry = key + _field_header(2, feature_list_len)                    # map entry's value
-    feature_lists = _field_header(1, len(entry) + feature_list_len) + entry
-    head = _field_header(2, len(feature_lists) + feature_list_len) + feature_lists
-    return b"".join([head] + pieces)
-
-
-def sequence_example(frames_jpeg: Sequence[bytes], *, label: int, text: str, filename: str,
-                     start_us: int, end_us: int, fps: float) -> bytes:
-    """One serialized SequenceExample holding a video's JPEG frames and its context; the same
-    bytes in every process."""
-    ex = tf.train.SequenceExample()
-    ctx = ex.context.feature
-    ctx[LABEL_KEY].int64_list.value.append(int(label))
-    ctx[TEXT_KEY].bytes_list.value.append(text.encode())
-    ctx[FILENAME_KEY].bytes_list.value.append(filename.encode())
-    ctx[START_KEY].int64_list.value.append(int(start_us))
-    ctx[END_KEY].int64_list.value.append(int(end_us))
-    ctx[FPS_KEY].float_list.value.append(float(fps))
-    ctx[NUM_FRAMES_KEY].int64_list.value.append(len(frames_jpeg))
-    # Deterministic: map fields (the context) otherwise serialise in a per-process order.
-    # Field 1 (context) then field 2 (the frames), as protobuf orders them.
-    return ex.SerializeToString(deterministic=True) + _frames_field(frames_jpeg)
 
 
 def parse(serialized):
