@@ -13,9 +13,8 @@ on the same files:
   conversion/resize to JPEG's YCbCr planes (`bt601_planes`), JPEG encoding of the
   planes, and serialising and writing the record;
 * a worker's whole job over all the clips, as one shard: `encode_and_write_shard`
-  (a Beam worker's unit of work; the local path splits the same work between its
-  workers and the process that writes), one FFmpeg thread: preparation's rate per
-  core;
+  (a Beam worker's unit of work; a local worker does the same for its shard or piece
+  of one), one FFmpeg thread: preparation's rate per core;
 * end to end: `prepare_split` with one worker (in this process, which keeps
   FFmpeg's threads), with a worker per core (the clips listed over again to give each
   worker `--videos-per-worker` videos), and (`--beam`) the Apache Beam DirectRunner
