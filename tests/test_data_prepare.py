@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import cli, record_bytes, records
+from tadax.data import cli, prepare, record_bytes, records
 from tadax.data.annotations import Entry
+from tadax.data.encode import EncodeOptions
 from tadax.data.prepare import ShardJob, split_into_pieces
 from tadax.data.synthetic import write_mp4
 from tadax.data.video import decode_video
@@ -291,6 +292,8 @@ def test_resume_rewrites_only_missing_shards_identically(kinetics, tmp_path):
     before = {f: open(f, "rb").read() for f in files}
     os.remove(files[1])                                        # an interrupted run's state:
     (tmp_path / (os.path.basename(files[1]) + ".tmp")).write_bytes(b"partial")
+    (tmp_path / (os.path.basename(files[1]) + ".part0001.9f.tmp")).write_bytes(b"piece")
+    (tmp_path / "_meta" / (os.path.basename(files[0]) + ".json.9f.tmp")).write_text("{")
     os.remove(tmp_path / "_meta" / (os.path.basename(files[2]) + ".json"))
     run("kinetics", root / "videos", tmp_path, {"train": paths["train"]}, "--shards", "3",
         "--short-side", "0", workers=2)                 # and in parallel worker processes
@@ -314,6 +317,24 @@ def test_fewer_shards_than_workers_split_into_pieces_with_the_same_bytes(kinetic
     assert (parallel / meta).read_text() == (single / meta).read_text()
     assert json.load(open(parallel / "train.json"))["num_examples"] == 6
     assert not list(parallel.rglob("*.tmp"))
+
+
+def test_progress_counts_every_video_the_workers_write(kinetics, tmp_path):
+    """The progress bar hears of each video from the worker processes that write them."""
+    root, _ = kinetics
+    videos = sorted(str(p) for p in (root / "videos").rglob("*.mp4"))
+    jobs = [ShardJob(k, str(tmp_path / f"s-{k:05d}-of-00002"), str(tmp_path / f"s{k}.json"),
+                     tuple(Entry(path=v, label=0, text="x") for v in videos[k::2]))
+            for k in range(2)]
+
+    class Count:
+        n = 0
+
+        def update(self, n):
+            self.n += n
+    progress = Count()
+    metas = prepare._write_locally(jobs, EncodeOptions(), 3, progress)
+    assert progress.n == len(videos) == sum(m["written"] for m in metas.values())
 
 
 def test_pieces_cover_each_shard_in_order():

@@ -153,11 +153,13 @@ def encode_and_write_shard(job: ShardJob, opts: EncodeOptions) -> dict:
     return write_shard(job, (encode_entry(e, opts, decode_threads=1) for e in job.entries))
 
 
-def _remove_temporaries(out_dir: str, base: str) -> None:
-    """Removes what an interrupted run left of shard `base`: its temporary files and pieces
-    (`BASE...tmp`) and its bookkeeping's (`_meta/BASE.json...tmp`)."""
+def _remove_temporaries(out_dir: str, name: str) -> None:
+    """Removes what interrupted runs left of split `name`'s shards: temporary shard files
+    and pieces (`NAME-00000-of-00008...tmp`) and bookkeeping (`_meta/...json...tmp`). One
+    listing per folder, however many shards."""
     folder = epath.Path(out_dir)
-    for f in [*folder.glob(f"{base}*.tmp"), *(folder / META_DIR).glob(f"{base}.json*.tmp")]:
+    pattern = f"{name}-{'[0-9]' * 5}-of-{'[0-9]' * 5}"
+    for f in [*folder.glob(f"{pattern}*.tmp"), *(folder / META_DIR).glob(f"{pattern}.json*.tmp")]:
         f.unlink()
 
 
@@ -167,6 +169,7 @@ def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards:
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     epath.Path(out_dir, META_DIR).mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out_dir, name)
     todo, done = [], {}
     for k, shard in enumerate(assign_shards(entries, num_shards)):
         base = records.shard_name(name, k, num_shards)
@@ -175,7 +178,6 @@ def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards:
         if epath.Path(path).exists() and epath.Path(meta_path).exists():
             done[k] = json.loads(epath.Path(meta_path).read_text())
         else:
-            _remove_temporaries(out_dir, base)
             todo.append(ShardJob(k, path, meta_path, tuple(shard)))
     return todo, done
 
