@@ -211,8 +211,8 @@ def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, 
                    ) -> Dict[int, dict]:
     """Writes `todo` with `workers` processes (1: in this process). Worker processes write
     pieces of shards themselves and send back only bookkeeping; this process joins each
-    shard's pieces when the last is written. Nothing per video passes through it, so the
-    rate grows with the workers (README, "Preparation throughput")."""
+    shard's pieces when the last is written. Nothing per video passes through it: its work
+    is a commit per shard (README, "Preparation throughput")."""
     if workers == 1 or not todo:
         # FFmpeg's threads cut the wall time of large frames in a single process (720p:
         # 0.15 s a clip instead of 0.26 s, the same CPU time).
@@ -222,7 +222,7 @@ def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, 
     token = uuid.uuid4().hex
     pieces = split_into_pieces(todo, workers, token)
     parts_of = collections.Counter(p.shard for p in pieces)
-    written: Dict[int, Dict[int, Tuple[str, dict]]] = collections.defaultdict(dict)
+    finished: Dict[int, Dict[int, Tuple[str, dict]]] = collections.defaultdict(dict)
     metas = {}
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -237,7 +237,7 @@ def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, 
                 _drain(queue, progress)
                 continue
             _drain(queue, progress)
-            done = written[piece.shard]
+            done = finished[piece.shard]
             done[piece.part] = (piece.path, meta)
             if len(done) == parts_of[piece.shard]:
                 job, parts = todo[piece.shard], [done[k] for k in sorted(done)]
