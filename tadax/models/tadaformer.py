@@ -9,7 +9,8 @@ from jax.extend import backend as jax_backend
 
 from tadax.errors import ConfigError
 from tadax.models.layers import (DropPath, PatchConv, layer_norm, quick_gelu,
-                                 torch_default_kernel, upstream_trunc_normal)
+                                 softmax_last_axis, torch_default_kernel,
+                                 upstream_trunc_normal)
 from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
 from tadax.models.tadaconv import TAdaConv2dV2
 
@@ -107,7 +108,7 @@ def heads_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
                for part in jnp.split(qkv, 3, axis=-1))
     logits = jnp.einsum("nhqd,nhkd->nhqk", q * jnp.asarray(head_dim ** -0.5, q.dtype), k,
                         preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = softmax_last_axis(logits).astype(v.dtype)
     out = jnp.einsum("nhqk,nhkd->nhqd", probs, v)
     return jnp.transpose(out, (0, 2, 1, 3)).reshape(n, length, num_heads * head_dim)
 
