@@ -105,6 +105,8 @@ def test_matmul_rates_of_both_libraries_go_into_one_line():
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
 model name\t: AMD EPYC 9B45
 flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 avx512_vnni
 
@@ -119,13 +121,14 @@ Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics
 
 
 def test_host_cpu_line_names_the_widest_vector_isa():
-    """The header's CPU line: the first processor's model and flags; AVX-512 over AVX2 over
-    AVX, with the bf16 / VNNI extensions it has; Arm's NEON from its Features line."""
+    """The header's CPU line: the first processor's model (with its family and model
+    numbers) and flags; AVX-512 over AVX2 over AVX, with the bf16 / VNNI extensions it
+    has; Arm's NEON from its Features line."""
     x86 = host_cpu.parse_cpuinfo(X86_CPUINFO)
-    assert x86["model"] == "AMD EPYC 9B45" and "avx512f" in x86["flags"]
+    assert x86["model"] == "AMD EPYC 9B45 (family 26, model 2)" and "avx512f" in x86["flags"]
     assert host_cpu.describe(x86["model"], x86["flags"], 2) == (
-        "host CPU: AMD EPYC 9B45, 2 core(s) for this process; vector ISA: AVX-512 "
-        "(avx512_bf16, avx512_vnni)")
+        "host CPU: AMD EPYC 9B45 (family 26, model 2), 2 core(s) for this process; "
+        "vector ISA: AVX-512 (avx512_bf16, avx512_vnni)")
     assert host_cpu.describe("Xeon", ["sse4_2", "avx", "avx2"], 8).endswith("vector ISA: AVX2")
     arm = host_cpu.parse_cpuinfo(ARM_CPUINFO)
     assert host_cpu.describe(arm["model"], arm["flags"], 4) == (

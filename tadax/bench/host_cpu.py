@@ -2,8 +2,8 @@
 
 XLA:CPU's matmul kernels pick their code at run time by the vector instructions
 the CPU has, so the same command gives different tadax / original ratios on VMs
-sold under one name (an "AMD EPYC" with AVX-512 or without it): the header says
-which kind each run had.
+sold under one name (an "AMD EPYC" of one generation or another, with AVX-512 or
+without it): the header says which kind each run had.
 """
 
 import os
@@ -19,18 +19,21 @@ EXTRAS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
 
 
 def parse_cpuinfo(text: str) -> Mapping[str, object]:
-    """The first processor's model name and flag set of a /proc/cpuinfo text:
-    {'model': str, 'flags': frozenset}. x86 names them 'model name' / 'flags', Arm
-    'Features' (and often no model name)."""
-    model, flags = "", frozenset()
+    """The first processor's model and flag set of a /proc/cpuinfo text:
+    {'model': str, 'flags': frozenset}. x86 names them 'model name' / 'flags', with
+    the 'cpu family' and 'model' numbers appended (a VM's masked name such as "AMD
+    EPYC" covers several generations); Arm has 'Features' (and often no model name)."""
+    fields = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "model name" and not model:
-            model = value
-        elif key in ("flags", "Features") and not flags:
-            flags = frozenset(value.split())
-    return {"model": model, "flags": flags}
+        key = key.strip()
+        if key in ("model name", "cpu family", "model", "flags", "Features"):
+            fields.setdefault(key, value.strip())
+    model = fields.get("model name", "")
+    if model and "cpu family" in fields and "model" in fields:
+        model += f" (family {fields['cpu family']}, model {fields['model']})"
+    flags = fields.get("flags", fields.get("Features", ""))
+    return {"model": model, "flags": frozenset(flags.split())}
 
 
 def describe(model: str, flags: Sequence[str], cores: int) -> str:
