@@ -183,32 +183,37 @@ def test_xla_attention_gradient_joins_q_k_v_by_concatenation():
     assert "concatenate" in primitives and "pad" not in primitives, sorted(primitives)
 
 
-def test_xla_attention_keeps_one_logits_sized_array_per_layer_for_the_backward(monkeypatch):
-    """The softmax's gradient reads only its probabilities: compiled, the gradient of three
-    stacked attention layers needs about one `(N, heads, L, L)` float32 array per layer
-    less than with `jax.nn.softmax`, whose backward also keeps the unnormalised
-    exponentials; the softmax's gradient is `jax.nn.softmax`'s."""
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_xla_attention_keeps_one_logits_sized_array_per_layer_for_the_backward(dtype,
+                                                                              monkeypatch):
+    """The softmax's gradient reads only its probabilities, in the dtype the second product
+    takes them: compiled, the gradient of three stacked attention layers needs about one
+    `(N, heads, L, L)` float32 array per layer less than with `jax.nn.softmax` (whose
+    backward also keeps the unnormalised exponentials) and a cast; in float32 the
+    softmax's gradient is `jax.nn.softmax`'s."""
     logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 7, 11)) * 4
     cotangent = jax.random.normal(jax.random.PRNGKey(1), logits.shape)
     grads = [jax.vjp(fn, logits)[1](cotangent)[0]
-             for fn in (softmax_last_axis, lambda x: jax.nn.softmax(x, axis=-1))]
+             for fn in (lambda x: softmax_last_axis(x, jnp.float32),
+                        lambda x: jax.nn.softmax(x, axis=-1))]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
     n, length, heads, width = 8, 50, 4, 64
-    out_proj = jnp.zeros((width, 3 * width))
+    out_proj = jnp.zeros((width, 3 * width), dtype)
 
     def stack_of_three(packed):
         for _ in range(3):
             packed = heads_major_attention(packed, heads) @ out_proj
-        return jnp.sum(packed)
+        return jnp.sum(packed.astype(jnp.float32))
 
     def compiled_bytes():
         analysis = jax.jit(jax.grad(stack_of_three)).lower(
-            jnp.zeros((n, length, 3 * width))).compile().memory_analysis()
+            jnp.zeros((n, length, 3 * width), dtype)).compile().memory_analysis()
         return analysis.temp_size_in_bytes
 
     ours = compiled_bytes()
-    monkeypatch.setattr(tadaformer, "softmax_last_axis", lambda x: jax.nn.softmax(x, axis=-1))
+    monkeypatch.setattr(tadaformer, "softmax_last_axis",
+                        lambda x, dtype: jax.nn.softmax(x, axis=-1).astype(dtype))
     with_jax_softmax = compiled_bytes()
     logits_bytes = n * heads * length * length * 4
     assert with_jax_softmax - ours >= 2 * logits_bytes, (ours, with_jax_softmax, logits_bytes)

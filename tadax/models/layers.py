@@ -34,28 +34,34 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-@jax.custom_vjp
-def softmax_last_axis(x: jax.Array) -> jax.Array:
-    """Softmax over the last axis of `x` (any shape), with a gradient that reads only its
-    output: `p * (g - sum(g * p))`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax_last_axis(x: jax.Array, dtype: Any) -> jax.Array:
+    """Softmax over the last axis of `x` (any shape) computed in `x`'s precision and
+    returned in `dtype`, with a gradient that reads only that output:
+    `p * (g - sum(g * p))`, in float32.
 
     `jax.nn.softmax` differentiates through `exp(x - max) / sum` (its custom JVP
     is off by default), so its backward keeps the unnormalised exponentials as
-    well as the probabilities: for attention logits `(N, heads, L, L)`, an array
-    of that size per layer (TAdaFormer-B/16, float32, 16 frames: 0.32 GiB more
+    well as the probabilities; and a cast after it keeps both precisions. Here
+    the backward keeps just the `dtype` output, which the attention's second
+    product stores anyway: for logits `(N, heads, L, L)`, one to two arrays of
+    that size less per layer (TAdaFormer-B/16, float32, 16 frames: 0.32 GiB less
     per clip, XLA's estimate).
     """
     e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
-    return e / jnp.sum(e, axis=-1, keepdims=True)
+    return (e / jnp.sum(e, axis=-1, keepdims=True)).astype(dtype)
 
 
-def _softmax_fwd(x):
-    p = softmax_last_axis(x)
-    return p, p
+def _softmax_fwd(x, dtype):
+    p = softmax_last_axis(x, dtype)
+    return p, (p, jnp.zeros((), x.dtype))   # a scalar that carries x's dtype to the backward
 
 
-def _softmax_bwd(p, grad_out):
-    return (p * (grad_out - jnp.sum(grad_out * p, axis=-1, keepdims=True)),)
+def _softmax_bwd(dtype, residuals, grad_out):
+    p, like = residuals
+    p, grad_out = p.astype(jnp.float32), grad_out.astype(jnp.float32)
+    grad = p * (grad_out - jnp.sum(grad_out * p, axis=-1, keepdims=True))
+    return (grad.astype(like.dtype),)
 
 
 softmax_last_axis.defvjp(_softmax_fwd, _softmax_bwd)

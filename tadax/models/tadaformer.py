@@ -108,7 +108,7 @@ def heads_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
                for part in jnp.split(qkv, 3, axis=-1))
     logits = jnp.einsum("nhqd,nhkd->nhqk", q * jnp.asarray(head_dim ** -0.5, q.dtype), k,
                         preferred_element_type=jnp.float32)
-    probs = softmax_last_axis(logits).astype(v.dtype)
+    probs = softmax_last_axis(logits, v.dtype)
     out = jnp.einsum("nhqk,nhkd->nhqd", probs, v)
     return jnp.transpose(out, (0, 2, 1, 3)).reshape(n, length, num_heads * head_dim)
 
