@@ -148,13 +148,14 @@ def test_remat_gives_the_same_gradients():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_patch_conv_is_nn_conv(shape, kernel, stride, pad, bias, dtype):
     """PatchConv has nn.Conv's parameters (names, shapes, initial values) and computes its
-    output and every gradient, up to summation order (bfloat16: its rounding)."""
+    output and every gradient, up to summation order; in bfloat16, float32 nn.Conv's up to
+    bfloat16 rounding (a bias gradient summed in bfloat16 is off by more)."""
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     ours = PatchConv(7, kernel, stride, pad, use_bias=bias, bias_init=nn.initializers.normal(1.0),
                      dtype=dtype)
     ref = nn.Conv(7, kernel, strides=(stride, kernel[1], kernel[2]),
                   padding=(pad, (0, 0), (0, 0)), use_bias=bias,
-                  kernel_init=ours.kernel_init, bias_init=ours.bias_init, dtype=dtype)
+                  kernel_init=ours.kernel_init, bias_init=ours.bias_init, dtype=jnp.float32)
     params = ours.init(jax.random.PRNGKey(1), x)
     ref_params = ref.init(jax.random.PRNGKey(1), x)
     assert jax.tree.structure(params) == jax.tree.structure(ref_params)
@@ -168,8 +169,8 @@ def test_patch_conv_is_nn_conv(shape, kernel, stride, pad, bias, dtype):
     (_, y), grads = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ours, params, x)
     (_, y_ref), grads_ref = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
         ref, params, x)
-    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
-    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
     for a, b in zip([y] + jax.tree.leaves(grads), [y_ref] + jax.tree.leaves(grads_ref)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max(), rtol=0)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tadax.models.layers import (DropPath, LayerNorm, PatchConv, layer_norm, materialise,
+from tadax.models.layers import (Dense, DropPath, LayerNorm, PatchConv, layer_norm, materialise,
                                  quick_gelu, upstream_trunc_normal)
 from tadax.models.layers import temporal_avg_pool3
 from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
@@ -20,8 +20,8 @@ def _patch_conv(features: int, kernel: Tuple[int, int, int], temporal_stride: in
                      dtype=dtype, name=name)
 
 
-def _dense(features: int, dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, kernel_init=upstream_trunc_normal,
+def _dense(features: int, dtype, name: str) -> Dense:
+    return Dense(features, kernel_init=upstream_trunc_normal,
                     bias_init=nn.initializers.zeros, dtype=dtype, name=name)
 
 
@@ -63,8 +63,8 @@ class TAdaConvNeXtV2Block(nn.Module):
         if self.layer_scale_init > 0:
             gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init),
                                (self.dim,), jnp.float32)
-            y = gamma.astype(y.dtype) * y
-        return x.astype(jnp.float32) + DropPath()(y, drop_rate, train).astype(jnp.float32)
+            y = gamma * y.astype(jnp.float32)
+        return x.astype(jnp.float32) + DropPath()(y.astype(jnp.float32), drop_rate, train)
 
 
 class TAdaConvNeXtV2Backbone(nn.Module):

@@ -8,15 +8,15 @@ import jax.numpy as jnp
 from jax.extend import backend as jax_backend
 
 from tadax.errors import ConfigError
-from tadax.models.layers import (DropPath, PatchConv, layer_norm, quick_gelu,
+from tadax.models.layers import (Conv, Dense, DropPath, PatchConv, layer_norm, quick_gelu,
                                  softmax_last_axis, torch_default_kernel,
                                  upstream_trunc_normal)
 from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
 from tadax.models.tadaconv import TAdaConv2dV2
 
 
-def _dense(features: int, name: str, dtype, kernel_init=upstream_trunc_normal) -> nn.Dense:
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros,
+def _dense(features: int, name: str, dtype, kernel_init=upstream_trunc_normal) -> Dense:
+    return Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros,
                     dtype=dtype, name=name)
 
 
@@ -45,7 +45,7 @@ class TAdaBranch(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         middle = self.width // self.reduction
         if self.temp_enhance:
-            x = nn.Conv(middle, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
+            x = Conv(middle, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
                         kernel_init=upstream_trunc_normal, bias_init=nn.initializers.zeros,
                         dtype=self.dtype, name="tada_pre_proj")(x)
         else:
@@ -59,7 +59,7 @@ class TAdaBranch(nn.Module):
         x = quick_gelu(x)
         zeros = nn.initializers.zeros
         if self.temp_enhance:
-            return nn.Conv(self.width, (1, 1, 1), kernel_init=zeros, bias_init=zeros,
+            return Conv(self.width, (1, 1, 1), kernel_init=zeros, bias_init=zeros,
                            dtype=self.dtype, name="tada_proj")(x)
         return _dense(self.width, "tada_proj", self.dtype, kernel_init=zeros)(x)
 
@@ -131,7 +131,7 @@ class SpatialAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n, length, width = x.shape
         head_dim = width // self.num_heads
-        qkv = nn.Dense(3 * width, kernel_init=nn.initializers.xavier_uniform(),
+        qkv = Dense(3 * width, kernel_init=nn.initializers.xavier_uniform(),
                        bias_init=nn.initializers.zeros, dtype=self.dtype, name="in_proj")(x)
         if self.attention_impl == "xla":
             out = heads_major_attention(qkv, self.num_heads)
