@@ -29,33 +29,28 @@ def torch_default_bias(fan_in: int):
     return init
 
 
-def _promote_keeping_float32_bias(inputs, kernel, bias, *, dtype=None, inexact=True):
-    """flax's `promote_dtype` for the input and kernel only: the bias stays float32."""
-    inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=dtype, inexact=inexact)
-    return inputs, kernel, bias
-
-
-class Dense(nn.Dense):
-    """`nn.Dense` (same parameters) whose bias is added in float32: `(..., C_in) -> (..., features)`
-    in `dtype`.
+class Dense(nn.Module):
+    """A linear layer with `nn.Dense`'s parameters (`kernel` `(C_in, features)`, `bias`),
+    `(..., C_in) -> (..., features)` in `dtype`.
 
     The product runs in `dtype`; the bias joins in float32 before the cast to `dtype`, so
     its gradient, a sum of the output gradient over every token of the batch, accumulates
-    in float32 (a bfloat16 sum of ~10^5 terms that nearly cancel loses most of its digits;
-    PyTorch's autocast also sums bias gradients in float32).
+    in float32 (`nn.Dense` adds it in `dtype`: in bfloat16 a sum of ~10^5 terms that nearly
+    cancel loses most of its digits; PyTorch's autocast also sums bias gradients in float32).
     """
-    promote_dtype: Any = _promote_keeping_float32_bias
+    features: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return super().__call__(inputs).astype(self.dtype or inputs.dtype)
-
-
-class Conv(nn.Conv):
-    """`nn.Conv` (same parameters) whose bias is added in float32, as `Dense`'s: output in `dtype`."""
-    promote_dtype: Any = _promote_keeping_float32_bias
-
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return super().__call__(inputs).astype(self.dtype or inputs.dtype)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                (((x.ndim - 1,), (0,)), ((), ())))
+        return (y.astype(jnp.float32) + bias).astype(self.dtype)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -306,7 +301,7 @@ class PatchConv(nn.Module):
 
     The same parameters as `nn.Conv` with `strides=(temporal_stride, kh, kw)`, temporal
     `padding` and no spatial padding (`kernel` `(kt, kh, kw, C, features)`, `bias`), and
-    the same result up to summation order; the bias is added in float32, as `Dense`'s. Each frame's patches become channels
+    the same result up to summation order; the bias is added in float32 (see `Dense`). Each frame's patches become channels
     (space-to-depth) and the kt frames of each output step are concatenated, so the
     forward and both gradients are plain matmuls: XLA:CPU's strided convolution
     gradients ran 3-10x slower (README, "Where the train step goes").
@@ -328,7 +323,7 @@ class PatchConv(nn.Module):
                             jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) \
             if self.use_bias else None
-        x, kernel, bias = _promote_keeping_float32_bias(x, kernel, bias, dtype=self.dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         ho, wo = h // kh, w // kw
         x = x[:, :, :ho * kh, :wo * kw].reshape(b, t, ho, kh, wo, kw, c)
         x = x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, ho, wo, kh * kw * c)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax.extend import backend as jax_backend
 
 from tadax.errors import ConfigError
-from tadax.models.layers import (Conv, Dense, DropPath, PatchConv, layer_norm, quick_gelu,
+from tadax.models.layers import (Dense, DropPath, PatchConv, layer_norm, quick_gelu,
                                  softmax_last_axis, torch_default_kernel,
                                  upstream_trunc_normal)
 from tadax.models.repeat import block_class, drop_path_rates, scan_blocks
@@ -45,9 +45,9 @@ class TAdaBranch(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         middle = self.width // self.reduction
         if self.temp_enhance:
-            x = Conv(middle, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
-                        kernel_init=upstream_trunc_normal, bias_init=nn.initializers.zeros,
-                        dtype=self.dtype, name="tada_pre_proj")(x)
+            x = PatchConv(middle, (3, 1, 1), padding=(1, 1), kernel_init=upstream_trunc_normal,
+                          bias_init=nn.initializers.zeros, dtype=self.dtype,
+                          name="tada_pre_proj")(x)
         else:
             x = _dense(middle, "tada_pre_proj", self.dtype)(x)
         x = TAdaConv2dV2(middle, (3, 3), (1, 1), groups=middle, use_bias=True, cal_dim="cout",
@@ -59,8 +59,8 @@ class TAdaBranch(nn.Module):
         x = quick_gelu(x)
         zeros = nn.initializers.zeros
         if self.temp_enhance:
-            return Conv(self.width, (1, 1, 1), kernel_init=zeros, bias_init=zeros,
-                           dtype=self.dtype, name="tada_proj")(x)
+            return PatchConv(self.width, (1, 1, 1), kernel_init=zeros, bias_init=zeros,
+                             dtype=self.dtype, name="tada_proj")(x)
         return _dense(self.width, "tada_proj", self.dtype, kernel_init=zeros)(x)
 
 
