@@ -211,3 +211,34 @@ def test_predictions_name_each_file_once_over_two_hosts(tmp_path):
     for r in rows:
         assert r["label"] == int(r["filename"][3:9]) % 8 and r["num_views"] == 2
     assert rows == report(1, tmp_path / "one")
+
+
+def test_reports_compare_exactly_except_scores_within_rounding(tmp_path):
+    """The comparison the multi-host tests use (`tests/eval_reports.py`): scores off in
+    the 6th decimal (another batch layout on an AVX2 CPU) pass; a changed label, a score
+    off by 1e-4, classes trading places with distinct scores, or another accuracy fail."""
+    from eval_reports import assert_same_report
+
+    probs, labels, ids = hand_made()
+    views = {"probs": probs, "label": labels, "video_id": ids}
+    videos = evaluation.aggregate_views(probs, labels, ids)
+    result = evaluation.metrics(views, videos)
+
+    def report(name, scores=None, label_of_first=None, top1=None):
+        v = dict(videos, scores=videos["scores"] if scores is None else scores)
+        if label_of_first is not None:
+            v["label"] = np.array([label_of_first, *videos["label"][1:]])
+        evaluation.write_report(str(tmp_path / name), views, v,
+                                dict(result, top1=result["top1"] if top1 is None else top1))
+        return tmp_path / name
+
+    base = report("base")
+    assert_same_report(base, report("rounding", videos["scores"] + 1e-6))
+    broken = [report("label", label_of_first=0), report("score", videos["scores"] + np.eye(
+        *videos["scores"].shape) * 1e-4), report("accuracy", top1=result["top1"] - 0.5)]
+    swapped = videos["scores"].copy()
+    swapped[1, [0, 3]] = swapped[1, [3, 0]]             # video 11: classes 0 and 3 trade places
+    broken.append(report("swap", swapped))
+    for folder in broken:
+        with pytest.raises(AssertionError):
+            assert_same_report(base, folder)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from eval_reports import assert_same_report
 from tadax.data import synthetic
 from tadax.train.checkpointing import load_weights
 
@@ -213,8 +214,7 @@ def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
         assert p.returncode == 0, text
     assert "host 0/2 evaluates videos 0-127 from 2 shard files" in outs[0]
     assert "host 1/2 evaluates videos 128-255 from 2 shard files" in outs[1]
-    for name in ("predictions.jsonl", "metrics.json"):
-        assert (tmp_path / "two" / name).read_text() == (tmp_path / "multi" / name).read_text()
+    assert_same_report(tmp_path / "two", tmp_path / "multi")
     assert (tmp_path / "two" / "confusion.png").exists()
 
 
