@@ -9,9 +9,14 @@ a CI run cannot pass by skipping.
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import filelock
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,9 +43,82 @@ def _share_compilation_cache() -> Path | None:
 _COMPILATION_CACHE = _share_compilation_cache()
 
 
+def _shared_runs_folder() -> tuple:
+    """(folder, made here?): one folder per test run for runs that tests of every process
+    share (`background_run`), made by the first process and inherited like the cache."""
+    if "TADAX_TEST_SHARED_RUNS" in os.environ:
+        return Path(os.environ["TADAX_TEST_SHARED_RUNS"]), False
+    folder = Path(tempfile.mkdtemp(prefix="tadax-test-runs-"))
+    os.environ["TADAX_TEST_SHARED_RUNS"] = str(folder)
+    return folder, True
+
+
+SHARED_RUNS, _MADE_SHARED_RUNS = _shared_runs_folder()
+
+# Commands that tests share, run once per test session in the background from the moment a
+# collected test asks for them (`background_run(name)`), each in its own folder as cwd:
+# "quickstart" is the README's first command, `python train.py`, exactly as a user types it
+# (its run directory: workdirs/quickstart under that folder).
+BACKGROUND_COMMANDS = {"quickstart": [sys.executable, str(REPO_ROOT / "train.py")]}
+
+
+def _start_background(name: str) -> None:
+    """Starts command `name` once across the session's processes (file lock); its output
+    goes to `output.txt` and its exit code to `exit_code` in its folder."""
+    folder = SHARED_RUNS / name
+    with filelock.FileLock(f"{folder}.lock"):
+        if folder.exists():
+            return
+        folder.mkdir()
+        command = " ".join(f"'{part}'" for part in BACKGROUND_COMMANDS[name])
+        proc = subprocess.Popen(["bash", "-c", f"{command} > output.txt 2>&1; echo $? > code.tmp; mv code.tmp exit_code"],
+                                cwd=folder, start_new_session=True,
+                                env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        (folder / "pid").write_text(str(proc.pid))
+
+
+def background_run(name: str, timeout: float = 900.0) -> Path:
+    """The folder of shared command `name` once it has finished (starting it if needed);
+    fails with its output's tail if it failed. Tests must not change what is in it."""
+    _start_background(name)
+    folder = SHARED_RUNS / name
+    deadline = time.time() + timeout
+    while not (folder / "exit_code").exists():
+        if time.time() > deadline:
+            pytest.fail(f"{name} did not finish within {timeout:.0f} s")
+        time.sleep(1.0)
+    code = int((folder / "exit_code").read_text())
+    if code != 0:
+        pytest.fail(f"{name} exited with {code}:\n{(folder / 'output.txt').read_text()[-3000:]}")
+    return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Starts the shared background commands that the collected tests use, early, so they
+    run while other tests do."""
+    wanted = set()
+    for item in items:
+        for marker in item.iter_markers("background"):
+            wanted.update(marker.args)
+    for name in sorted(wanted):
+        _start_background(name)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background(name, ...): the test uses the shared "
+                                       "background command NAME (conftest.background_run)")
+
+
 def pytest_unconfigure(config):
     if _COMPILATION_CACHE is not None:
         shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+    if _MADE_SHARED_RUNS:
+        for pid_file in SHARED_RUNS.glob("*/pid"):
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(SHARED_RUNS, ignore_errors=True)
 
 
 def strict() -> bool:
