@@ -42,6 +42,8 @@ def peak_lr(s: Settings) -> float:
 def lr_at_epoch(s: Settings, epoch: float) -> float:
     """The base learning rate at a (fractional) epoch: a linear warmup from WARMUP_START_LR
     to the policy's value at WARMUP_EPOCHS, then the policy ('cosine' or 'cosine_v2')."""
+    if s["TRAIN.NUM_FOLDS"] != 1:
+        raise ValueError("TRAIN.NUM_FOLDS != 1 (epochs in folds): not in the released recipes")
     base, total = peak_lr(s), float(s["OPTIMIZER.MAX_EPOCH"])
     warmup = float(s["OPTIMIZER.WARMUP_EPOCHS"])
 

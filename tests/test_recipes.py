@@ -340,10 +340,14 @@ FIELDS: Dict[str, Field] = {
     "grayscale": Field(
         lambda p: p.s["AUGMENTATION.GRAYSCALE"] if p.s["AUGMENTATION.COLOR_AUG"] else 0.0,
         lambda p: p.config.data.grayscale_p),
-    "colour jitter, random erasing": Field(   # neither exists in tadax: both must be off
+    # What tadax fixes in code: no colour jitter, random erasing or attention dropout; the
+    # views' softmax scores summed.
+    "fixed in tadax (colour jitter, erasing, attention dropout, view ensemble)": Field(
         lambda p: (p.s["AUGMENTATION.COLOR_P"] if p.s["AUGMENTATION.COLOR_AUG"] else 0.0,
-                   bool(p.s["AUGMENTATION.RANDOM_ERASING.ENABLE"])),
-        lambda p: (0.0, False)),
+                   bool(p.s["AUGMENTATION.RANDOM_ERASING.ENABLE"]),
+                   float(p.s.get("VIDEO.BACKBONE.ATTN_DROPOUT") or 0.0),
+                   p.s["DATA.ENSEMBLE_METHOD"]),
+        lambda p: (0.0, False, 0.0, "sum")),
     "train crop size": Field(lambda p: p.s["DATA.TRAIN_CROP_SIZE"],
                              lambda p: p.config.data.train_crop_size),
     "train crop (kind, range, aspect)": Field(
