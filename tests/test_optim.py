@@ -1,9 +1,10 @@
 """The optimizer's per-parameter lr multipliers and weight decay against the original's grouping.
 
-The expectation is computed from the original's rules applied to its own
-state-dict names and shapes (the released-checkpoint manifests), mapped to
-Flax paths with the importer's mapping; it is compared with the config
-rules applied to the real parameter trees (`jax.eval_shape`, no memory).
+The expectation is computed from the original's rules (`tests/original_settings.py`,
+under the settings of the model's YAML) applied to its own state-dict names and
+shapes (the released-checkpoint manifests), mapped to Flax paths with the
+importer's mapping; it is compared with the config rules applied to the real
+parameter trees (`jax.eval_shape`, no memory).
 """
 
 import json
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+import original_settings
 from conftest import require, shared_dir
 from configs import rules
 from tadax.models import build_model, default_model_config, layout
@@ -23,44 +25,16 @@ from tadax.train import optim
 from tadax.weights import mapping
 
 
-def upstream_layer_wise(name, shape, depth, decay):
-    """(lr mult, decayed?) of the original's layer-wise branch, on a torch name."""
-    parts = name.split(".")
-    if "embd" in name or "cls_token" in name or "embedding" in name:
-        layer = 0
-    elif parts[0] == "backbone":
-        if parts[1] in ("conv1", "ln_pre"):
-            layer = 0
-        elif parts[1] in ("ln_post", "proj"):
-            layer = depth + 1
-        else:
-            layer = int(parts[2]) + 1
-    else:
-        layer = depth + 1
-    lr = decay ** (depth + 1 - layer)
-    if "tada" in name:
-        lr *= 10
-    if "head" in name:
-        lr *= 10
-    decayed = not (len(shape) == 1 or name.endswith(".bias"))
-    return lr, decayed
+def original_rule(yaml_name):
+    """(lr mult, decayed?) of a torch parameter under the original's grouping with the
+    settings of its `configs/projects/` file `yaml_name` (`tests/original_settings.py`)."""
+    root = require(shared_dir() / "upstream" / "configs", "the original's settings files")
+    s = original_settings.settings(root / "projects" / yaml_name, root)
 
-
-def upstream_legacy(name, shape):
-    """(lr mult, decayed?) of the original's legacy branch with FINE_TUNE and LR_REDUCE."""
-    if "rf" in name:
-        if "bn" in name:
-            return 1, False
-        if "bias" in name:
-            return 10, False
-        return 5, True
-    if "embd" in name or "cls_token" in name:
-        return 1, False
-    if "bn" in name or "norm" in name:
-        return 1, False
-    if "head" in name:
-        return (10, False) if "bias" in name else (5, True)
-    return 1, "bias" not in name
+    def rule(name, shape):
+        lr, weight_decay = original_settings.param_group(s, name, shape)
+        return lr, weight_decay > 0
+    return rule
 
 
 def expected_from_manifest(key, rule):
@@ -119,7 +93,7 @@ def test_tadaformer_b16_layer_wise_groups(scan_layers):
     cfg = ml_collections.ConfigDict()
     rules.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
     expected = expected_from_manifest(
-        "tadaformer_b16_k400", lambda n, s: upstream_layer_wise(n, s, 12, 0.7))
+        "tadaformer_b16_k400", original_rule("tadaformer/tadaformer_b16_k400_16f.yaml"))
     params = real_params("tadaformer_b16", scan_layers, num_classes=400)
     check(params, cfg, expected, 0.05)
     lr = per_block(optim.multipliers(params, cfg)[0], params)
@@ -135,7 +109,7 @@ def test_tadaformer_ssv2_double_tada_groups(scan_layers):
     cfg = ml_collections.ConfigDict()
     rules.tadaformer_rules(cfg, depth=12, layer_decay=0.7)
     expected = expected_from_manifest(
-        "tadaformer_b16_ssv2", lambda n, s: upstream_layer_wise(n, s, 12, 0.7))
+        "tadaformer_b16_ssv2", original_rule("tadaformer/tadaformer_b16_ssv2_16f.yaml"))
     params = real_params("tadaformer_b16", scan_layers, num_classes=174, temp_enhance=True,
                          double_tada=True)
     check(params, cfg, expected, 0.05)
@@ -145,7 +119,9 @@ def test_tadaformer_ssv2_double_tada_groups(scan_layers):
 def test_convnext_tiny_legacy_groups(scan_layers):
     cfg = ml_collections.ConfigDict()
     rules.convnext_rules(cfg)
-    expected = expected_from_manifest("tadaconvnextv2_tiny_k400", upstream_legacy)
+    expected = expected_from_manifest(
+        "tadaconvnextv2_tiny_k400",
+        original_rule("tadaconvnextv2/tadaconvnextv2_tiny_k400_16f.yaml"))
     params = real_params("tadaconvnextv2_tiny", scan_layers, num_classes=400)
     check(params, cfg, expected, 0.02)
     lr, wd = (per_block(t, params) for t in optim.multipliers(params, cfg))
