@@ -75,6 +75,54 @@ def test_interval_sampling():
     assert idx.min() == 0 and idx.max() == 19
 
 
+def _draw_many(sampler, n: int):
+    """`sampler(seed)` for the seeds (i, 1), i < n, in one traced call -> (n, T) numpy."""
+    seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.ones([n], tf.int64)], 1)
+    run = tf.function(lambda s: tf.map_fn(sampler, s, fn_output_signature=tf.int32),
+                      autograph=False)
+    return run(seeds).numpy()
+
+
+def test_training_segment_frames_are_independent_uniform_draws():
+    """Training segment sampling over 1000 clips of a 160-frame video in 8 segments of 20:
+    each segment's offset is uniform over its segment (mean 10, from 0 to 20) and drawn
+    independently of the other segments' (correlation within 4 / sqrt(1000)).
+
+    Catches: one random offset shared by all segments, offsets drawn over the whole video
+    or over half a segment."""
+    n = 1000
+    idx = _draw_many(lambda s: sampling.segment_indices(160, 8, seed=s), n)
+    offsets = idx - np.arange(8) * 20                      # rounded 20 u, u ~ U(0, 1)
+    assert offsets.min() >= 0 and offsets.max() <= 20
+    for k in range(8):
+        assert offsets[:, k].min() <= 1 and offsets[:, k].max() >= 19
+    # Mean 10 (the last segment's 160 is clamped to 159: a bias of 1/(8 40)); sd 20/sqrt(12).
+    assert abs(offsets.mean() - 10) < 4 * (20 / np.sqrt(12)) / np.sqrt(offsets.size) + 0.01
+    corr = np.corrcoef(offsets.T)[np.triu_indices(8, 1)]
+    assert np.abs(corr).max() < 4 / np.sqrt(n), corr
+
+
+def test_interval_windows_single_view_in_the_middle_training_uniform():
+    """Interval sampling by its definition: the single eval view's window starts at
+    max_start / 2; a training window's start is uniform over [0, max_start], here 84 frames
+    for a window of 16 x 5 = 80: its first frame floor(start) is 0, 1, 2 or 3, each with
+    probability 1/4 (counts over 1000 clips within 4 binomial sds).
+
+    Catches: the single view at the start (or the end) of the video, training starts
+    drawn over [0, max_start - 1] or over the whole video."""
+    n, length = 300, 80
+    start = (n - length) / 2
+    np.testing.assert_array_equal(sampling.interval_indices(n, 30.0, 16, 5).numpy(),
+                                  np.floor(np.linspace(start, start + length - 1, 16)))
+    draws = 1000
+    idx = _draw_many(lambda s: sampling.interval_indices(84, 30.0, 16, 5, seed=s), draws)
+    first = idx[:, 0]
+    np.testing.assert_array_equal(idx[:, -1] - first, length - 1)
+    counts = np.bincount(first, minlength=5)
+    assert counts[4:].sum() == 0, counts
+    assert all(abs(c - draws / 4) <= 4 * np.sqrt(draws * 3 / 16) for c in counts[:4]), counts
+
+
 # ------------------------------------------------------------ eval views
 
 def coded_video(t=10, h=40, w=60):
