@@ -152,6 +152,34 @@ def test_view_placement(h, w):
     assert (single[0, 0, 0, 0, 1], single[0, 0, 0, 0, 2]) == ((10, 0) if h < w else (0, 10))
 
 
+def test_square_frames_are_cropped_along_the_height():
+    """Square frames (crop below the test scale): the original's three crops go down the
+    height (top, centre, bottom) at the horizontal centre.
+
+    Catches: a square frame taken as landscape (its crops along the width)."""
+    video = coded_video(h=60, w=60)
+    c = data_config(dataset="kinetics400", num_frames=5, test_scale=60, test_crop_size=40,
+                    num_clips=1, num_crops=3)
+    out = views.eval_views(lambda i: tf.gather(tf.constant(video), i), 10, 30.0, c,
+                           multi_view=True).numpy()
+    assert [(out[v, 0, 0, 0, 1], out[v, 0, 0, 0, 2]) for v in range(3)] == \
+        [(10, 0), (10, 10), (10, 20)]                              # (x, y) of each crop
+
+
+def test_normalize_is_the_original_formula():
+    """(x / 255 - mean) / std per channel, numpy, in the configured dtype.
+
+    Catches: mean and std swapped, the division by 255 after the mean, channels reversed."""
+    c = data_config(dataset="kinetics400", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    pixels = np.array([[0, 128, 255], [51, 102, 204]], np.float32)
+    want = (pixels / 255 - np.array(c.mean)) / np.array(c.std)
+    np.testing.assert_allclose(views.normalize(tf.constant(pixels), c).numpy(), want, rtol=1e-6)
+    c.dtype = "bfloat16"
+    got = views.normalize(tf.constant(pixels), c)
+    assert got.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want, rtol=1e-2)
+
+
 def test_resize_short_side_truncates_like_the_original():
     out = views.resize_short_side(tf.zeros([1, 240, 320, 3], tf.uint8), 224)
     assert out.shape == (1, 224, 298, 3)         # int(320 / 240 * 224) = 298
@@ -268,6 +296,29 @@ def test_bfloat16_output(cfg):
 def serialized(frames, label=0):
     return record_bytes.sequence_example([jpeg_bytes(f, 95) for f in frames], label=label, text="x",
                                     filename="v.mp4", start_us=0, end_us=10 ** 6, fps=len(frames))
+
+
+def test_eval_view_numbers_name_their_clip_and_crop():
+    """The eval pipeline's records -> views: view v shows temporal clip v // num_crops at
+    spatial crop v % num_crops (2 clips x 3 crops of a landscape video whose pixels code
+    their frame, column and row; JPEG keeps the codes within a fraction of their step).
+
+    Catches: views numbered crop-major (clip + num_clips x crop), or all as clip 0."""
+    tt, yy, xx = np.meshgrid(np.arange(10), np.arange(40), np.arange(60), indexing="ij")
+    record = tf.constant(serialized(list(np.stack([tt * 20, xx * 4, yy * 4], -1)
+                                         .astype(np.uint8))))
+    c = data_config(dataset="kinetics400", num_frames=5, test_scale=40, test_crop_size=40,
+                    num_clips=2, num_crops=3, mean=(0.0,) * 3, std=(1.0,) * 3)
+    seen = []
+    for k in range(2):
+        out = pipeline._eval_clip(record, tf.constant(7, tf.int64), k, c, True)
+        for view, clip in zip(out["view"].numpy(), out["video"].numpy() * 255):
+            clip_idx, crop = divmod(int(view), 3)
+            frames = sampling.segment_indices(10, 5, clip_idx=clip_idx, num_clips=2).numpy()
+            np.testing.assert_allclose(clip[:, 20, 20, 0] / 20, frames, atol=0.25)
+            np.testing.assert_allclose(clip[:, 20, 20, 1] / 4, 20 + 10 * crop, atol=0.5)
+            seen.append(int(view))
+    assert sorted(seen) == list(range(6))
 
 
 def test_augmentation_is_the_same_on_every_frame():
