@@ -181,8 +181,11 @@ def test_normalize_is_the_original_formula():
 
 
 def test_resize_short_side_truncates_like_the_original():
+    """Landscape and portrait: the long side int(long / short x size), truncated."""
     out = views.resize_short_side(tf.zeros([1, 240, 320, 3], tf.uint8), 224)
-    assert out.shape == (1, 224, 298, 3)         # int(320 / 240 * 224) = 298
+    assert out.shape == (1, 224, 298, 3)         # int(320 / 240 * 224) = 298 (298.67)
+    out = views.resize_short_side(tf.zeros([1, 320, 240, 3], tf.uint8), 224)
+    assert out.shape == (1, 298, 224, 3)
 
 
 def collect_eval(c, pc, batch, multi_view=True):
