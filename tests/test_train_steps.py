@@ -17,11 +17,12 @@ from tadax.train import sharding, state as state_lib, steps
 class TinyVideoNet(nn.Module):
     """A BatchNorm-free stand-in: mean over time and space, dropout, linear head."""
     classes: int = 5
+    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, video, train=False):
         x = nn.Dense(8, name="embed")(video.mean(axis=(1, 2, 3)))
-        x = nn.Dropout(0.0)(x, deterministic=not train)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(self.classes, name="head")(nn.gelu(x))
 
 
@@ -178,6 +179,28 @@ def test_micro_batches_mix_within_themselves():
                                rtol=1e-5)
     _, mixed1 = run(accum=1, mixup=0.8, cutmix=1.0, batches=batches)
     assert max(abs(float(a["loss"]) - float(b["loss"])) for a, b in zip(mixed1, plain2)) > 1e-3
+
+
+def test_each_micro_batch_draws_its_own_random_numbers():
+    """Two micro-batches X and Y (example i in micro-batch i mod 2) through dropout 0.5,
+    then the same step with their contents swapped: the mean of the micro-batch losses
+    and gradients is symmetric in them, so with the same random numbers for both the two
+    steps would agree. Each micro-batch draws its own (dropout here; mixing and drop path
+    come from the same key), so they differ. One compile.
+
+    Catches: every micro-batch given the step's key instead of one folded with its index
+    (the same mixing, dropout and drop-path masks in all of them)."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(2, 4, 2, 4, 4, 3)).astype(np.float32)
+    mesh, fresh, step = setup(config(accum=2), TinyVideoNet(dropout=0.5))
+    losses = []
+    for first, second in ((x, y), (y, x)):
+        video = np.stack([first, second], axis=1).reshape((8,) + x.shape[1:])
+        batch = {"video": video, "label": np.arange(8, dtype=np.int32) % 5}
+        batch["label"][1::2] = batch["label"][0::2]          # labels follow their clips
+        _, metrics = step(fresh(), sharding.global_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    assert abs(losses[0] - losses[1]) > 1e-3, losses
 
 
 def test_mixing_needs_two_clips_per_device_and_micro_batch():
