@@ -259,6 +259,32 @@ def test_train_deterministic_and_resumable(cfg):
     assert np.bincount(first_epoch, minlength=8).tolist() == [5] * 8
 
 
+def _stream_order(c, stream, k, start, count):
+    """Hashes of `count` raw records of training stream `stream` of `k`, from record `start`."""
+    ds = pipeline._stream_records(stream, c, 0, k, start).take(count)
+    return [hash(r.numpy()) for r, _, _ in ds]
+
+
+@pytest.mark.parametrize("k,buffer", [(1, 1), (4, 4096)])
+def test_every_epoch_has_its_own_order(cfg, k, buffer):
+    """A training stream's raw records over 4 epochs: each epoch is its records once, the
+    epochs come in different orders, and a stream started at record s continues from
+    there. k = 1, no shuffle buffer: the 4 shard files' order alone orders the records
+    (the same order in all 4 epochs by chance: 24^-3); k = 4: one file per stream, the
+    shuffle alone orders them.
+
+    Catches: the file order drawn once for all epochs, the record shuffle seeded the same
+    every epoch (every epoch in the same order: the original reshuffles per epoch)."""
+    c = data_config(**{**cfg.to_dict(), "shuffle_buffer": buffer * k})
+    stream = pipeline._streams(pipeline._shards(c, "train"), k)[0]
+    n = stream.epoch_len
+    order = _stream_order(c, stream, k, 0, 4 * n)
+    epochs = [order[e * n:(e + 1) * n] for e in range(4)]
+    assert all(len(set(e)) == n and set(e) == set(epochs[0]) for e in epochs)
+    assert len({tuple(e) for e in epochs}) >= 2 if k == 1 else len({tuple(e) for e in epochs}) == 4
+    assert _stream_order(c, stream, k, n + 3, 2 * n) == order[n + 3:3 * n + 3]
+
+
 def test_train_hosts_read_disjoint_data(cfg):
     files = records.shard_files(pipeline.resolve_data_dir(cfg), "train")
     shards = pipeline._shards(cfg, "train")
