@@ -203,6 +203,24 @@ def test_each_micro_batch_draws_its_own_random_numbers():
     assert abs(losses[0] - losses[1]) > 1e-3, losses
 
 
+def test_an_epoch_is_the_whole_global_batches_of_the_train_split(monkeypatch):
+    """The schedule's epoch: train videos // global batch steps (the original's training
+    loader drops the last partial batch), at least 1; or `train.steps_per_epoch` if set.
+
+    Catches: a partial last batch counted (1001 videos at 64: 16 steps, not 15), the
+    explicit setting ignored."""
+    from tadax.data import pipeline
+    from tadax.train import trainer
+    monkeypatch.setattr(pipeline, "num_examples", lambda data_cfg, split: {"train": 1001}[split])
+    cfg = ml_collections.ConfigDict(dict(train=dict(steps_per_epoch=0, global_batch_size=64),
+                                         data=dict()))
+    assert trainer.steps_per_epoch(cfg) == 15
+    cfg.train.global_batch_size = 2048
+    assert trainer.steps_per_epoch(cfg) == 1
+    cfg.train.steps_per_epoch = 7
+    assert trainer.steps_per_epoch(cfg) == 7
+
+
 def test_mixing_needs_two_clips_per_device_and_micro_batch():
     from tadax.errors import ConfigError
     from tadax.train import trainer
