@@ -123,6 +123,29 @@ def test_interval_windows_single_view_in_the_middle_training_uniform():
     assert all(abs(c - draws / 4) <= 4 * np.sqrt(draws * 3 / 16) for c in counts[:4]), counts
 
 
+def test_clip_indices_sample_as_the_config_says():
+    """`clip_indices` with the ConvNeXt Kinetics recipe's sampling (16 frames at stride 5 in
+    30 fps frames) on a 300-frame 60 fps video: a window of 16 x 5 x 60 / 30 = 160 frames,
+    the single view from frame 70 = (300 - 160) / 2, view k of 4 from 140 k / 4, a
+    training window 159 frames long; and segment sampling as `segment_indices`.
+
+    Catches: the target rate, the stride or the frame count not passed on (no test read
+    interval sampling through the config)."""
+    from tadax.data.config import recipe_overrides
+    c = data_config(dataset="kinetics400", **recipe_overrides("convnext", "kinetics400"))
+    assert (c.sampling, c.num_frames, c.sampling_rate, c.target_fps) == ("interval", 16, 5, 30.0)
+    window = lambda start: np.floor(np.linspace(start, start + 159, 16))  # noqa: E731
+    np.testing.assert_array_equal(sampling.clip_indices(c, 300, 60.0).numpy(), window(70))
+    for k in range(4):
+        np.testing.assert_array_equal(
+            sampling.clip_indices(c, 300, 60.0, clip_idx=k, num_clips=4).numpy(), window(35 * k))
+    idx = sampling.clip_indices(c, 300, 60.0, seed=tf.constant([4, 2])).numpy()
+    assert idx.shape == (16,) and idx[-1] - idx[0] == 159
+    seg = data_config(dataset="kinetics400", num_frames=8)
+    np.testing.assert_array_equal(sampling.clip_indices(seg, 100, 30.0, clip_idx=1, num_clips=2),
+                                  sampling.segment_indices(100, 8, clip_idx=1, num_clips=2))
+
+
 # ------------------------------------------------------------ eval views
 
 def coded_video(t=10, h=40, w=60):
