@@ -75,15 +75,18 @@ def _stats(windows, height, width):
     (100, 100, (0.08, 0.5), (0.75, 1.333)),      # every first attempt fits: the raw draws
 ])
 def test_crop_window_is_distributed_as_torchvision(height, width, scale, ratio):
-    """Over 1000 seeds, the windows' area fraction, log aspect ratio and relative position
-    have the mean and spread of torchvision's (100000 numpy draws of its definition), the
-    area fraction spans the configured range, and area and aspect are correlated as in the
-    reference (independent draws; only rejection couples them).
+    """Over 1000 seeds, windows inside the frame whose area fraction, log aspect ratio and
+    relative position have the mean and spread of torchvision's (100000 numpy draws of its
+    definition), the area fraction spans the configured range, and area and aspect are
+    correlated as in the reference (independent draws; only rejection couples them).
 
     Catches: the crop always at its minimum area (or maximum), area drawn on a log scale,
     aspect drawn uniformly instead of log-uniformly or from the area's random numbers,
     positions drawn outside the free range or x from y's random number."""
-    got = _stats(_windows(height, width, scale, ratio), height, width)
+    windows = _windows(height, width, scale, ratio)
+    y, x, h, w = windows.T
+    assert np.all((y >= 0) & (x >= 0) & (h > 0) & (w > 0) & (y + h <= height) & (x + w <= width))
+    got = _stats(windows, height, width)
     ref = _stats(torchvision_windows(np.random.default_rng(0), 100_000, height, width,
                                      scale, ratio), height, width)
     for name in got:
@@ -230,7 +233,8 @@ def test_randaugment_fills_with_the_normalisation_mean(monkeypatch):
     Catches: the fill computed from the std, or in [0, 1] instead of [0, 255]."""
     monkeypatch.setattr(randaugment, "OPS", ("TranslateXRel",))
     cfg = data_config(dataset="kinetics400", num_frames=1, train_crop_size=CROP,
-                      train_scale=(1.0, 1.0), ratio=(0.75, 1.333), randaugment="rand-m10-n1-mstd0-inc1",
+                      train_scale=(1.0, 1.0), ratio=(0.75, 1.333),
+                      randaugment="rand-m10-n1-mstd0-inc1",
                       grayscale_p=0.0, flip=False, mean=CLIP_MEAN)
     clips, _ = _train_clips(cfg, 6, frames=np.zeros((H, W, 3), np.uint8))
     want = [round(255 * m) for m in CLIP_MEAN]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import (augment, pipeline, record_bytes, records, sampling, synthetic,
+from tadax.data import (pipeline, record_bytes, records, sampling, synthetic,
                         tfrecord_file, views)
 from tadax.data.config import data_config
 from tadax.data.encode import jpeg_bytes
@@ -390,14 +390,6 @@ def test_augmentation_is_the_same_on_every_frame():
     assert len({o.tobytes() for o in outs}) == 12              # and it does augment
     assert any(np.allclose(o[..., 0] * c.std[0] + c.mean[0], o[..., 1] * c.std[1] + c.mean[1],
                            atol=1e-5) for o in outs)          # grayscale happened somewhere
-
-
-def test_crop_window_is_torchvision_like():
-    for s in range(50):
-        y, x, h, w = augment.crop_window(tf.constant([s, 3]), 240, 320).numpy()
-        assert 0 <= y and y + h <= 240 and 0 <= x and x + w <= 320
-        assert 0.08 * 240 * 320 * 0.9 <= h * w <= 240 * 320
-        assert 0.75 * 0.9 <= w / h <= 1.333 * 1.1
 
 
 def lr_record(label):

@@ -62,8 +62,8 @@ def test_metrics_count_class_zero_and_the_fifth_place():
     views = {"probs": probs, "label": labels, "video_id": ids, "view": np.zeros(3, int)}
     result = evaluation.metrics(views, evaluation.aggregate_views(probs, labels, ids))
     assert result["num_unlabelled"] == 0
-    assert result["top1"] == pytest.approx(100 / 3) and result["view_top1"] == pytest.approx(100 / 3)
-    assert result["top5"] == pytest.approx(200 / 3) and result["view_top5"] == pytest.approx(200 / 3)
+    assert result["top1"] == result["view_top1"] == pytest.approx(100 / 3)
+    assert result["top5"] == result["view_top5"] == pytest.approx(200 / 3)
     assert result["per_class_accuracy"] == [100.0, None, 0.0, None, None, 0.0]
     assert result["mean_class_accuracy"] == pytest.approx(100 / 3)
 
