@@ -21,7 +21,6 @@ per-class accuracy), predictions.jsonl, confusion.png. Every path may be local o
 """
 
 import os
-import re
 import sys
 
 if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
@@ -33,13 +32,13 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tadax import checkpoint_io, explain
+from tadax import explain
 from tadax.features import clip_data_config
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
 from tadax.errors import ConfigError
 from tadax.labels import shipped_class_names
-from tadax.train import cli, evaluation, preflight, run_config
+from tadax.train import cli, evaluation, preflight
 from tadax.paths import local_copy, user_path
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
@@ -47,18 +46,8 @@ from tadax.train.steps import make_eval_step
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _checkpoint_arg(argv) -> str:
-    """The --checkpoint value on the command line ('' if absent): the default config is
-    the checkpoint's own, and config_flags loads a default when the flag is defined."""
-    for i, arg in enumerate(argv):
-        match = re.fullmatch(r"--?checkpoint(=(.*))?", arg)
-        if match:
-            return match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else "")
-    return ""
-
-
 config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "checkpoint.py") + ":" + _checkpoint_arg(sys.argv),
+    "config", os.path.join(_HERE, "configs", "checkpoint.py") + ":" + cli.checkpoint_arg(sys.argv),
     "Config (data, eval and mesh settings; the model too for run checkpoints); default: the "
     "checkpoint's own (configs/checkpoint.py).", lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
@@ -72,18 +61,6 @@ flags.DEFINE_string("labels", None, "Class names, one a line in label order.")
 flags.DEFINE_string("explain", None, "With --video: write the scores of each view and the "
                     "TAdaConv calibration over time and depth (PNGs + arrays) to this folder.")
 FLAGS = flags.FLAGS
-
-
-def check_config_source() -> None:
-    """Without --config the checkpoint must carry its config (a converted directory or a
-    run with its saved config.json)."""
-    if any(re.fullmatch(r"--?config(=.*)?", a) for a in sys.argv):
-        return
-    if not checkpoint_io.is_model_dir(FLAGS.checkpoint) and \
-            run_config.run_dir_of(FLAGS.checkpoint) is None:
-        raise ConfigError(f"--checkpoint={FLAGS.checkpoint} is neither a converted model "
-                          f"directory nor a training run with a saved {run_config.CONFIG_FILE}: "
-                          "pass the recipe with --config")
 
 
 def class_names(num_classes, data_cfg, from_dataset: bool):
@@ -134,7 +111,7 @@ def main(argv):
         raise ConfigError("--explain needs --video (it explains one video)")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
-    check_config_source()
+    cli.check_config_source(FLAGS.checkpoint, sys.argv)
     config = FLAGS.config
     mesh = make_mesh(config.mesh)
     model, variables, model_cfg = evaluation.load_model(FLAGS.checkpoint, config, mesh,

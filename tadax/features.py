@@ -7,6 +7,8 @@ folder of video files, written to resumable `.npz` shards.
   python -m tadax.features --config configs/tadaformer_b16.py \
       --checkpoint ckpt/tadaformer_b16_k400 --videos /data/my_videos --output feats/mine
 
+Without `--config` the config is the checkpoint's own, as for eval.py: a run's saved
+config (model, data, views), or a converted model with its recipe's preprocessing.
 Every video is seen through the evaluation views (`data.num_clips` x
 `data.num_crops`, or the centre view with `--single_view`); the pooled
 backbone features of its views (the classification head's input) are
@@ -368,6 +370,10 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
+    try:
+        cli.check_config_source(args.checkpoint, sys.argv)
+    except ValueError as e:
+        sys.exit(f"features: {e}")
     split = None if args.videos else (args.split or args.config.eval.test_split)
     try:
         summary = extract(args.config, checkpoint=args.checkpoint, output=args.output,
@@ -386,8 +392,9 @@ def _define_flags() -> None:
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config_flags.DEFINE_config_file(
-        "config", os.path.join(here, "configs", "quickstart.py"),
-        "Recipe config (data, eval batch size, features settings; the model for run checkpoints).",
+        "config", os.path.join(here, "configs", "checkpoint.py") + ":" + cli.checkpoint_arg(sys.argv),
+        "Config (data, eval batch size, features settings; the model too for run "
+        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.",
         lock_config=True)
     flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                         required=True)

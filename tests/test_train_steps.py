@@ -259,9 +259,11 @@ def test_save_decisions_are_orbax_policies(tmp_path):
 
 def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     """From a run checkpoint: params (and the EMA ones on request), never the optimizer state."""
+    from tadax.checkpoint_io import CheckpointError
     from tadax.train.checkpointing import RunCheckpoints, load_weights
-    ckpts = RunCheckpoints(str(tmp_path / "checkpoints"), ml_collections.ConfigDict(
-        dict(every_steps=1, every_secs=3600.0, keep=1, keep_best=0, best_metric="val/top1")))
+    every_step = ml_collections.ConfigDict(
+        dict(every_steps=1, every_secs=3600.0, keep=1, keep_best=0, best_metric="val/top1"))
+    ckpts = RunCheckpoints(str(tmp_path / "checkpoints"), every_step)
     params = {"embed": {"kernel": jnp.ones((3, 2))}}
     ema = {"embed": {"kernel": jnp.full((3, 2), 2.0)}}
     ckpts.save(4, {"step": jnp.int32(4), "params": params, "batch_stats": {},
@@ -274,6 +276,14 @@ def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.ones((3, 2)))
     variables, _ = load_weights(str(tmp_path), use_ema=True)
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.full((3, 2), 2.0))
+    # A run without an EMA refuses a request for one (it used to return the raw weights).
+    ckpts = RunCheckpoints(str(tmp_path / "plain" / "checkpoints"), every_step)
+    ckpts.save(1, {"step": jnp.int32(1), "params": params, "batch_stats": {}, "opt_state": {},
+                   "ema": {}}, 1)
+    ckpts.wait()
+    ckpts.close()
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        load_weights(str(tmp_path / "plain"), use_ema=True)
 
 
 COLLECTIVES_SCRIPT = """

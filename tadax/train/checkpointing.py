@@ -145,13 +145,19 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
 
     path: a `tadax.convert` output (`DIR/variables`), or a run directory, its
     `checkpoints/` directory or one step directory (the newest step is used).
-    use_ema: take the EMA weights of a run checkpoint that has them.
+    use_ema: take the EMA weights of a run checkpoint (CheckpointError if it has none, or
+      for a converted directory, which holds one set: `convert zoo --ema` chooses it).
     Returns numpy `{'params': ..., 'batch_stats'?: ...}` (whatever the devices
     that wrote them) and the model config
     stored with a converted directory (None for run checkpoints, whose
     config is the run's).
     """
     if (user_path(path) / "variables").is_dir():
+        if use_ema:
+            raise checkpoint_io.CheckpointError(
+                f"--ema: {path} is a converted model directory, which holds one set of "
+                "weights (`python -m tadax.convert zoo --ema` converts a release's EMA "
+                "weights); leave out --ema")
         return checkpoint_io.load_variables(path)
     step_dir = _step_dir(path)
     if step_dir is None:
@@ -161,7 +167,11 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
     checkpointer = ocp.PyTreeCheckpointer()
     state_dir = step_dir / "state"
     metadata = checkpointer.metadata(state_dir).item_metadata.tree
-    source = "ema" if use_ema and metadata.get("ema") else None
+    if use_ema and not metadata.get("ema"):
+        raise checkpoint_io.CheckpointError(
+            f"--ema: {step_dir} holds no EMA weights (its run trained with "
+            "train.ema_decay=0); leave out --ema")
+    source = "ema" if use_ema else None
     wanted = metadata[source] if source else metadata
     # Only the model variables are read: the optimizer state (twice the parameters'
     # size with AdamW) never reaches host memory.

@@ -1,15 +1,20 @@
-"""Command-line pieces shared by train.py and eval.py: multi-host start-up flags, and
-user errors reported as one line."""
+"""Command-line pieces shared by train.py, eval.py and `python -m tadax.features`:
+multi-host start-up flags, a checkpoint's own config as the default, and user errors
+reported as one line."""
 
 import functools
+import re
 import sys
+from typing import Sequence
 
 import jax
 from absl import flags
 
+from tadax import checkpoint_io
 from tadax.checkpoint_io import CheckpointError
 from tadax.data.video import VideoDecodeError
 from tadax.errors import ConfigError
+from tadax.train import run_config
 from tadax.train.state import InitError
 from tadax.weights.infer import ArchitectureError
 from tadax.weights.mapping import WeightMismatchError
@@ -31,6 +36,28 @@ def initialize_distributed() -> None:
         jax.distributed.initialize(coordinator_address=flags.FLAGS.coordinator_address,
                                    num_processes=flags.FLAGS.num_processes,
                                    process_id=flags.FLAGS.process_id)
+
+
+def checkpoint_arg(argv: Sequence[str]) -> str:
+    """The --checkpoint value on the command line `argv` ('' if absent): commands that
+    read a checkpoint default to its own config (`configs/checkpoint.py:CHECKPOINT`), and
+    config_flags loads a default config when the flag is defined, before flags are parsed."""
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(r"--?checkpoint(=(.*))?", arg)
+        if match:
+            return match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else "")
+    return ""
+
+
+def check_config_source(checkpoint: str, argv: Sequence[str]) -> None:
+    """Without --config in `argv`, `checkpoint` must carry its config (a converted directory
+    or a run with its saved config.json); otherwise ConfigError."""
+    if any(re.fullmatch(r"--?config(=.*)?", a) for a in argv):
+        return
+    if not checkpoint_io.is_model_dir(checkpoint) and run_config.run_dir_of(checkpoint) is None:
+        raise ConfigError(f"--checkpoint={checkpoint} is neither a converted model directory "
+                          f"nor a training run with a saved {run_config.CONFIG_FILE}: pass the "
+                          "recipe with --config")
 
 
 def one_line_errors(main):
