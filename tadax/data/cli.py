@@ -206,13 +206,20 @@ def _import_prepare(verbose: bool):
     return prepare
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
-    reported, never fatal), or 2 after one line on stderr for a bad command line."""
+def parse_args(argv: Optional[Sequence[str]] = None):
+    """(options, Beam pipeline options): what follows `--runner NAME` that is not ours goes
+    to Beam; without `--runner` an unknown argument is a usage error (exit status 2)."""
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.runner:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    return args, beam_args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
+    reported, never fatal), or 2 after one line on stderr for a bad command line."""
+    args, beam_args = parse_args(argv)
     try:
         return _run(args, beam_args)
     except InputError as e:
