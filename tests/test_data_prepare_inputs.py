@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import annotations, cli, pipeline, record_bytes, records
+from tadax.data import class_list, pipeline, record_format, records
+from tadax.prepare import cli
 from tadax.data.config import data_config
-from tadax.data.synthetic import write_mp4
+from tadax.prepare.synthetic import write_mp4
 from tadax.data.video import decode_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,11 +64,11 @@ def split_records(out, split):
     rows = []
     for raw in tf.data.TFRecordDataset(records.shard_files(str(out), split)).as_numpy_iterator():
         ctx = tf.train.SequenceExample.FromString(raw).context.feature
-        rows.append({"label": ctx[record_bytes.LABEL_KEY].int64_list.value[0],
-                     "text": ctx[record_bytes.TEXT_KEY].bytes_list.value[0].decode(),
-                     "filename": ctx[record_bytes.FILENAME_KEY].bytes_list.value[0].decode(),
-                     "start_us": ctx[record_bytes.START_KEY].int64_list.value[0],
-                     "end_us": ctx[record_bytes.END_KEY].int64_list.value[0]})
+        rows.append({"label": ctx[record_format.LABEL_KEY].int64_list.value[0],
+                     "text": ctx[record_format.TEXT_KEY].bytes_list.value[0].decode(),
+                     "filename": ctx[record_format.FILENAME_KEY].bytes_list.value[0].decode(),
+                     "start_us": ctx[record_format.START_KEY].int64_list.value[0],
+                     "end_us": ctx[record_format.END_KEY].int64_list.value[0]})
     return rows
 
 
@@ -302,11 +303,12 @@ def test_unreadable_split_file_in_process(inputs, tmp_path, monkeypatch, capsys)
     runs as) is one line naming --split."""
     def refuse(self):
         raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(annotations.epath.Path, "read_bytes", refuse)
+    monkeypatch.setattr(class_list.epath.Path, "read_bytes", refuse)
     rc = cli.main(["kinetics", "--root", str(inputs / "videos"), "--split",
                    f"train={inputs / 'train.csv'}", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("data/prepare.py: error: --split: ")
+    assert rc == 2 and len(err) == 1 and err[0].startswith(
+        "python -m tadax.prepare: error: --split: ")
     assert "cannot read (PermissionError" in err[0] and not (tmp_path / "out").exists()
 
 

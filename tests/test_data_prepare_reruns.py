@@ -14,8 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from tadax.data import cli, records
-from tadax.data.synthetic import write_mp4
+from tadax.data import records
+from tadax.prepare import cli
+from tadax.prepare.synthetic import write_mp4
 
 from conftest import REPO_ROOT
 
@@ -135,7 +136,7 @@ def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path,
     capsys.readouterr()
     assert _run(root, csv_path, out, *extra_args) == 2
     message = capsys.readouterr().err
-    assert message.startswith("data/prepare.py: error: ") and message.count("\n") == 1, message
+    assert message.startswith("python -m tadax.prepare: error: ") and message.count("\n") == 1, message
     assert needle in message and "--overwrite" in message, message
     assert _digests(out) == before                    # nothing touched
     assert _run(root, csv_path, out, *extra_args, "--overwrite") == 0
@@ -153,4 +154,4 @@ def test_runner_without_beam_installed_is_one_line(prepared, monkeypatch, capsys
                         lambda name, *a: None if name == "apache_beam" else real(name, *a))
     assert _run(root, csv_path, out, "--runner", "DirectRunner") == 2
     assert capsys.readouterr().err.startswith(
-        "data/prepare.py: error: --runner DirectRunner: Apache Beam is not installed")
+        "python -m tadax.prepare: error: --runner DirectRunner: Apache Beam is not installed")

@@ -9,10 +9,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-# tfds_builders registers the builders.
-from tadax.data import pipeline, synthetic, tfds_builders  # noqa: F401
+from tadax.data import pipeline
 from tadax.data.config import data_config
-from tadax.data.encode import EncodeOptions, frame_jpeg
+# tfds_builders registers the builders.
+from tadax.prepare import synthetic, tfds_builders  # noqa: F401
+from tadax.prepare.encode import EncodeOptions, frame_jpeg
 from tadax.data.video import read_video
 
 
@@ -100,8 +101,8 @@ def test_missing_annotations_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def k400_prepared(tmp_path_factory):
     """The same generated Kinetics layout prepared twice: by the TFDS builder and by
-    `data/prepare.py` (DMVR shards) -> (TFDS data_dir, DMVR folder, raw folder)."""
-    from tadax.data import cli
+    `python -m tadax.prepare` (DMVR shards) -> (TFDS data_dir, DMVR folder, raw folder)."""
+    from tadax.prepare import cli
 
     root = tmp_path_factory.mktemp("k400")
     raw = root / "raw"

@@ -3,7 +3,7 @@
 The README is the user's guide: a renamed flag, a removed config field, a moved script or
 a renamed function must fail here, not on a user's machine. Its commands need real data,
 a downloaded checkpoint or minutes of training, so each is checked without running its
-work: argparse programs (`python -m tadax.convert`, `... tadax.bench`, `data/prepare.py`)
+work: argparse programs (`python -m tadax.convert`, `... tadax.bench`, `... tadax.prepare`)
 parse the command with their own parser, in this process; absl programs (`train.py`,
 `eval.py`, `python -m tadax.features`) run once each with `--helpfull`, as a user would,
 and every flag of every command must be one they list; `--config FILE[:ARG]` must load
@@ -142,8 +142,8 @@ def _check_argparse(prog, args) -> None:
         parsed = bench.parse_args(args)
         for name in parsed.models:
             recipe_config(name, parse_overrides(parsed.set))
-    elif prog == ("data/prepare.py",):
-        from tadax.data import cli
+    elif prog in (("-m", "tadax.prepare"), ("data/prepare.py",)):
+        from tadax.prepare import cli
         cli.parse_args(args)
     else:
         raise AssertionError(f"no check for `python {' '.join(prog)}`: add one to this test")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from tadax.data import synthetic
+from tadax.prepare import synthetic
 from tadax.train.checkpointing import load_weights
 
 
