@@ -1,4 +1,6 @@
-"""TFDS builders: Kinetics-400 and SSv2 manual-dir layouts -> tfds datasets, bad input skipped."""
+"""TFDS: the builders (Kinetics-400 and SSv2 manual-dir layouts -> tfds datasets, bad input
+skipped), and the input pipeline reading what they wrote (`data.tfds_name`) as it reads
+the DMVR shards of the same videos."""
 
 import io
 import json

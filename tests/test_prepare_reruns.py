@@ -1,5 +1,6 @@
-"""Re-running `data/prepare.py`: an interrupted run finished by another process gives the same
-bytes as an uninterrupted one; a re-run with other inputs or options is refused, naming the
+"""Re-running a preparation: a run of `data/prepare.py` interrupted and finished by another
+process (`python -m tadax.prepare`, from another directory) gives the same bytes as an
+uninterrupted one; a re-run with other inputs or options is refused, naming the
 change, and `--overwrite` rebuilds the split as a fresh run would."""
 
 import csv
@@ -44,10 +45,12 @@ def _kinetics(root, count: int, frames: int, size=(64, 80)):
     return csv_path
 
 
-def _command(root, csv_path, out, *extra):
-    return [sys.executable, str(REPO_ROOT / "data" / "prepare.py"), "kinetics", "--quiet",
-            "--root", str(root / "videos"), "--out", str(out), "--split", f"train={csv_path}",
-            "--workers", "1", *extra]
+def _command(root, csv_path, out, *extra, module=False):
+    """The command line: the checkout's `data/prepare.py`, or (`module`) `python -m
+    tadax.prepare`, which needs no checkout."""
+    entry = ["-m", "tadax.prepare"] if module else [str(REPO_ROOT / "data" / "prepare.py")]
+    return [sys.executable, *entry, "kinetics", "--quiet", "--root", str(root / "videos"),
+            "--out", str(out), "--split", f"train={csv_path}", "--workers", "1", *extra]
 
 
 def _digests(out) -> dict:
@@ -74,9 +77,13 @@ def test_interrupted_run_resumed_in_another_process_is_byte_identical(tmp_path):
     proc.wait()
     written = sorted(p.name for p in interrupted.glob("train-*-of-00006"))
     assert 1 <= len(written) < 6, f"not interrupted mid-way: {written}"
-    more = [subprocess.Popen(_command(tmp_path / "raw", csv_path, out, "--shards", "6"), env=env,
+    # Two more processes: the resume as `python -m tadax.prepare` from another directory (this
+    # checkout's package first on the path, as an install would give it), and a whole run.
+    more = [subprocess.Popen(_command(tmp_path / "raw", csv_path, out, "--shards", "6",
+                                      module=module), cwd=tmp_path,
+                             env=dict(env, PYTHONPATH=str(REPO_ROOT)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for out in (interrupted, whole)]          # two more processes: resume, whole run
+            for out, module in ((interrupted, True), (whole, False))]
     for p in more:
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
     assert _digests(interrupted) == _digests(whole)

@@ -1,4 +1,5 @@
-"""`data/prepare.py` on bad input as users give it: malformed annotation values in every
+"""Preparation on bad input as users give it (the command in this process, and the
+checkout's `data/prepare.py` in fresh processes): malformed annotation values in every
 layout are reported skips, bad command lines end in one line without a traceback, other
 containers (.mpg, .ts) decode, unlabelled test lists are written with label -1 and read
 back by the eval pipeline, and records store the real span of the stored frames."""
@@ -46,7 +47,8 @@ def write_video(path, clip, fps=25, fmt=None, codec="libx264"):
 
 
 def prepare(layout, root, out, splits, *extra):
-    """Runs the command's entry point (`data/prepare.py` calls `cli.main`) in this process."""
+    """Runs the command's entry point (`python -m tadax.prepare` and `data/prepare.py` call
+    `cli.main`) in this process."""
     args = [layout, "--root", str(root), "--out", str(out), "--workers", "1", "--quiet"]
     for name, path in splits.items():
         args += ["--split", f"{name}={path}"]

@@ -1,5 +1,6 @@
-"""Reading: sampling and view placement, host sharding, determinism and resume,
-per-clip augmentation consistency, SSv2 flip modes, and the synthetic dataset."""
+"""The input pipeline (`tadax.data`): sampling and view placement, host sharding,
+determinism and resume, per-clip augmentation consistency, SSv2 flip modes, and the
+synthetic dataset."""
 
 import os
 
