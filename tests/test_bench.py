@@ -255,13 +255,15 @@ def test_prepare_mode_rates_follow_from_the_measured_seconds(tmp_path):
     from tadax.bench import preparation
     from tadax.prepare.encode import EncodeOptions
 
-    r = {"decode": 0.05, "worker": 0.2, "one_process": 3.0, "all_cores": 5.0, "parent_cpu": 0.004,
-         "convert_resize": 0.05, "jpeg": 0.08, "write": 0.01}
+    r = {"decode_only": 0.05, "decode": 0.06, "worker": 0.2, "one_process": 3.0,
+         "all_cores": 5.0, "parent_cpu": 0.004, "convert_resize": 0.05, "jpeg": 0.08,
+         "write": 0.01}
     row = preparation.rate_row("340x256", r)
     assert row == ("340x256", "20 videos/s", "5 videos/s", "4x", "0.17", "3 videos/s",
                    "5 videos/s", "-", "250 videos/s")      # 1e5 / (5 * 32) / 3600 h = 0.17
     paths = _tiny_videos(tmp_path, count=1)
     m = preparation.measure(paths, str(tmp_path), EncodeOptions(), cores=1, repeats=1,
                             videos_per_worker=1, beam=False)
-    assert all(m[k] > 0 for k in (*preparation.STAGES, "worker", "one_process", "all_cores"))
+    assert all(m[k] > 0 for k in (*preparation.STAGES, "decode_only", "worker", "one_process",
+                                  "all_cores"))
     assert [p.name for p in (tmp_path / "one").glob("bench-0*")] == ["bench-00000-of-00001"]
