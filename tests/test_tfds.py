@@ -125,11 +125,19 @@ def _small(**overrides):
                                  val_split="validation"), **overrides})
 
 
-def test_pipeline_reads_what_the_builder_wrote(k400_prepared):
+def _unregistered(monkeypatch, name):
+    """As in train.py and eval.py, which never import the builders: `name` read from files."""
+    from tensorflow_datasets.core import registered
+    monkeypatch.delitem(registered._DATASET_REGISTRY, name)
+
+
+def test_pipeline_reads_what_the_builder_wrote(k400_prepared, monkeypatch):
     """`data.tfds_name` feeds the TFDS builder's records to the training streams and the
-    eval views: training batches come out, the 5 validation videos are each seen once over
-    two hosts, with the views and file names the DMVR shards of the same videos give."""
+    eval views, without the builder's code: training batches come out, the 5 validation
+    videos are each seen once over two hosts, with the views and file names the DMVR shards
+    of the same videos give."""
     tfds_dir, dmvr_dir, raw = k400_prepared
+    _unregistered(monkeypatch, "kinetics400")
     cfg = _small(tfds_name="kinetics400/native", data_dir=str(tfds_dir))
     assert pipeline.num_examples(cfg, "train") == 8 and pipeline.num_examples(cfg, "val") == 5
     assert pipeline.dataset_class_names(cfg) == sorted(synthetic.CLASSES)
@@ -160,10 +168,13 @@ def test_pipeline_reads_what_the_builder_wrote(k400_prepared):
         assert label == from_dmvr[key][1]
 
 
-def test_unknown_tfds_split_or_builder_is_a_clear_error(k400_prepared, tmp_path):
+def test_unknown_tfds_split_or_builder_is_a_clear_error(k400_prepared, tmp_path, monkeypatch):
     tfds_dir, _, _ = k400_prepared
     with pytest.raises(FileNotFoundError, match=r"no split 'val'.*\['train', 'validation'\]"):
         pipeline.num_examples(_small(tfds_name="kinetics400/native", data_dir=str(tfds_dir),
                                      val_split="val"), "val")
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        pipeline.num_examples(_small(tfds_name="ssv2", data_dir=str(tmp_path)), "train")
+    _unregistered(monkeypatch, "ssv2")
     with pytest.raises(FileNotFoundError, match="not prepared"):
         pipeline.num_examples(_small(tfds_name="ssv2", data_dir=str(tmp_path)), "train")
