@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 from tadax import explain
 from tadax.features import clip_data_config
-from tadax.data import annotations, pipeline
+from tadax.data import class_list, pipeline
 from tadax.data.video import load_views
 from tadax.errors import ConfigError
 from tadax.labels import shipped_class_names
@@ -68,7 +68,7 @@ def class_names(num_classes, data_cfg, from_dataset: bool):
     names shipped for `data_cfg.dataset` (Kinetics-400), else None."""
     names = None
     if FLAGS.labels:
-        source, names = f"--labels={FLAGS.labels}", annotations.read_classes(FLAGS.labels)
+        source, names = f"--labels={FLAGS.labels}", class_list.read_classes(FLAGS.labels)
     elif from_dataset:
         source, names = "the dataset's classes.txt", pipeline.dataset_class_names(data_cfg)
     if names is None:

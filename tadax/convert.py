@@ -207,7 +207,8 @@ def _parse_overrides(items: List[str]) -> Dict:
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m tadax.convert`."""
     parser = argparse.ArgumentParser(prog="python -m tadax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", choices=["zoo", "clip", "clip_hf", "convnext", "export"],
@@ -231,7 +232,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="take the EMA weights (model_ema_state of a zoo file, or of a run)")
     parser.add_argument("--seed", type=int, default=0, help="init seed for new parameters")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return _run(args)
     except (ConversionError, mapping.WeightMismatchError, checkpoint_io.CheckpointError,

@@ -28,9 +28,9 @@ def _share_compilation_cache() -> Path | None:
     The first process to load this file (pytest itself, or xdist's controller) makes the
     folder and exports it; the xdist workers and every train.py / eval.py subprocess inherit
     the environment, so the many runs of the same tiny model load its compiled steps instead
-    of compiling them again (a tiny train.py run: ~25 s -> ~15 s). A size limit turns on
-    JAX's file lock, so two processes never read a half-written entry. Returns the folder
-    when this process made it (and removes it at the end), else None.
+    of compiling them again. A size limit turns on JAX's file lock, so two processes never
+    read a half-written entry. Returns the folder when this process made it (and removes it
+    at the end), else None.
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return None

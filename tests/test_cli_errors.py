@@ -35,7 +35,7 @@ def assert_one_line_error(code, out, *parts):
 
 def test_train_without_prepared_data_names_the_prepare_command(tmp_path):
     code, out = run("train.py", "--config", "configs/tadaformer_b16.py", f"--workdir={tmp_path}")
-    assert_one_line_error(code, out, "no prepared kinetics400 split", "python data/prepare.py kinetics",
+    assert_one_line_error(code, out, "no prepared kinetics400 split", "python -m tadax.prepare kinetics",
                           "--config.data.data_dir=")
 
 

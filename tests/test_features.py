@@ -219,7 +219,7 @@ def test_folder_of_videos_from_the_command_line(setup, tmp_path):
 
     from conftest import REPO_ROOT
     from tadax import features
-    from tadax.data import synthetic
+    from tadax.prepare import synthetic
     from tadax.data.video import load_views
 
     folder = tmp_path / "videos"

@@ -176,7 +176,8 @@ def test_synthetic_cache_on_gcs(gcs, tmp_path):
     found complete (a second call generates nothing)."""
     env, url = gcs
     script = (
-        "from tadax.data import config, pipeline, synthetic\n"
+        "from tadax.data import config, pipeline\n"
+        "from tadax.prepare import synthetic\n"
         f"cfg = config.data_config(cache_dir='gs://{BUCKET}/cache')\n"
         "cfg.synthetic.update(num_train=8, num_val=8, num_shards=2)\n"
         "folder = synthetic.ensure_synthetic(cfg)\n"

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from eval_reports import assert_same_report
-from tadax.data import synthetic
+from tadax.prepare import synthetic
 from tadax.train.checkpointing import load_weights
 
 

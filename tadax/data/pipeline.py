@@ -31,7 +31,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tadax.data import annotations, augment, records, sampling, tfds_source, views
+from tadax.data import augment, class_list, records, sampling, tfds_source, views
+from tadax.data.record_format import META_DIR
 from tadax.paths import user_path
 
 # Something-Something V2 classes that name a direction: (left version, right version).
@@ -46,10 +47,12 @@ def resolve_data_dir(data_cfg) -> str:
     if data_cfg.data_dir:
         return str(user_path(data_cfg.data_dir))
     if data_cfg.dataset == "synthetic":
-        from tadax.data import synthetic
+        # The one call from the online pipeline into preparation (offline): the synthetic
+        # set is generated and prepared on first use, then read like any prepared data.
+        from tadax.prepare import synthetic
         return synthetic.ensure_synthetic(data_cfg)
     raise ValueError(f"data.data_dir is empty for dataset {data_cfg.dataset!r}: point it at the "
-                     "folder written by `python data/prepare.py`")
+                     "folder written by `python -m tadax.prepare`")
 
 
 def _tfds_data_dir(data_cfg) -> Optional[str]:
@@ -59,7 +62,7 @@ def _tfds_data_dir(data_cfg) -> Optional[str]:
 def dataset_class_names(data_cfg) -> Optional[List[str]]:
     """The class names written beside the shards (`classes.txt`, index order), or None."""
     path = user_path(resolve_data_dir(data_cfg)) / "classes.txt"
-    return annotations.read_classes(path) if path.is_file() else None
+    return class_list.read_classes(path) if path.is_file() else None
 
 
 def _split_name(data_cfg, split: str) -> str:
@@ -70,7 +73,7 @@ def _split_name(data_cfg, split: str) -> str:
 @functools.lru_cache(maxsize=64)
 def _records_per_file(path: str) -> int:
     shard = user_path(path)
-    meta = shard.parent / "_meta" / (shard.name + ".json")
+    meta = shard.parent / META_DIR / (shard.name + ".json")
     if meta.is_file():
         return int(json.loads(meta.read_text())["written"])
     return records.count_records([path])

@@ -1,7 +1,7 @@
 """Reading video files with PyAV, and the evaluation views of one file.
 
 `read_video` decodes a file and converts each kept frame as it comes (dataset
-preparation turns them into JPEGs, `tadax.data.encode`); `decode_video` gives
+preparation turns them into JPEGs, `tadax.prepare.encode`); `decode_video` gives
 them as RGB arrays; `load_views` gives the evaluation views of one file exactly
 as the TFRecord eval pipeline builds them.
 """

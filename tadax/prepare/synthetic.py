@@ -24,7 +24,11 @@ import av
 import numpy as np
 from etils import epath
 
+from tadax.data import class_list
+from tadax.data.record_format import META_DIR
 from tadax.paths import is_remote, user_path
+from tadax.prepare import annotations
+from tadax.prepare.encode import EncodeOptions
 
 FORWARD_CLASSES = ("moving left to right", "moving down", "growing", "appearing")
 REVERSED_CLASSES = ("moving right to left", "moving up", "shrinking", "disappearing")
@@ -158,8 +162,7 @@ def dataset_dir(data_cfg) -> str:
 def _build(data_cfg, folder: str, quiet: bool) -> None:
     """Generates the videos and CSVs in the local `folder` and prepares them there as shards,
     `classes.txt` written last."""
-    from tadax.data import annotations, prepare
-    from tadax.data.encode import EncodeOptions
+    from tadax.prepare import splits   # here: TensorFlow, which write_dataset does not need
 
     s = data_cfg.synthetic
     csvs = write_dataset(folder, {data_cfg.train_split: s.num_train, data_cfg.val_split: s.num_val},
@@ -167,19 +170,17 @@ def _build(data_cfg, folder: str, quiet: bool) -> None:
     for split, csv_path in csvs.items():
         entries, problems = annotations.kinetics_csv(
             csv_path, os.path.join(folder, "videos", split), CLASSES)
-        summary = prepare.prepare_split(entries, problems, out_dir=folder, name=split,
-                                        num_shards=s.num_shards, opts=EncodeOptions(), quiet=quiet)
+        summary = splits.prepare_split(entries, problems, out_dir=folder, name=split,
+                                       num_shards=s.num_shards, opts=EncodeOptions(), quiet=quiet)
         if summary["num_skipped"]:
             raise RuntimeError(f"synthetic data: {summary['num_skipped']} videos failed; "
                                f"see {folder}/{split}-report.txt")
-    annotations.write_classes(os.path.join(folder, "classes.txt"), CLASSES)
+    class_list.write_classes(os.path.join(folder, "classes.txt"), CLASSES)
 
 
 def _upload(folder: epath.Path, target: epath.Path) -> None:
     """Copies the prepared shards and their metadata (not the source videos) to `target`,
     `classes.txt` last: its presence marks the copy complete."""
-    from tadax.data.prepare import META_DIR
-
     files = [f for f in folder.iterdir() if f.is_file() and f.name != "classes.txt"]
     files += list((folder / META_DIR).iterdir())
     (target / META_DIR).mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Sequence
 
 from etils import epath
 
-from tadax.data.annotations import Entry
+from tadax.prepare.annotations import Entry
 
 VERSION = 1
 

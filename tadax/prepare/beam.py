@@ -1,10 +1,10 @@
 """Writing shards with an Apache Beam pipeline: one shard is one unit of work.
 
-The driver plans the split as the local path does (`prepare.plan_split`) and
+The driver plans the split as the local path does (`splits.plan_split`) and
 saves each missing shard's videos and options beside its bookkeeping
 (`_meta/SHARD.job.json`, deleted when the pipeline is done), so the pipeline
 itself only carries file names, whatever the dataset's size. The runner's
-workers each read a job, decode, encode and write its shard with `prepare.encode_and_write_shard`
+workers each read a job, decode, encode and write its shard with `shards.encode_and_write_shard`
 (the local path's writer), so the shards and report are the same bytes as a
 local run. Runs with `--runner DirectRunner` (add `--direct_num_workers N
 --direct_running_mode multi_processing` for N processes) and unchanged with
@@ -22,9 +22,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from etils import epath
 
-from tadax.data.annotations import Entry
-from tadax.data.encode import EncodeOptions
-from tadax.data.prepare import ShardJob, encode_and_write_shard
+from tadax.prepare.annotations import Entry
+from tadax.prepare.encode import EncodeOptions
+from tadax.prepare.shards import ShardJob, encode_and_write_shard
 
 
 def check_runner(pipeline_args: Sequence[str]) -> None:

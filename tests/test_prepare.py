@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import cli, prepare, record_bytes, records
-from tadax.data.annotations import Entry
-from tadax.data.encode import EncodeOptions
-from tadax.data.prepare import ShardJob, split_into_pieces
-from tadax.data.synthetic import write_mp4
+from tadax.data import record_format, records
 from tadax.data.video import decode_video
+from tadax.prepare import cli, splits
+from tadax.prepare.annotations import Entry
+from tadax.prepare.encode import EncodeOptions
+from tadax.prepare.shards import ShardJob
+from tadax.prepare.splits import split_into_pieces
+from tadax.prepare.synthetic import write_mp4
 
 
 def smooth_clip(seed: int, frames: int = 10, height: int = 40, width: int = 56) -> np.ndarray:
@@ -48,7 +50,7 @@ def raw_context(out_dir: str, split: str):
     for raw in tf.data.TFRecordDataset(records.shard_files(out_dir, split)).as_numpy_iterator():
         ex = tf.train.SequenceExample.FromString(raw)
         ctx = ex.context.feature
-        out[ctx[record_bytes.FILENAME_KEY].bytes_list.value[0].decode()] = ex
+        out[ctx[record_format.FILENAME_KEY].bytes_list.value[0].decode()] = ex
     return out
 
 
@@ -106,10 +108,10 @@ def test_kinetics_csv_round_trip(kinetics, tmp_path):
         assert_matches_pyav(rec, str(root / "videos" / label_name / rec["filename"]))
     ctx = next(iter(raw_context(str(tmp_path), "train").values())).context.feature
     # the CSV says 10..12 s; the trimmed file's 10 frames at 5 fps span 0..2 s: that is stored
-    assert ctx[record_bytes.START_KEY].int64_list.value[0] == 0
-    assert ctx[record_bytes.END_KEY].int64_list.value[0] == 2_000_000
-    assert ctx[record_bytes.NUM_FRAMES_KEY].int64_list.value[0] == 10
-    assert ctx[record_bytes.TEXT_KEY].bytes_list.value[0].decode() in classes
+    assert ctx[record_format.START_KEY].int64_list.value[0] == 0
+    assert ctx[record_format.END_KEY].int64_list.value[0] == 2_000_000
+    assert ctx[record_format.NUM_FRAMES_KEY].int64_list.value[0] == 10
+    assert ctx[record_format.TEXT_KEY].bytes_list.value[0].decode() in classes
     summary = json.load(open(tmp_path / "train.json"))
     assert summary["num_examples"] == 6 and summary["num_skipped"] == 0
 
@@ -119,7 +121,7 @@ def test_one_jpeg_per_frame_entry(kinetics, tmp_path):
     root, paths = kinetics
     run("kinetics", root / "videos", tmp_path, {"val": paths["val"]}, "--short-side", "0")
     ex = next(iter(raw_context(str(tmp_path), "val").values()))
-    feats = ex.feature_lists.feature_list[record_bytes.FRAMES_KEY].feature
+    feats = ex.feature_lists.feature_list[record_format.FRAMES_KEY].feature
     assert len(feats) == 10
     assert all(len(f.bytes_list.value) == 1 and f.bytes_list.value[0][:2] == b"\xff\xd8"
                for f in feats)
@@ -333,7 +335,7 @@ def test_progress_counts_every_video_the_workers_write(kinetics, tmp_path):
         def update(self, n):
             self.n += n
     progress = Count()
-    metas = prepare._write_locally(jobs, EncodeOptions(), 3, progress)
+    metas = splits._write_locally(jobs, EncodeOptions(), 3, progress)
     assert progress.n == len(videos) == sum(m["written"] for m in metas.values())
 
 
@@ -418,8 +420,8 @@ def test_stored_jpegs_keep_the_source_colours(tmp_path, codec, pix_fmt, matrix, 
     holds; planes left in the file's BT.709 or BT.2020 matrix come out ~8 levels off."""
     from PIL import Image
 
-    from tadax.data.annotations import Entry
-    from tadax.data.encode import EncodeOptions, encode_entry
+    from tadax.prepare.annotations import Entry
+    from tadax.prepare.encode import EncodeOptions, encode_entry
 
     path = str(tmp_path / "v.mkv")
     clip = _gradient_clip(120, 80, frames=4)
@@ -453,7 +455,7 @@ def test_worker_processes_do_not_import_tensorflow():
     TensorFlow out: ~0.7 GB and seconds of start-up per worker otherwise."""
     import subprocess
     import sys
-    code = ("import sys, tadax.data.shard_writer; "
+    code = ("import sys, tadax.prepare.shard_writer; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

@@ -1,4 +1,7 @@
-"""`python data/prepare.py LAYOUT ...`: datasets as users hold them -> sharded DMVR TFRecords.
+"""`python -m tadax.prepare LAYOUT ...`: datasets as users hold them -> sharded DMVR TFRecords.
+
+The checkout's `python data/prepare.py LAYOUT ...` is the same command.
+
 
   kinetics       official CSVs (label,youtube_id,time_start,time_end,split) + clip files
   kinetics-list  the original repo's `kinetics400_{split}_list.txt` (path label_index)
@@ -34,11 +37,12 @@ from typing import List, Optional, Sequence
 
 from etils import epath
 
-from tadax.data import annotations, fingerprint
-from tadax.data.encode import FRAME_ENCODING, EncodeOptions
+from tadax.data import class_list
+from tadax.prepare import annotations, fingerprint
+from tadax.prepare.encode import FRAME_ENCODING, EncodeOptions
 
 DEFAULT_SHORT_SIDE = {"kinetics": 320, "kinetics-list": 320, "ssv2": 0, "ssv1": 0, "generic": 0}
-PROG = "data/prepare.py"
+PROG = "python -m tadax.prepare"
 
 
 class InputError(Exception):
@@ -50,7 +54,7 @@ def _blame(argument: str):
     """Turns an unreadable annotation or class-list file into an `InputError` naming `argument`."""
     try:
         yield
-    except annotations.AnnotationError as e:
+    except class_list.TextFileError as e:
         raise InputError(f"{argument}: {e}") from None
 
 
@@ -87,8 +91,8 @@ def _number(kind, low, what: str, high=math.inf):
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("layout", choices=sorted(DEFAULT_SHORT_SIDE))
     p.add_argument("--split", action="append", required=True, metavar="NAME=FILE",
@@ -134,7 +138,7 @@ def _classes(args, splits) -> List[str]:
                 return annotations.ssv2_classes(args.labels)
             if args.layout == "ssv1":
                 return annotations.ssv1_classes(args.labels)
-            return annotations.read_classes(args.labels)
+            return class_list.read_classes(args.labels)
     paths = [p for _, p in splits]
     with _blame("--split"):
         if args.layout == "kinetics":
@@ -165,13 +169,13 @@ def _check_classes(out: str, classes: List[str]) -> None:
         return
     if path.is_file():
         with _blame("--out"):
-            existing = annotations.read_classes(path)
+            existing = class_list.read_classes(path)
         if existing != classes:
             raise InputError(f"{path} exists with a different class list ({len(existing)} vs "
                              f"{len(classes)} classes): prepare all splits together, or pass "
                              f"--labels {path}")
     else:
-        annotations.write_classes(path, classes)
+        class_list.write_classes(path, classes)
 
 
 def _make_out(out: str) -> None:
@@ -184,13 +188,13 @@ def _make_out(out: str) -> None:
         raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
-def _import_prepare(verbose: bool):
-    """`tadax.data.prepare`, importing TensorFlow with its start-up log lines hidden unless
+def _import_splits(verbose: bool):
+    """`tadax.prepare.splits`, importing TensorFlow with its start-up log lines hidden unless
     `verbose`: they are written to file descriptor 2 by C++ before TF's log level applies,
     so that descriptor points at /dev/null during the import; later INFO lines are off."""
     if verbose:
-        from tadax.data import prepare
-        return prepare
+        from tadax.prepare import splits
+        return splits
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import logging
     logging.set_verbosity(logging.WARNING)
@@ -198,25 +202,33 @@ def _import_prepare(verbose: bool):
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        from tadax.data import prepare
+        from tadax.prepare import splits
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    return prepare
+    return splits
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
-    reported, never fatal), or 2 after one line on stderr for a bad command line."""
-    parser = _parser()
+def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG):
+    """(options, Beam pipeline options): what follows `--runner NAME` that is not ours goes
+    to Beam; without `--runner` an unknown argument is a usage error (exit status 2)."""
+    parser = _parser(prog)
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.runner:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    return args, beam_args
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
+    reported, never fatal), or 2 after one line on stderr, `PROG: error: ...`, for a bad
+    command line. `prog` names the command in messages."""
+    args, beam_args = parse_args(argv, prog)
     try:
         return _run(args, beam_args)
     except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
 
@@ -225,11 +237,11 @@ def _beam_args(runner: str, extra: List[str]) -> List[str]:
     if importlib.util.find_spec("apache_beam") is None:
         raise InputError(f"--runner {runner}: Apache Beam is not installed "
                          "(pip install 'tadax[beam]', or apache-beam==2.77.0)")
-    from tadax.data import beam_prepare
+    from tadax.prepare import beam
 
     beam_args = ["--runner", runner] + extra
     try:
-        beam_prepare.check_runner(beam_args)
+        beam.check_runner(beam_args)
     except ValueError as e:
         raise InputError(str(e)) from None
     return beam_args
@@ -250,7 +262,7 @@ def _run(args, extra_args: List[str]) -> int:
     short = DEFAULT_SHORT_SIDE[args.layout] if args.short_side is None else args.short_side
     opts = EncodeOptions(short_side=short, target_fps=args.target_fps,
                          jpeg_quality=args.jpeg_quality)
-    prepare = _import_prepare(args.verbose)     # TensorFlow: only after the input checks
+    writer = _import_splits(args.verbose)     # TensorFlow: only after the input checks
     plans = []
     for (name, entries, problems), (_, path) in zip(read, splits):
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
@@ -260,17 +272,17 @@ def _run(args, extra_args: List[str]) -> int:
         fp = fingerprint.compute(entries, files, args.root, options)
         if not args.overwrite:
             try:
-                prepare.check_fingerprint(args.out, name, fp)
-            except prepare.StaleOutputError as e:
+                writer.check_fingerprint(args.out, name, fp)
+            except writer.StaleOutputError as e:
                 raise InputError(str(e)) from None
         plans.append((name, entries, problems, shards, fp))
     for name, entries, problems, shards, fp in plans:
-        prepare.record_fingerprint(args.out, name, fp, overwrite=args.overwrite)
-        summary = prepare.prepare_split(entries, problems, out_dir=args.out, name=name,
-                                        num_shards=shards, opts=opts, workers=args.workers,
-                                        quiet=args.quiet, beam_args=beam_args)
+        writer.record_fingerprint(args.out, name, fp, overwrite=args.overwrite)
+        summary = writer.prepare_split(entries, problems, out_dir=args.out, name=name,
+                                       num_shards=shards, opts=opts, workers=args.workers,
+                                       quiet=args.quiet, beam_args=beam_args)
         unlabelled = bool(entries) and all(e.label == annotations.UNLABELLED for e in entries)
-        print(prepare.format_summary(summary)
+        print(writer.format_summary(summary)
               + (" (unlabelled split: label -1)" if unlabelled else "")
               + f" -> {args.out}/{name}-*-of-{shards:05d}; report: {args.out}/{name}-report.txt",
               file=sys.stderr)

@@ -12,7 +12,7 @@ import numpy as np
 from configs import checkpoint as checkpoint_config, tadaconvnextv2_tiny
 from conftest import REPO_ROOT
 from tadax import checkpoint_io
-from tadax.data import synthetic
+from tadax.prepare import synthetic
 from tadax.data.config import CLIP_MEAN, KINETICS_MEAN, KINETICS_STD, released_model_data_config
 from tadax.labels import shipped_class_names
 from tadax.models import build_model, default_model_config

@@ -1,9 +1,5 @@
-"""A video's record, serialised without TensorFlow: the DMVR-layout `tf.train.SequenceExample`.
-
-Context: `clip/label/index` (int64), `clip/label/text`, `video/filename`,
-`clip/start/timestamp` / `clip/end/timestamp` (microseconds), and ours:
-`video/fps` (float) and `video/num_frames` (int64). Feature list:
-`image/encoded`, one JPEG per frame.
+"""A video's record, serialised without TensorFlow: the DMVR-layout `tf.train.SequenceExample`
+of `tadax.data.record_format`.
 
 The record is written in protobuf's wire format directly: the very bytes of
 protobuf's deterministic serialisation (context map entries sorted by key; tested
@@ -14,14 +10,8 @@ importing TensorFlow, and the frames are copied once.
 import struct
 from typing import Dict, Sequence
 
-FRAMES_KEY = "image/encoded"
-LABEL_KEY = "clip/label/index"
-TEXT_KEY = "clip/label/text"
-FILENAME_KEY = "video/filename"
-START_KEY = "clip/start/timestamp"
-END_KEY = "clip/end/timestamp"
-FPS_KEY = "video/fps"
-NUM_FRAMES_KEY = "video/num_frames"
+from tadax.data.record_format import (END_KEY, FILENAME_KEY, FPS_KEY, FRAMES_KEY, LABEL_KEY,
+                                      NUM_FRAMES_KEY, START_KEY, TEXT_KEY)
 
 # tf.train.Feature's fields: bytes_list = 1, float_list = 2, int64_list = 3.
 _BYTES, _FLOAT, _INT64 = 1, 2, 3

@@ -15,7 +15,7 @@ from av.video.reformatter import VideoReformatter
 from etils import epath
 from PIL import Image
 
-from tadax.data.annotations import Entry
+from tadax.prepare.annotations import Entry
 from tadax.data.video import RESIZE_INTERPOLATION, VideoDecodeError, read_video, resized_size
 
 # How the stored JPEGs are made, recorded in each split's fingerprint: a change of it

@@ -1,4 +1,6 @@
-"""TFDS builders: Kinetics-400 and SSv2 manual-dir layouts -> tfds datasets, bad input skipped."""
+"""TFDS: the builders (Kinetics-400 and SSv2 manual-dir layouts -> tfds datasets, bad input
+skipped), and the input pipeline reading what they wrote (`data.tfds_name`) as it reads
+the DMVR shards of the same videos."""
 
 import io
 import json
@@ -9,10 +11,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-# tfds_builders registers the builders.
-from tadax.data import pipeline, synthetic, tfds_builders  # noqa: F401
+from tadax.data import pipeline
 from tadax.data.config import data_config
-from tadax.data.encode import EncodeOptions, frame_jpeg
+# tfds_builders registers the builders.
+from tadax.prepare import synthetic, tfds_builders  # noqa: F401
+from tadax.prepare.encode import EncodeOptions, frame_jpeg
 from tadax.data.video import read_video
 
 
@@ -100,8 +103,8 @@ def test_missing_annotations_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def k400_prepared(tmp_path_factory):
     """The same generated Kinetics layout prepared twice: by the TFDS builder and by
-    `data/prepare.py` (DMVR shards) -> (TFDS data_dir, DMVR folder, raw folder)."""
-    from tadax.data import cli
+    `python -m tadax.prepare` (DMVR shards) -> (TFDS data_dir, DMVR folder, raw folder)."""
+    from tadax.prepare import cli
 
     root = tmp_path_factory.mktemp("k400")
     raw = root / "raw"
@@ -122,11 +125,19 @@ def _small(**overrides):
                                  val_split="validation"), **overrides})
 
 
-def test_pipeline_reads_what_the_builder_wrote(k400_prepared):
+def _unregistered(monkeypatch, name):
+    """As in train.py and eval.py, which never import the builders: `name` read from files."""
+    from tensorflow_datasets.core import registered
+    monkeypatch.delitem(registered._DATASET_REGISTRY, name)
+
+
+def test_pipeline_reads_what_the_builder_wrote(k400_prepared, monkeypatch):
     """`data.tfds_name` feeds the TFDS builder's records to the training streams and the
-    eval views: training batches come out, the 5 validation videos are each seen once over
-    two hosts, with the views and file names the DMVR shards of the same videos give."""
+    eval views, without the builder's code: training batches come out, the 5 validation
+    videos are each seen once over two hosts, with the views and file names the DMVR shards
+    of the same videos give."""
     tfds_dir, dmvr_dir, raw = k400_prepared
+    _unregistered(monkeypatch, "kinetics400")
     cfg = _small(tfds_name="kinetics400/native", data_dir=str(tfds_dir))
     assert pipeline.num_examples(cfg, "train") == 8 and pipeline.num_examples(cfg, "val") == 5
     assert pipeline.dataset_class_names(cfg) == sorted(synthetic.CLASSES)
@@ -157,10 +168,13 @@ def test_pipeline_reads_what_the_builder_wrote(k400_prepared):
         assert label == from_dmvr[key][1]
 
 
-def test_unknown_tfds_split_or_builder_is_a_clear_error(k400_prepared, tmp_path):
+def test_unknown_tfds_split_or_builder_is_a_clear_error(k400_prepared, tmp_path, monkeypatch):
     tfds_dir, _, _ = k400_prepared
     with pytest.raises(FileNotFoundError, match=r"no split 'val'.*\['train', 'validation'\]"):
         pipeline.num_examples(_small(tfds_name="kinetics400/native", data_dir=str(tfds_dir),
                                      val_split="val"), "val")
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        pipeline.num_examples(_small(tfds_name="ssv2", data_dir=str(tmp_path)), "train")
+    _unregistered(monkeypatch, "ssv2")
     with pytest.raises(FileNotFoundError, match="not prepared"):
         pipeline.num_examples(_small(tfds_name="ssv2", data_dir=str(tmp_path)), "train")

@@ -1,5 +1,6 @@
-"""Re-running `data/prepare.py`: an interrupted run finished by another process gives the same
-bytes as an uninterrupted one; a re-run with other inputs or options is refused, naming the
+"""Re-running a preparation: a run of `data/prepare.py` interrupted and finished by another
+process (`python -m tadax.prepare`, from another directory) gives the same bytes as an
+uninterrupted one; a re-run with other inputs or options is refused, naming the
 change, and `--overwrite` rebuilds the split as a fresh run would."""
 
 import csv
@@ -14,8 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from tadax.data import cli, records
-from tadax.data.synthetic import write_mp4
+from tadax.data import records
+from tadax.prepare import cli
+from tadax.prepare.synthetic import write_mp4
 
 from conftest import REPO_ROOT
 
@@ -43,10 +45,12 @@ def _kinetics(root, count: int, frames: int, size=(64, 80)):
     return csv_path
 
 
-def _command(root, csv_path, out, *extra):
-    return [sys.executable, str(REPO_ROOT / "data" / "prepare.py"), "kinetics", "--quiet",
-            "--root", str(root / "videos"), "--out", str(out), "--split", f"train={csv_path}",
-            "--workers", "1", *extra]
+def _command(root, csv_path, out, *extra, module=False):
+    """The command line: the checkout's `data/prepare.py`, or (`module`) `python -m
+    tadax.prepare`, which needs no checkout."""
+    entry = ["-m", "tadax.prepare"] if module else [str(REPO_ROOT / "data" / "prepare.py")]
+    return [sys.executable, *entry, "kinetics", "--quiet", "--root", str(root / "videos"),
+            "--out", str(out), "--split", f"train={csv_path}", "--workers", "1", *extra]
 
 
 def _digests(out) -> dict:
@@ -73,9 +77,13 @@ def test_interrupted_run_resumed_in_another_process_is_byte_identical(tmp_path):
     proc.wait()
     written = sorted(p.name for p in interrupted.glob("train-*-of-00006"))
     assert 1 <= len(written) < 6, f"not interrupted mid-way: {written}"
-    more = [subprocess.Popen(_command(tmp_path / "raw", csv_path, out, "--shards", "6"), env=env,
+    # Two more processes: the resume as `python -m tadax.prepare` from another directory (this
+    # checkout's package first on the path, as an install would give it), and a whole run.
+    more = [subprocess.Popen(_command(tmp_path / "raw", csv_path, out, "--shards", "6",
+                                      module=module), cwd=tmp_path,
+                             env=dict(env, PYTHONPATH=str(REPO_ROOT)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for out in (interrupted, whole)]          # two more processes: resume, whole run
+            for out, module in ((interrupted, True), (whole, False))]
     for p in more:
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
     assert _digests(interrupted) == _digests(whole)
@@ -135,7 +143,7 @@ def test_rerun_with_other_inputs_is_refused_then_overwritten(prepared, tmp_path,
     capsys.readouterr()
     assert _run(root, csv_path, out, *extra_args) == 2
     message = capsys.readouterr().err
-    assert message.startswith("data/prepare.py: error: ") and message.count("\n") == 1, message
+    assert message.startswith("python -m tadax.prepare: error: ") and message.count("\n") == 1, message
     assert needle in message and "--overwrite" in message, message
     assert _digests(out) == before                    # nothing touched
     assert _run(root, csv_path, out, *extra_args, "--overwrite") == 0
@@ -153,4 +161,4 @@ def test_runner_without_beam_installed_is_one_line(prepared, monkeypatch, capsys
                         lambda name, *a: None if name == "apache_beam" else real(name, *a))
     assert _run(root, csv_path, out, "--runner", "DirectRunner") == 2
     assert capsys.readouterr().err.startswith(
-        "data/prepare.py: error: --runner DirectRunner: Apache Beam is not installed")
+        "python -m tadax.prepare: error: --runner DirectRunner: Apache Beam is not installed")

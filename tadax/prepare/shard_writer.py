@@ -11,10 +11,10 @@ import dataclasses
 import os
 from typing import Iterable, Optional, Tuple
 
-from tadax.data import record_bytes
-from tadax.data.annotations import Entry
-from tadax.data.encode import Encoded, EncodeOptions, encode_entry
-from tadax.data.tfrecord_file import TFRecordFileWriter
+from tadax.prepare import record_bytes
+from tadax.prepare.annotations import Entry
+from tadax.prepare.encode import Encoded, EncodeOptions, encode_entry
+from tadax.prepare.tfrecord_file import TFRecordFileWriter
 
 
 def write_records(path: str, results: Iterable[Encoded], progress=None) -> dict:

@@ -1,4 +1,5 @@
-"""`data/prepare.py` on bad input as users give it: malformed annotation values in every
+"""Preparation on bad input as users give it (the command in this process, and the
+checkout's `data/prepare.py` in fresh processes): malformed annotation values in every
 layout are reported skips, bad command lines end in one line without a traceback, other
 containers (.mpg, .ts) decode, unlabelled test lists are written with label -1 and read
 back by the eval pipeline, and records store the real span of the stored frames."""
@@ -15,9 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import annotations, cli, pipeline, record_bytes, records
+from tadax.data import class_list, pipeline, record_format, records
+from tadax.prepare import cli
 from tadax.data.config import data_config
-from tadax.data.synthetic import write_mp4
+from tadax.prepare.synthetic import write_mp4
 from tadax.data.video import decode_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,8 @@ def write_video(path, clip, fps=25, fmt=None, codec="libx264"):
 
 
 def prepare(layout, root, out, splits, *extra):
-    """Runs the command's entry point (`data/prepare.py` calls `cli.main`) in this process."""
+    """Runs the command's entry point (`python -m tadax.prepare` and `data/prepare.py` call
+    `cli.main`) in this process."""
     args = [layout, "--root", str(root), "--out", str(out), "--workers", "1", "--quiet"]
     for name, path in splits.items():
         args += ["--split", f"{name}={path}"]
@@ -63,11 +66,11 @@ def split_records(out, split):
     rows = []
     for raw in tf.data.TFRecordDataset(records.shard_files(str(out), split)).as_numpy_iterator():
         ctx = tf.train.SequenceExample.FromString(raw).context.feature
-        rows.append({"label": ctx[record_bytes.LABEL_KEY].int64_list.value[0],
-                     "text": ctx[record_bytes.TEXT_KEY].bytes_list.value[0].decode(),
-                     "filename": ctx[record_bytes.FILENAME_KEY].bytes_list.value[0].decode(),
-                     "start_us": ctx[record_bytes.START_KEY].int64_list.value[0],
-                     "end_us": ctx[record_bytes.END_KEY].int64_list.value[0]})
+        rows.append({"label": ctx[record_format.LABEL_KEY].int64_list.value[0],
+                     "text": ctx[record_format.TEXT_KEY].bytes_list.value[0].decode(),
+                     "filename": ctx[record_format.FILENAME_KEY].bytes_list.value[0].decode(),
+                     "start_us": ctx[record_format.START_KEY].int64_list.value[0],
+                     "end_us": ctx[record_format.END_KEY].int64_list.value[0]})
     return rows
 
 
@@ -302,11 +305,12 @@ def test_unreadable_split_file_in_process(inputs, tmp_path, monkeypatch, capsys)
     runs as) is one line naming --split."""
     def refuse(self):
         raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(annotations.epath.Path, "read_bytes", refuse)
+    monkeypatch.setattr(class_list.epath.Path, "read_bytes", refuse)
     rc = cli.main(["kinetics", "--root", str(inputs / "videos"), "--split",
                    f"train={inputs / 'train.csv'}", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("data/prepare.py: error: --split: ")
+    assert rc == 2 and len(err) == 1 and err[0].startswith(
+        "python -m tadax.prepare: error: --split: ")
     assert "cannot read (PermissionError" in err[0] and not (tmp_path / "out").exists()
 
 

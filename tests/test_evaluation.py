@@ -1,4 +1,6 @@
-"""Multi-view aggregation and metrics on hand-made scores; the written report."""
+"""The evaluation protocol (`tadax/train/evaluation.py`, `eval.py`): multi-view aggregation
+and metrics on hand-made scores, the written report, a converted fixture checkpoint end to
+end, unlabelled videos, and file names gathered from every host."""
 
 import json
 

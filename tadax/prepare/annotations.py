@@ -6,8 +6,8 @@ Something-Something V1 (frame folders + CSV), and a generic `path,label` CSV.
 Label indices always come from a fixed, sorted class list, never from the order
 in which labels happen to appear. A line or entry that cannot be used (missing
 file, unknown label, malformed value) becomes a `Problem` naming its line and
-why, never an exception; only a file that cannot be read as its layout at all
-raises `AnnotationError`. A split whose annotation file carries no labels at
+why, never an exception; only a file that cannot be read at all raises
+`TextFileError` (`AnnotationError` when its text is not the layout). A split whose annotation file carries no labels at
 all (a Kinetics CSV without a `label` column or with it empty on every row, the
 SSv2 and SSv1 test lists)
 is unlabelled: its entries have label `UNLABELLED` (-1) and empty text.
@@ -22,7 +22,7 @@ import math
 import os
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from etils import epath
+from tadax.data.class_list import TextFileError, read_classes, read_text, text_defect, text_lines
 
 # Container extensions looked for when a layout names a video by its id; PyAV opens
 # a file by probing its content, so any of these decodes when FFmpeg has the codec.
@@ -36,7 +36,7 @@ MALFORMED = "malformed annotation"       # how every skip for an unusable value 
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(TextFileError):
     """An annotation or class-list file that cannot be read as its layout at all; the
     message (one line) names the file and what is wrong."""
 
@@ -58,35 +58,9 @@ class Problem:
     reason: str
 
 
-def _read_text(path: str) -> str:
-    """The file's text (UTF-8, optional BOM); undecodable bytes are kept as surrogates so
-    that the line holding them can be reported. Raises `AnnotationError` if unreadable."""
-    try:
-        data = epath.Path(path).read_bytes()
-    except (OSError, ValueError) as e:
-        raise AnnotationError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    return data.decode("utf-8-sig", errors="surrogateescape")
-
-
-def _text_defect(text: str) -> Optional[str]:
-    """Why `text` (one line or field) is not usable text, or None."""
-    if any("\udc80" <= c <= "\udcff" for c in text):
-        return "not UTF-8 text"
-    if "\0" in text:
-        return "contains a NUL byte"
-    return None
-
-
-def _lines(path: str) -> Iterator[Tuple[str, str, Optional[str]]]:
-    """(source `path:N`, stripped line, defect or None) for each non-empty line."""
-    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
-        if line.strip():
-            yield f"{path}:{line_no}", line.strip(), _text_defect(line)
-
-
 def _csv_rows(path: str) -> Iterator[Tuple[str, List[str], Optional[str]]]:
     """(source `path:N`, stripped fields, defect or None) for each non-empty CSV row."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     while True:
         line_no = reader.line_num + 1
         try:
@@ -99,7 +73,7 @@ def _csv_rows(path: str) -> Iterator[Tuple[str, List[str], Optional[str]]]:
         fields = [f.strip() for f in row]
         if not any(fields):
             continue
-        defect = next(filter(None, map(_text_defect, fields)), None)
+        defect = next(filter(None, map(text_defect, fields)), None)
         if defect is None and any("\n" in f or "\r" in f for f in fields):
             defect = "a quoted field spans lines (unbalanced quote?)"
         yield f"{path}:{line_no}", fields, defect
@@ -107,27 +81,9 @@ def _csv_rows(path: str) -> Iterator[Tuple[str, List[str], Optional[str]]]:
 
 def _load_json(path: str):
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: not JSON ({e})") from None
-
-
-def read_classes(path: str) -> List[str]:
-    """Class names, one a line, in index order. Raises `AnnotationError` for an unreadable
-    file, undecodable text or duplicate names."""
-    names = []
-    for source, line, defect in _lines(path):
-        if defect:
-            raise AnnotationError(f"{source}: {defect}")
-        names.append(line)
-    if len(set(names)) != len(names):
-        raise AnnotationError(f"{path}: duplicate class names")
-    return names
-
-
-def write_classes(path: str, names: Sequence[str]) -> None:
-    """Writes class names one a line (index order)."""
-    epath.Path(path).write_text("".join(f"{n}\n" for n in names))
 
 
 def index_videos(root: str) -> Dict[str, str]:
@@ -250,7 +206,7 @@ def kinetics_list(list_path: str, video_root: str, classes: Optional[Sequence[st
                   ) -> Tuple[List[Entry], List[Problem]]:
     """The original repo's `kinetics400_{split}_list.txt`: `relative/path label_index` lines."""
     entries, problems = [], []
-    for source, line, defect in _lines(list_path):
+    for source, line, defect in text_lines(list_path):
         parts = line.rsplit(None, 1)
         if defect:
             problems.append(Problem(source, f"{MALFORMED}: {defect}"))
@@ -358,7 +314,7 @@ def ssv1_csv(annotation_csv: str, frames_root: str, classes: Sequence[str]
              ) -> Tuple[List[Entry], List[Problem]]:
     """SSv1 `something-something-v1-{train,validation}.csv` (`id;label`) or the test list
     (ids only: an unlabelled split); frames are JPEG folders `frames_root/ID/00001.jpg ...`."""
-    lines = list(_lines(annotation_csv))
+    lines = list(text_lines(annotation_csv))
     labelled = any(";" in line for _, line, _ in lines)
     rows, problems = [], []
     for source, line, defect in lines:

@@ -1,4 +1,4 @@
-"""The Apache Beam path of `data/prepare.py` (`--runner DirectRunner`, two worker processes)
+"""The Apache Beam path of `python -m tadax.prepare` (`--runner DirectRunner`, two worker processes)
 writes the same shards and report, byte for byte, as the local path, and training and
 evaluation read them. Needs the optional extra: pip install apache-beam==2.77.0 'pillow<13'."""
 
@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("apache_beam", reason="Apache Beam is an optional extra: "
                     "pip install apache-beam==2.77.0 'pillow<13'")
 
-from tadax.data import cli, pipeline, records  # noqa: E402
+from tadax.data import pipeline, records  # noqa: E402
 from tadax.data.config import data_config  # noqa: E402
-from tadax.data.synthetic import write_mp4  # noqa: E402
+from tadax.prepare import cli  # noqa: E402
+from tadax.prepare.synthetic import write_mp4  # noqa: E402
 
 LABELS = ("abseiling", "juggling", "zumba")
 SPLITS = {"train": 8}
@@ -86,6 +87,6 @@ def test_unusable_runner_is_one_line_before_any_work(tmp_path, capsys):
         capsys.readouterr()
         assert _prepare(tmp_path / "raw", paths, tmp_path / "out", "--runner", runner) == 2
         message = capsys.readouterr().err
-        assert message.startswith(f"data/prepare.py: error: --runner {runner}: "), message
+        assert message.startswith(f"python -m tadax.prepare: error: --runner {runner}: "), message
         assert needle in message and message.count("\n") == 1, message
         assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
-"""Reading: sampling and view placement, host sharding, determinism and resume,
-per-clip augmentation consistency, SSv2 flip modes, and the synthetic dataset."""
+"""The input pipeline (`tadax.data`): sampling and view placement, host sharding,
+determinism and resume, per-clip augmentation consistency, SSv2 flip modes, and the
+synthetic dataset."""
 
 import os
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tadax.data import (augment, pipeline, record_bytes, records, sampling, synthetic,
-                        tfrecord_file, views)
+from tadax.data import augment, pipeline, record_format, records, sampling, views
 from tadax.data.config import data_config
-from tadax.data.encode import jpeg_bytes
+from tadax.prepare import record_bytes, synthetic, tfrecord_file
+from tadax.prepare.encode import jpeg_bytes
 from tadax.data.video import load_views
 
 
@@ -325,15 +326,15 @@ def test_reads_dmvr_records_without_our_extra_fields(tmp_path):
     """Records as DMVR's scripts write them: no fps / frame count, no _meta bookkeeping."""
     frame = np.full((36, 48, 3), 90, np.uint8)
     for shard in range(2):
-        with tf.io.TFRecordWriter(str(tmp_path / records.shard_name("val", shard, 2))) as w:
+        with tf.io.TFRecordWriter(str(tmp_path / record_format.shard_name("val", shard, 2))) as w:
             for i in range(3):
                 ex = tf.train.SequenceExample()
                 ctx = ex.context.feature
-                ctx[record_bytes.LABEL_KEY].int64_list.value.append(shard * 3 + i)
-                ctx[record_bytes.START_KEY].int64_list.value.append(0)
-                ctx[record_bytes.END_KEY].int64_list.value.append(2_000_000)       # 2 s, 20 frames
+                ctx[record_format.LABEL_KEY].int64_list.value.append(shard * 3 + i)
+                ctx[record_format.START_KEY].int64_list.value.append(0)
+                ctx[record_format.END_KEY].int64_list.value.append(2_000_000)       # 2 s, 20 frames
                 for _ in range(20):
-                    ex.feature_lists.feature_list[record_bytes.FRAMES_KEY].feature.add() \
+                    ex.feature_lists.feature_list[record_format.FRAMES_KEY].feature.add() \
                         .bytes_list.value.append(jpeg_bytes(frame, 90))
                 w.write(ex.SerializeToString())
     first = next(iter(tf.data.TFRecordDataset(records.shard_files(str(tmp_path), "val"))))
@@ -362,14 +363,14 @@ def test_sequence_example_bytes_are_protobufs_own(sizes, label, text):
                    fps=29.97)
     ex = tf.train.SequenceExample()
     ctx = ex.context.feature
-    ctx[record_bytes.LABEL_KEY].int64_list.value.append(label)
-    ctx[record_bytes.TEXT_KEY].bytes_list.value.append(text.encode())
-    ctx[record_bytes.FILENAME_KEY].bytes_list.value.append(b"v.mp4")
-    ctx[record_bytes.START_KEY].int64_list.value.append(-5)
-    ctx[record_bytes.END_KEY].int64_list.value.append(10**7)
-    ctx[record_bytes.FPS_KEY].float_list.value.append(29.97)
-    ctx[record_bytes.NUM_FRAMES_KEY].int64_list.value.append(len(frames))
-    frame_list = ex.feature_lists.feature_list[record_bytes.FRAMES_KEY]
+    ctx[record_format.LABEL_KEY].int64_list.value.append(label)
+    ctx[record_format.TEXT_KEY].bytes_list.value.append(text.encode())
+    ctx[record_format.FILENAME_KEY].bytes_list.value.append(b"v.mp4")
+    ctx[record_format.START_KEY].int64_list.value.append(-5)
+    ctx[record_format.END_KEY].int64_list.value.append(10**7)
+    ctx[record_format.FPS_KEY].float_list.value.append(29.97)
+    ctx[record_format.NUM_FRAMES_KEY].int64_list.value.append(len(frames))
+    frame_list = ex.feature_lists.feature_list[record_format.FRAMES_KEY]
     for f in frames:
         frame_list.feature.add().bytes_list.value.append(f)
     ours = record_bytes.sequence_example(frames, **context)

@@ -6,7 +6,7 @@ shard). A shard is written to a temporary name and renamed when complete, and
 its bookkeeping (`_meta/SHARD.json`: written and skipped videos) is saved
 beside it; a re-run skips completed shards, so an interrupted preparation
 re-run produces the same shards byte for byte, in any process and with any runner
-(local worker processes or an Apache Beam pipeline: `beam_prepare`). A split's
+(local worker processes or an Apache Beam pipeline: `beam`; one shard: `shards`). A split's
 fingerprint (`_meta/NAME.fingerprint.json`: options, annotation contents,
 videos' sizes and times) is checked first, so a re-run never mixes in work
 made from other inputs. Bad videos are skipped, counted, and listed
@@ -14,27 +14,25 @@ in `NAME-report.txt` with the reason; the run never stops for them.
 """
 
 import collections
-import dataclasses
 import json
 import multiprocessing
 import queue as queue_lib
 import re
 import time
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 from etils import epath
 from tqdm import tqdm
 
-from tadax.data import fingerprint as fingerprint_lib
-from tadax.data import records, shard_writer
-from tadax.data.annotations import Entry, Problem
-from tadax.data.encode import Encoded, EncodeOptions, encode_entry
+from tadax.data.record_format import META_DIR, shard_name
+from tadax.prepare import fingerprint as fingerprint_lib
+from tadax.prepare import shard_writer
+from tadax.prepare.annotations import Entry, Problem
+from tadax.prepare.encode import EncodeOptions, encode_entry
+from tadax.prepare.shards import ShardJob, commit_shard, write_shard
 
-META_DIR = "_meta"
-_COPY_CHUNK = 1 << 24         # bytes per read when joining a shard's pieces
 _PROGRESS_SECONDS = 0.5       # how often the progress bar hears from the workers
 
 
@@ -55,15 +53,6 @@ def _reason_kind(reason: str) -> str:
         if key in reason:
             return key
     return "other"
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardJob:
-    """One shard to write: its index, file, bookkeeping file and videos (in record order)."""
-    index: int
-    path: str
-    meta_path: str
-    entries: Tuple[Entry, ...]
 
 
 class StaleOutputError(ValueError):
@@ -112,47 +101,6 @@ def record_fingerprint(out_dir: str, name: str, fingerprint: dict, overwrite: bo
     path.write_text(json.dumps(fingerprint, sort_keys=True))
 
 
-def _commit_shard(job: ShardJob, parts: Sequence[str], meta: dict, token: str) -> None:
-    """Makes `job.path` from `parts`, TFRecord files of its consecutive videos (renamed if
-    one, else concatenated: TFRecord files join into one), and saves its bookkeeping
-    beside it. The shard appears only complete, under its final name."""
-    if len(parts) == 1:
-        tmp = parts[0]
-    else:
-        tmp = f"{job.path}.{token}.tmp"
-        with tf.io.gfile.GFile(tmp, "wb") as out:
-            for part in parts:
-                with tf.io.gfile.GFile(part, "rb") as f:
-                    while chunk := f.read(_COPY_CHUNK):
-                        out.write(chunk)
-        for part in parts:
-            tf.io.gfile.remove(part)
-    meta_tmp = f"{job.meta_path}.{token}.tmp"
-    epath.Path(meta_tmp).write_text(json.dumps(meta))
-    tf.io.gfile.rename(tmp, job.path, overwrite=True)
-    tf.io.gfile.rename(meta_tmp, job.meta_path, overwrite=True)
-
-
-def write_shard(job: ShardJob, results: Iterable[Encoded], progress=None) -> dict:
-    """Writes the encoded videos of `job` (via a temporary name of this call's own, so two
-    writers of one shard never share a file) and its bookkeeping.
-
-    results: `Encoded` of `job.entries`, in that order. The same bytes whichever
-    process or runner calls this. Returns the bookkeeping (`written`, `skipped`).
-    """
-    token = uuid.uuid4().hex
-    tmp = f"{job.path}.{token}.tmp"
-    meta = shard_writer.write_records(tmp, results, progress)
-    _commit_shard(job, [tmp], meta, token)
-    return meta
-
-
-def encode_and_write_shard(job: ShardJob, opts: EncodeOptions) -> dict:
-    """Decodes, encodes and writes one whole shard in this process (a distributed runner's unit
-    of work, with a worker process per core: one decoding thread); returns its bookkeeping."""
-    return write_shard(job, (encode_entry(e, opts, decode_threads=1) for e in job.entries))
-
-
 def _remove_temporaries(out_dir: str, name: str) -> None:
     """Removes what interrupted runs left of split `name`'s shards: temporary shard files
     and pieces (`NAME-00000-of-00008...tmp`) and bookkeeping (`_meta/...json...tmp`). One
@@ -172,7 +120,7 @@ def plan_split(entries: Sequence[Entry], *, out_dir: str, name: str, num_shards:
     _remove_temporaries(out_dir, name)
     todo, done = [], {}
     for k, shard in enumerate(assign_shards(entries, num_shards)):
-        base = records.shard_name(name, k, num_shards)
+        base = shard_name(name, k, num_shards)
         path = str(epath.Path(out_dir) / base)
         meta_path = str(epath.Path(out_dir) / META_DIR / f"{base}.json")
         if epath.Path(path).exists() and epath.Path(meta_path).exists():
@@ -212,7 +160,7 @@ def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, 
     """Writes `todo` with `workers` processes (1: in this process). Worker processes write
     pieces of shards themselves and send back only bookkeeping; this process joins each
     shard's pieces when the last is written. Nothing per video passes through it: its work
-    is a commit per shard (README, "Preparation throughput")."""
+    is a commit per shard."""
     if workers == 1 or not todo:
         # FFmpeg's threads cut the wall time of large frames in a single process (720p:
         # 0.15 s a clip instead of 0.26 s, the same CPU time).
@@ -243,7 +191,7 @@ def _write_locally(todo: Sequence[ShardJob], opts: EncodeOptions, workers: int, 
                 job, parts = todo[piece.shard], [done[k] for k in sorted(done)]
                 merged = {"written": sum(m["written"] for _, m in parts),
                           "skipped": [s for _, m in parts for s in m["skipped"]]}
-                _commit_shard(job, [path for path, _ in parts], merged, token)
+                commit_shard(job, [path for path, _ in parts], merged, token)
                 metas[job.index] = merged
         pool.close()
     except BaseException:
@@ -272,9 +220,9 @@ def prepare_split(entries: Sequence[Entry], problems: Sequence[Problem], *, out_
     todo, metas = plan_split(entries, out_dir=out_dir, name=name, num_shards=num_shards)
     start = time.time()
     if beam_args is not None:
-        from tadax.data import beam_prepare
+        from tadax.prepare import beam     # Apache Beam: an optional extra
 
-        metas.update(beam_prepare.write_shards(todo, opts, beam_args))
+        metas.update(beam.write_shards(todo, opts, beam_args))
     else:
         done_videos = len(entries) - sum(len(job.entries) for job in todo)
         with tqdm(total=len(entries), initial=done_videos, unit="video", desc=name,

@@ -1,13 +1,13 @@
 """TFDS builders for Kinetics-400 and Something-Something V2 from manually downloaded files.
 
 They read the same annotation layouts and decode with the same code as
-`data/prepare.py` (`tadax.data.annotations`, `tadax.data.encode`), and store
+`python -m tadax.prepare` (`tadax.prepare.annotations`, `tadax.prepare.encode`), and store
 each video as JPEG frames (`tfds.features.Video`, JPEG-encoded, no re-encode).
 Bad videos and bad annotation lines are skipped, never fatal; the generator
 logs how many. Usage:
 
     import tensorflow_datasets as tfds
-    import tadax.data.tfds_builders  # registers 'kinetics400' and 'ssv2'
+    import tadax.prepare.tfds_builders  # registers 'kinetics400' and 'ssv2'
     builder = tfds.builder("kinetics400", data_dir="~/tfds")   # or "kinetics400/native"
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir="/data/k400_raw"))
@@ -33,8 +33,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tadax.data import annotations
-from tadax.data.encode import EncodeOptions, encode_entry
+from tadax.data import class_list
+from tadax.prepare import annotations
+from tadax.prepare.encode import EncodeOptions, encode_entry
 
 _FEATURES_DOC = ("video: JPEG frames at the native rate, short side at most the config's; "
                  "label: class index in the sorted class list (labels.json order for SSv2); "
@@ -90,7 +91,7 @@ class _VideoFolderBuilder(tfds.core.GeneratorBasedBuilder):
         if not splits:
             raise FileNotFoundError(f"{manual_dir}: no annotation files; "
                                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        annotations.write_classes(os.path.join(self.data_dir, "classes.txt"), classes)
+        class_list.write_classes(os.path.join(self.data_dir, "classes.txt"), classes)
         return {name: self._generate_examples(entries, problems)
                 for name, (entries, problems) in splits.items()}
 
