@@ -39,6 +39,13 @@ from tadax.paths import user_path
 SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
 
 
+def _as_written(fn):
+    """A per-example function traced as written, without AutoGraph's rewrite: the
+    pipeline's functions branch with tf.cond/tf.switch_case already, and converting them
+    cost every process ~1-2 s of start-up per iterator."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def resolve_data_dir(data_cfg) -> str:
     """The folder of shards (local or gs://...): `data_dir`, the prepared TFDS builder
     `tfds_name` (under TFDS `data_dir`), or the synthetic dataset (generated on first use)."""
@@ -243,7 +250,7 @@ def train_dataset(data_cfg, *, global_batch_size: int, seed: int, start_step: in
     order = tf.data.Dataset.range(len(mine)).flat_map(
         lambda i: tf.data.Dataset.from_tensors(i).repeat(per)).repeat()
     ds = tf.data.Dataset.choose_from_datasets(sources, order)
-    ds = ds.map(lambda r, g, sid: _train_example(r, g, data_cfg, sid),
+    ds = ds.map(_as_written(lambda r, g, sid: _train_example(r, g, data_cfg, sid)),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)
     return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
@@ -377,7 +384,7 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     most = -(-len(selected) // pc) * per_video
     num_batches = -(-most // batch)
     ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
-    ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
+    ds = ds.map(_as_written(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view)),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
     size = data_cfg.test_crop_size
     pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],
