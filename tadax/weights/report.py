@@ -36,7 +36,7 @@ def _natural(path: str) -> List[Any]:
 
 def parameter_counts(variables: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """[{'module', 'parameters', 'batch_stats'}] per module two levels deep
-    (`backbone/layers_0`, `head/out`), in network order."""
+    (`backbone/layers_0`, `head/out`), sorted by name with numbers as numbers."""
     counts: Dict[str, Dict[str, int]] = {}
     for path, array in mapping.flatten(dict(variables)).items():
         collection, module = path[0], "/".join(path[1:3])
