@@ -89,13 +89,12 @@ def frame_offsets(window: int, num_frames: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Window:
-    """Window `index` of a video: its `frames` `(T, H, W, 3)` uint8 RGB, the window's span
-    `[start, end)` in seconds from the first frame, and the rate its frames are counted at."""
+    """Window `index` of a video: its `frames` `(T, H, W, 3)` uint8 RGB and the window's
+    span `[start, end)` in seconds from the first frame."""
     index: int
     start: float
     end: float
     frames: np.ndarray
-    fps: float
 
 
 def _native_rate(stream: "av.VideoStream") -> float:
@@ -133,17 +132,11 @@ def _slots(container, stream, fps: float) -> Iterator[Tuple[int, "av.VideoFrame"
             j += 1
 
 
-def sliding_windows(path: str, spec: WindowSpec, short_side: int = 0) -> Iterator[Window]:
-    """The windows of the video file `path` in order (see the module doc), their frames
-    resized so that min(H, W) = `short_side` (0 keeps the size). Raises
-    `VideoDecodeError` naming the file if it cannot be opened or holds no frame;
-    `WindowStream` also tells the number of frames and their rate."""
-    return iter(WindowStream(path, spec, short_side))
-
-
 class WindowStream:
-    """Iterable over the windows of one video file (`sliding_windows`); once iterated,
-    `frames` is the number of frames (at `fps`) the video had and `fps` their rate."""
+    """The windows of the video file `path` in order (see the module doc), their frames
+    resized so that min(H, W) = `short_side` (0 keeps the size). Once iterated, `frames`
+    is the number of frames (at `fps`) the video had and `fps` their rate. Iterating
+    raises `VideoDecodeError` naming the file if it cannot be opened or holds no frame."""
 
     def __init__(self, path: str, spec: WindowSpec, short_side: int = 0):
         self.path, self.spec, self.short_side = path, spec, short_side
@@ -166,15 +159,17 @@ class WindowStream:
         reformatter = VideoReformatter()
         with open_video_stream(self.path) as (container, stream):
             self.fps = fps = spec.fps or _native_rate(stream)
-            k, last = 0, None
+            k, last, converted = 0, None, (None, None)
             for j, frame in _slots(container, stream, spec.fps):
                 last = (j, frame)
                 if j not in kept and self._uses(j):
-                    kept[j] = rgb_frame(reformatter, frame, self.short_side)
+                    if converted[0] is not frame:   # slots resampled up share a frame
+                        converted = (frame, rgb_frame(reformatter, frame, self.short_side))
+                    kept[j] = converted[1]
                 if j == k * spec.stride + spec.window - 1:
                     start = k * spec.stride
                     yield Window(k, start / fps, (start + spec.window) / fps,
-                                 np.stack([kept[start + o] for o in offsets]), fps)
+                                 np.stack([kept[start + o] for o in offsets]))
                     k += 1
                     for old in [i for i in kept if i < k * spec.stride]:
                         del kept[old]
@@ -186,7 +181,7 @@ class WindowStream:
                 if n - 1 not in kept:
                     kept[n - 1] = rgb_frame(reformatter, last[1], self.short_side)
                 yield Window(0, 0.0, n / fps,
-                             np.stack([kept[min(int(o), n - 1)] for o in offsets]), fps)
+                             np.stack([kept[min(int(o), n - 1)] for o in offsets]))
 
 
 def window_clip(frames: np.ndarray, data_cfg) -> np.ndarray:
