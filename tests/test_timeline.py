@@ -88,10 +88,23 @@ def test_timeline_changes_class_where_the_motion_does(quickstart, tmp_path):
         np.testing.assert_allclose([t["prob"] for t in w["top5"]], np.sort(row)[::-1][:5], atol=1e-6)
     assert (out / "timeline.png").stat().st_size > 10_000
 
-    bad = _eval("--checkpoint", quickstart["run"], "--video", tmp_path / "missing.mp4",
-                "--timeline", tmp_path / "x", "--window", CLIP)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.mp4" in bad.stderr
+
+def test_unreadable_video_is_a_user_error_naming_it(tmp_path):
+    """eval.py prints USER_ERRORS as one line (tests/test_cli_errors.py); an unreadable
+    video must be one of them, naming the file, before anything is written."""
+    from tadax.data.config import data_config
+    from tadax.data.video import VideoDecodeError
+    from tadax.data.windows import WindowSpec
+    from tadax.timeline import run_timeline
+    from tadax.train.cli import USER_ERRORS
+
+    assert issubclass(VideoDecodeError, USER_ERRORS)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    for name in ("missing.mp4", "broken.mp4"):
+        with pytest.raises(VideoDecodeError, match=name):
+            run_timeline(str(tmp_path / name), WindowSpec(8, 4, 8), data_config(), None, 1,
+                         str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def _write_360p(path, frames):
