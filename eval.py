@@ -9,6 +9,9 @@
   python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400
   # ... and PNGs of the scores per view and the temporal calibration (tadax/explain.py)
   python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400 --explain out/
+  # a long video as a timeline: the clip slid over it, top-5 per window (tadax/timeline.py)
+  python eval.py --video long.mp4 --checkpoint ckpt/tadaformer_b16_k400 --timeline out/ \
+      --window 300 --stride 75 --fps 30
 
 `--checkpoint` is a converted model directory (`python -m tadax.convert`) or
 a training run (its directory, `checkpoints/` or one step). Without
@@ -32,9 +35,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tadax import explain
+from tadax import explain, timeline
 from tadax.features import clip_data_config
-from tadax.data import class_list, pipeline
+from tadax.data import class_list, pipeline, windows
 from tadax.data.video import load_views
 from tadax.errors import ConfigError
 from tadax.labels import shipped_class_names
@@ -60,6 +63,15 @@ flags.DEFINE_string("video", None, "Classify this one video file instead of a da
 flags.DEFINE_string("labels", None, "Class names, one a line in label order.")
 flags.DEFINE_string("explain", None, "With --video: write the scores of each view and the "
                     "TAdaConv calibration over time and depth (PNGs + arrays) to this folder.")
+flags.DEFINE_string("timeline", None, "With --video: slide the model's clip over the whole "
+                    "video and write per-window top-5 (JSON), a PNG of class probability over "
+                    "time and the arrays to this folder; print its segments.")
+flags.DEFINE_integer("window", None, "--timeline: frames per window (at the video's rate, or "
+                     "--fps); default: the span of the recipe's clip (interval sampling).")
+flags.DEFINE_integer("stride", None, "--timeline: frames between window starts; default: a "
+                     "quarter of the window.")
+flags.DEFINE_float("fps", None, "--timeline: count frames at this rate (the video resampled); "
+                   "default: the recipe's target rate, else the video's own.")
 FLAGS = flags.FLAGS
 
 
@@ -88,6 +100,26 @@ def video_views(config, model_cfg) -> np.ndarray:
                           multi_view=not FLAGS.single_view).astype(np.float32)
 
 
+def video_timeline(config, mesh, model, variables, model_cfg) -> None:
+    """Writes the timeline of `--video` to `--timeline` and prints its segments."""
+    data_cfg = clip_data_config(config.data, model_cfg)
+    try:
+        spec = windows.window_spec(data_cfg, model_cfg.num_frames, FLAGS.window, FLAGS.stride,
+                                   FLAGS.fps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
+    batch = -(-config.eval.batch_size // jax.device_count()) * jax.device_count()
+
+    def predict(video: np.ndarray) -> np.ndarray:
+        return np.asarray(step(variables, global_batch({"video": video}, mesh)["video"]))
+
+    timeline.run_timeline(
+        FLAGS.video, spec, data_cfg, predict, batch, FLAGS.timeline,
+        class_names=class_names(model_cfg.num_classes, config.data, from_dataset=False),
+        settings={"checkpoint": str(user_path(FLAGS.checkpoint))})
+
+
 def classify_video(config, mesh, model, variables, model_cfg, views: np.ndarray) -> None:
     """Prints the top-5 classes of `--video` (softmax scores averaged over its `views`)."""
     n = len(views)
@@ -109,6 +141,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.explain and not FLAGS.video:
         raise ConfigError("--explain needs --video (it explains one video)")
+    if FLAGS.timeline and not FLAGS.video:
+        raise ConfigError("--timeline needs --video (the long video to slide the clip over)")
+    if FLAGS.timeline and FLAGS.explain:
+        raise ConfigError("--timeline and --explain: give one (the timeline already shows the "
+                          "scores over time; --explain the views of one clip)")
+    for name in ("window", "stride", "fps"):
+        if FLAGS[name].present and not FLAGS.timeline:
+            raise ConfigError(f"--{name} sets the windows of --timeline, which is not given")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
     cli.check_config_source(FLAGS.checkpoint, sys.argv)
@@ -116,6 +156,9 @@ def main(argv):
     mesh = make_mesh(config.mesh)
     model, variables, model_cfg = evaluation.load_model(FLAGS.checkpoint, config, mesh,
                                                          use_ema=FLAGS.ema)
+    if FLAGS.timeline:
+        video_timeline(config, mesh, model, variables, model_cfg)
+        return
     if FLAGS.video:
         views = video_views(config, model_cfg)
         classify_video(config, mesh, model, variables, model_cfg, views)

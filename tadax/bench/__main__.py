@@ -274,11 +274,11 @@ def run_against(args, overrides) -> str:
     print(against.matmul_rates_line(against.matmul_rates()), flush=True)
     rows = []
     for name in args.models:
-        if name not in against.SETTINGS_FILES:
+        if name not in original.SETTINGS_FILES:
             raise BenchError(f"--models {name}: no settings file of the original to compare; "
-                             f"comparable: {', '.join(against.SETTINGS_FILES)}")
+                             f"comparable: {', '.join(original.SETTINGS_FILES)}")
         _progress(f"{name}: building both models, checking they agree, timing")
-        rows += against.compare(args.against_original, name, against.SETTINGS_FILES[name], {},
+        rows += against.compare(args.against_original, name, original.SETTINGS_FILES[name], {},
                                 overrides, args.batch, args.rounds, args.runs, args.tolerance)
     return markdown_table(against.HEADERS, rows)
 
