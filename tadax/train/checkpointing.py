@@ -92,8 +92,7 @@ class RunCheckpoints:
         """
         # The state's own metadata file: the manager's item_metadata is None on GCS for an
         # item no save of this process has registered a handler for.
-        state_dir = self.directory / str(step) / "state"
-        saved = layout.layout_of(ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree)
+        saved = layout.layout_of(state_metadata(self.directory / str(step) / "state"))
         wanted = layout.layout_of(abstract_state)
         if saved is None or saved == wanted:
             item, restore_args = abstract_state, ocp.checkpoint_utils.construct_restore_args(
@@ -117,6 +116,16 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def state_metadata(state_dir: epath.Path) -> Dict[str, Any]:
+    """The saved tree of a checkpoint's `state` item (array metadata, no arrays read).
+
+    Read through the item's handler: a `Checkpointer` would also look for a
+    step-level `_CHECKPOINT_METADATA` inside the item and warn on every load
+    that it is missing (it lives one level up, in the step directory).
+    """
+    return ocp.PyTreeCheckpointHandler().metadata(state_dir).tree
 
 
 def finished_steps(directory: str) -> List[int]:
@@ -160,7 +169,7 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
             "run checkpoint (with 'checkpoints/<step>/state')")
     checkpointer = ocp.PyTreeCheckpointer()
     state_dir = step_dir / "state"
-    metadata = checkpointer.metadata(state_dir).item_metadata.tree
+    metadata = state_metadata(state_dir)
     source = "ema" if use_ema and metadata.get("ema") else None
     wanted = metadata[source] if source else metadata
     # Only the model variables are read: the optimizer state (twice the parameters'
