@@ -37,7 +37,7 @@ from tadax import checkpoint_io, explain
 from tadax.features import clip_data_config
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
-from tadax.errors import ConfigError
+from tadax.errors import ConfigError, RunDirectoryError
 from tadax.labels import shipped_class_names
 from tadax.train import cli, evaluation, preflight, run_config
 from tadax.paths import local_copy, user_path
@@ -57,8 +57,34 @@ def _checkpoint_arg(argv) -> str:
     return ""
 
 
+def _config_given(argv) -> bool:
+    return any(re.fullmatch(r"--?config(=.*)?", a) for a in argv)
+
+
+def _default_config(argv) -> str:
+    """The checkpoint's own config, unless --config replaces it (then it is not read)."""
+    return os.path.join(_HERE, "configs", "checkpoint.py") + ":" + (
+        "" if _config_given(argv) else _checkpoint_arg(argv))
+
+
+def exit_on_damaged_run_config(argv) -> None:
+    """Without --config the default config of a run is its config.json, read when the
+    config flag is defined (before `main`): a damaged one is reported here, in one line."""
+    checkpoint = _checkpoint_arg(argv)
+    if (not checkpoint or _config_given(argv) or checkpoint_io.is_model_dir(checkpoint)
+            or run_config.run_dir_of(checkpoint) is None):
+        return
+    try:
+        run_config.read_run_config(checkpoint)
+    except RunDirectoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    exit_on_damaged_run_config(sys.argv)
 config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "checkpoint.py") + ":" + _checkpoint_arg(sys.argv),
+    "config", _default_config(sys.argv),
     "Config (data, eval and mesh settings; the model too for run checkpoints); default: the "
     "checkpoint's own (configs/checkpoint.py).", lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
@@ -77,7 +103,7 @@ FLAGS = flags.FLAGS
 def check_config_source() -> None:
     """Without --config the checkpoint must carry its config (a converted directory or a
     run with its saved config.json)."""
-    if any(re.fullmatch(r"--?config(=.*)?", a) for a in sys.argv):
+    if _config_given(sys.argv):
         return
     if not checkpoint_io.is_model_dir(FLAGS.checkpoint) and \
             run_config.run_dir_of(FLAGS.checkpoint) is None:

@@ -1,8 +1,7 @@
-"""What a run directory survives, end to end with the real commands in separate processes:
-a second writer, a damaged checkpoint, a changed config, a full disk, Ctrl-C, a damaged
-config.json. Each test starts from a copy of one tiny finished run (6 steps,
-checkpoints 4 and 6), shared by every test and every xdist worker, so that no test
-trains more than a few steps. docs/run_directory.md lists the faults and the test of each.
+"""What a run directory survives, end to end with the real commands in separate processes.
+Each test starts from a copy of one tiny finished run (6 steps, checkpoints 4 and 6),
+shared by every test and every xdist worker, so that no test trains more than a few
+steps.
 """
 
 import json
@@ -17,6 +16,7 @@ from filelock import FileLock
 
 from conftest import REPO_ROOT
 from test_train import STEPS, run_train
+
 
 # Lines that must never reach a user on a normal run or an error path: tracebacks, asyncio's
 # complaints at shutdown, absl-formatted warnings and errors (Orbax's), Python warnings.
@@ -50,10 +50,6 @@ def run_copy(trained_run, tmp_path):
     return copy
 
 
-def checkpoint_steps(run):
-    return sorted(int(d.name) for d in (run / "checkpoints").iterdir() if d.name.isdigit())
-
-
 def tree(folder):
     """{relative path: bytes} of every file under `folder`: what a refused command must not
     change."""
@@ -77,14 +73,21 @@ def assert_one_line_error(code, out, *parts):
     return last
 
 
-def test_resume_and_eval_load_checkpoints_without_warnings(run_copy, tmp_path):
-    """Resuming a run and evaluating it print no warnings. Bug watched: the state's metadata
-    read through a `Checkpointer` (which looks for `_CHECKPOINT_METADATA` inside the item and
-    warns "Metadata file does not exist" on every load)."""
+def test_longer_schedule_resumes_quietly_and_is_recorded(run_copy, tmp_path):
+    """`--config.train.epochs` raised on a finished run: it resumes (no warning on the load),
+    the change is appended to config_history.jsonl and config.json now says 3 epochs; eval.py
+    on the run loads quietly too. Bugs watched: the state's metadata read through a
+    `Checkpointer` (which warns "Metadata file does not exist" on every load); config.json
+    rewritten without a history entry."""
     code, out = run_train(run_copy, "--config.train.epochs=3")
     assert code == 0, out
     assert f"resuming at step {STEPS}" in out
     assert_quiet(out)
+    history = [json.loads(line) for line in
+               (run_copy / "config_history.jsonl").read_text().splitlines()]
+    assert [(h["resumed_at_step"], h["changes"]) for h in history] == [
+        (STEPS, {"train.epochs": {"was": 2.0, "now": 3.0}})]
+    assert json.loads((run_copy / "config.json").read_text())["train"]["epochs"] == 3.0
     out = subprocess.run(
         [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={run_copy}", "--single_view",
          f"--output={tmp_path / 'eval'}"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -92,3 +95,30 @@ def test_resume_and_eval_load_checkpoints_without_warnings(run_copy, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert_quiet(out.stdout + out.stderr)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_videos"] == 256
+
+
+def test_changed_architecture_is_refused_before_anything_is_written(run_copy):
+    """A rerun with another width and head count: one line naming both fields, and the run
+    directory byte for byte as it was (config.json included). Bug watched: config.json
+    written before the configs are compared (the old order: the record then describes a
+    model that was never trained, and Orbax fails on the shapes with a wall of tracebacks)."""
+    before = tree(run_copy)
+    code, out = run_train(run_copy, "--config.model.width=128", "--config.model.num_heads=4")
+    last = assert_one_line_error(code, out, "model.width 64 -> 128", "model.num_heads 2 -> 4",
+                                 "config.json")
+    assert "train." not in last
+    assert tree(run_copy) == before
+
+
+def test_a_config_json_that_is_not_json_is_one_line_for_train_and_eval(run_copy):
+    """A run whose config.json was cut short: train.py and eval.py each stop with one line
+    naming the file. Bug watched: json's error escaping (eval.py: an absl flag error about
+    JSONDecodeError's constructor; train.py: a traceback)."""
+    (run_copy / "config.json").write_text('{"name": "quickstart", "model": {')
+    code, out = run_train(run_copy)
+    assert_one_line_error(code, out, f"{run_copy / 'config.json'} is not valid JSON")
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={run_copy}"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert_one_line_error(out.returncode, out.stdout + out.stderr,
+                          f"{run_copy / 'config.json'} is not valid JSON")

@@ -9,14 +9,14 @@ from absl import flags
 
 from tadax.checkpoint_io import CheckpointError
 from tadax.data.video import VideoDecodeError
-from tadax.errors import ConfigError
+from tadax.errors import ConfigError, RunDirectoryError
 from tadax.train.state import InitError
 from tadax.weights.infer import ArchitectureError
 from tadax.weights.mapping import WeightMismatchError
 
 # Errors whose message tells the user what to change: no traceback for them.
 USER_ERRORS = (ConfigError, CheckpointError, InitError, VideoDecodeError, ArchitectureError,
-               WeightMismatchError)
+               WeightMismatchError, RunDirectoryError)
 
 flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize().")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")

@@ -24,7 +24,7 @@ from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weigh
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
 from tadax.train.preemption import Preempted, SigtermWatch
-from tadax.train.run_config import write_run_config
+from tadax.train.run_config import record_run_config, resume_changes
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import (abstract_variables, create_train_state, select_pretrained,
                                train_state_spec)
@@ -81,7 +81,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     returns the final metrics.
 
     Raises `Preempted` after saving the current step when the run is preempted
-    (SIGTERM on one process, JAX's preemption sync point on several).
+    (SIGTERM on one process, JAX's preemption sync point on several), and
+    `RunDirectoryError`, before anything is written, when the config differs from the
+    run's in a field that may not change on resume.
     """
     workdir = user_path(workdir)
     _check_batch_layout(config)
@@ -94,7 +96,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     total = int(round(config.train.epochs * epoch_steps))
     eval_every = config.eval.every_steps or epoch_steps
     ckpt_dir = workdir / "checkpoints"
-    preflight.check_start(config.init, resuming=bool(finished_steps(ckpt_dir)))
+    resuming = bool(finished_steps(ckpt_dir))
+    preflight.check_start(config.init, resuming=resuming)
+    # Before anything is written: a rerun whose config may not change stops here.
+    changes = resume_changes(config, workdir) if resuming else None
     ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
     latest = ckpts.latest_step()
     mesh = make_mesh(config.mesh)
@@ -104,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
     if jax.process_index() == 0:
-        write_run_config(config, workdir)
+        record_run_config(config, workdir, changes, latest or 0)
     if latest is not None:
         state, position = ckpts.restore(latest, abstract_state)
         start = int(position["step"])
