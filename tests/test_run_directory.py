@@ -50,6 +50,10 @@ def run_copy(trained_run, tmp_path):
     return copy
 
 
+def checkpoint_steps(run):
+    return sorted(int(d.name) for d in (run / "checkpoints").iterdir() if d.name.isdigit())
+
+
 def tree(folder):
     """{relative path: bytes} of every file under `folder`: what a refused command must not
     change."""
@@ -107,6 +111,45 @@ def test_changed_architecture_is_refused_before_anything_is_written(run_copy):
     last = assert_one_line_error(code, out, "model.width 64 -> 128", "model.num_heads 2 -> 4",
                                  "config.json")
     assert "train." not in last
+    assert tree(run_copy) == before
+
+
+def damage(run, step):
+    """Truncates the largest array file of checkpoint `step` to 1000 bytes, as a copy cut
+    short would leave it."""
+    files = sorted((run / "checkpoints" / str(step) / "state").rglob("ocdbt.process_0/d/*"),
+                   key=lambda p: p.stat().st_size)
+    with open(files[-1], "r+b") as f:
+        f.truncate(1000)
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(run_copy):
+    """Checkpoint 6 truncated: the same command names it in one line (step and reason),
+    moves it under unreadable_checkpoints/ unchanged, resumes from step 4 and finishes.
+    Bug watched: restoring only the newest checkpoint (a traceback, the run stuck)."""
+    damage(run_copy, STEPS)
+    damaged = tree(run_copy / "checkpoints" / str(STEPS))
+    code, out = run_train(run_copy)
+    assert code == 0, out
+    assert_quiet(out)
+    moved = run_copy / "unreadable_checkpoints" / str(STEPS)
+    line = next(line for line in out.splitlines() if line.startswith(f"checkpoint {STEPS} "))
+    assert "does not restore (OUT_OF_RANGE" in line and f"set aside as {moved}" in line, line
+    assert "resuming at step 4" in out
+    assert tree(moved) == damaged
+    assert checkpoint_steps(run_copy)[-1] == STEPS   # saved again by the resumed run
+
+
+def test_no_checkpoint_restores_stops_and_changes_nothing(run_copy):
+    """Both checkpoints truncated: one line naming each step and why, exit 1, nothing moved
+    or written. Bug watched: the failures set aside as they are met (the run directory then
+    has no checkpoint, and the next rerun would start from scratch)."""
+    for step in (4, STEPS):
+        damage(run_copy, step)
+    before = tree(run_copy)
+    code, out = run_train(run_copy)
+    assert_one_line_error(code, out, "no checkpoint in", f"step {STEPS}: OUT_OF_RANGE",
+                          "step 4: OUT_OF_RANGE", "nothing was changed")
     assert tree(run_copy) == before
 
 

@@ -24,6 +24,7 @@ from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weigh
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
 from tadax.train.preemption import Preempted, SigtermWatch
+from tadax.train.resume import restore_newest
 from tadax.train.run_config import record_run_config, resume_changes
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.state import (abstract_variables, create_train_state, select_pretrained,
@@ -76,6 +77,12 @@ def evaluate(eval_step, variables, config: ml_collections.ConfigDict, mesh, spli
     return views, videos, result
 
 
+def _say(text: str) -> None:
+    """Prints one line on the lead host."""
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     """Trains `config` in `workdir` (local or gs://...; resuming if it has checkpoints);
     returns the final metrics.
@@ -83,7 +90,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     Raises `Preempted` after saving the current step when the run is preempted
     (SIGTERM on one process, JAX's preemption sync point on several), and
     `RunDirectoryError`, before anything is written, when the config differs from the
-    run's in a field that may not change on resume.
+    run's in a field that may not change on resume or when no checkpoint restores. A
+    checkpoint that fails to read is set aside and the run resumes from an older one
+    (`resume.restore_newest`).
     """
     workdir = user_path(workdir)
     _check_batch_layout(config)
@@ -100,18 +109,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     preflight.check_start(config.init, resuming=resuming)
     # Before anything is written: a rerun whose config may not change stops here.
     changes = resume_changes(config, workdir) if resuming else None
-    ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
-    latest = ckpts.latest_step()
     mesh = make_mesh(config.mesh)
     abstract = abstract_variables(model, config.model)
     tx, schedule = build_optimizer(abstract["params"], config.optimizer, epoch_steps,
                                    config.train.epochs)
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
-    if jax.process_index() == 0:
-        record_run_config(config, workdir, changes, latest or 0)
-    if latest is not None:
-        state, position = ckpts.restore(latest, abstract_state)
+    # Before the checkpoint manager starts: it lists the steps (and any set aside by now).
+    resumed = restore_newest(workdir, abstract_state, say=_say)
+    if resumed is not None:
+        _, state, position = resumed
         start = int(position["step"])
     else:
         pretrained = None
@@ -120,12 +127,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             pretrained = select_pretrained(loaded, abstract, config.init.fresh)
         state = create_train_state(model, tx, config, shardings, pretrained)
         start = 0
+    if jax.process_index() == 0:
+        record_run_config(config, workdir, changes, start)
+    ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
 
     logger = MetricLogger(workdir, total, start, config.train.global_batch_size)
     logger.line(f"{config.model.arch}: {jax.device_count()} devices on {jax.process_count()} "
                 f"hosts, mesh {dict(mesh.shape)}; {total} steps of "
                 f"{config.train.global_batch_size} clips ({epoch_steps} per epoch); "
-                + (f"resuming at step {start}" if latest is not None else
+                + (f"resuming at step {start}" if resumed is not None else
                    f"initialised from {config.init.checkpoint or 'scratch'}"))
     groups = describe_groups(abstract["params"], config.optimizer)
     logger.line("parameter groups (lr mult, wd mult): arrays  " + ", ".join(
