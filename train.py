@@ -5,8 +5,10 @@ dataset. The same command runs on one CPU, several local devices or a
 multi-host TPU/GPU slice (`--distributed`, which calls
 `jax.distributed.initialize()`; pass the coordinator flags where the platform
 does not provide them). Rerunning a command resumes its run from the newest
-checkpoint in the run directory (`--workdir`, default `config.workdir`).
-A SIGTERM (preemption) saves the current step and exits with code 143.
+checkpoint that restores in the run directory (`--workdir`, default
+`config.workdir`), which one run at a time may use (`--takeover_lock` takes over
+the lock of a run that is gone). A SIGTERM (preemption) saves the current step and
+exits with code 143.
 """
 
 import os
@@ -28,6 +30,9 @@ config_flags.DEFINE_config_file(
     "Recipe config file (`path.py` or `path.py:arg`); fields overridable as --config.x.y=v.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory; default: the config's `workdir`.")
+flags.DEFINE_bool("takeover_lock", False, "Take over the run directory's lock from a run that "
+                  "is gone (a host lost, a lock on gs:// not yet expired); never from a live "
+                  "process of this host.")
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +44,7 @@ def main(argv):
     cli.initialize_distributed()
     config = FLAGS.config
     try:
-        train_and_evaluate(config, FLAGS.workdir or config.workdir)
+        train_and_evaluate(config, FLAGS.workdir or config.workdir, FLAGS.takeover_lock)
     except preemption.Preempted as e:
         print(e, flush=True)
         sys.exit(preemption.EXIT_CODE)

@@ -1,22 +1,29 @@
-"""What a run directory survives, end to end with the real commands in separate processes.
-Each test starts from a copy of one tiny finished run (6 steps, checkpoints 4 and 6),
-shared by every test and every xdist worker, so that no test trains more than a few
-steps.
+"""What a run directory survives, end to end with the real commands in separate processes:
+a second writer, a damaged checkpoint, a changed config, a damaged config.json. Each
+test starts from a copy of one tiny finished run (6 steps, checkpoints 4 and 6), shared
+by every test and every xdist worker, so that no test trains more than a few steps.
 """
 
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
+from etils import epath
 from filelock import FileLock
 
 from conftest import REPO_ROOT
-from test_train import STEPS, run_train
+from tadax.errors import RunDirectoryError
+from test_train import STEPS, free_port, run_train
 
+
+BUCKET = "tadax-test"
 
 # Lines that must never reach a user on a normal run or an error path: tracebacks, asyncio's
 # complaints at shutdown, absl-formatted warnings and errors (Orbax's), Python warnings.
@@ -165,3 +172,183 @@ def test_a_config_json_that_is_not_json_is_one_line_for_train_and_eval(run_copy)
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert_one_line_error(out.returncode, out.stdout + out.stderr,
                           f"{run_copy / 'config.json'} is not valid JSON")
+
+
+def read_until(proc, text, lines, timeout=240):
+    """Reads the output of `proc` into `lines` until a line contains `text`; the line."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return line
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"no {text!r} in:\n{''.join(lines)}")
+
+
+def test_second_train_py_is_refused_while_the_first_runs(run_copy):
+    """Two train.py on one run directory: while the first trains, the second exits with one
+    line naming the first (pid, host, since when) and --takeover_lock, writing nothing; the
+    first then saves and stops on a SIGTERM and removes its lock. Bug watched: no lock (the
+    second resumes and both write the same steps)."""
+    long_run = ["--config.train.epochs=300", "--config.eval.every_steps=1000",
+                "--config.checkpoint.every_steps=1000"]
+    first = run_train(run_copy, *long_run, wait=False, env_extra={"PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        read_until(first, f"resuming at step {STEPS}", lines)
+        read_until(first, f"step {STEPS + 1}/", lines)
+        code, out = run_train(run_copy, *long_run)
+        assert first.poll() is None, "".join(lines)
+        assert_one_line_error(code, out, f"run directory {run_copy} is in use",
+                              f"pid {first.pid} on host {socket.gethostname()} since 20",
+                              "--takeover_lock")
+        assert "resuming" not in out
+        first.send_signal(signal.SIGTERM)
+        lines.append(first.communicate(timeout=120)[0])
+    finally:
+        first.kill()
+    out = "".join(lines)
+    assert first.returncode == 143, out
+    assert_quiet(out)
+    match = re.search(r"^preempted: checkpoint saved at step (\d+) in ", out, re.M)
+    assert match and out.strip().endswith("rerun the same command to resume"), out
+    step = int(match.group(1))
+    assert step > STEPS and step in checkpoint_steps(run_copy)
+    assert not (run_copy / "run.lock").exists()
+
+
+def test_takeover_lock_takes_a_lock_left_on_another_host(run_copy):
+    """A lock file held (OS lock) in the name of a process on another host, as on a shared
+    file system whose host is gone: with --takeover_lock train.py takes the lock over, says
+    so and runs; the old holder's lock reports the loss. (Without the flag it is refused, as
+    in the test above.) Bug watched: --takeover_lock ignored (refused)."""
+    from tadax.train.run_lock import LocalLock
+    gone = LocalLock(epath.Path(run_copy))
+    gone.holder.host, gone.holder.pid = "gone-host", 4242
+    gone.acquire(takeover=False)
+    try:
+        code, out = run_train(run_copy, "--takeover_lock")
+        assert code == 0, out
+        assert_quiet(out)
+        assert f"took over the lock of {run_copy} from pid 4242 on host gone-host" in out
+        with pytest.raises(RunDirectoryError, match="lost the lock"):
+            gone.check()
+    finally:
+        gone.release()
+
+
+def test_two_hosts_take_one_lock_and_stop_together(run_copy):
+    """A two-process run (`--distributed`) on a locked run directory: both processes exit
+    with the lead host's one line and nothing is written. Bug watched: only the lead host
+    told (the other goes on alone into the restore and hangs or writes)."""
+    from tadax.train.run_lock import LocalLock
+    before = tree(run_copy)
+    held = LocalLock(epath.Path(run_copy))
+    held.acquire(takeover=False)
+    try:
+        port = free_port()
+        procs = [run_train(run_copy, "--distributed", f"--coordinator_address=localhost:{port}",
+                           "--num_processes=2", f"--process_id={i}", devices=2, wait=False)
+                 for i in range(2)]
+        outs = []
+        for proc in procs:
+            try:
+                outs.append(proc.communicate(timeout=180)[0])
+            finally:
+                proc.kill()
+    finally:
+        held.release()
+    lines = [assert_one_line_error(p.returncode, out, f"pid {os.getpid()}", "--takeover_lock")
+             for p, out in zip(procs, outs)]
+    assert lines[0] == lines[1]
+    assert tree(run_copy) == before
+
+
+@pytest.fixture(scope="module")
+def gcs_run(tmp_path_factory, trained_run):
+    """(client environment, gs:// URL of a copy of the trained run) on a GCS emulator of
+    this module (tests/gcs_emulator.py; its proxy checks the lock's preconditions)."""
+    from test_gcs import _require_test_packages, _upload
+    _require_test_packages()
+    from gcs_emulator import running_gcs
+    with running_gcs(tmp_path_factory.mktemp("gcs"), BUCKET) as env:
+        for path in sorted(trained_run.rglob("*")):
+            if path.is_file():
+                _upload(env["STORAGE_EMULATOR_HOST"], f"run/{path.relative_to(trained_run)}",
+                        path.read_bytes())
+        yield env, f"gs://{BUCKET}/run"
+
+
+def _download(env, name):
+    from test_gcs import _download
+    return _download(env["STORAGE_EMULATOR_HOST"], name)
+
+
+def gcs_objects(env, prefix="run/"):
+    from test_gcs import _objects
+    return _objects(env["STORAGE_EMULATOR_HOST"], prefix)
+
+
+def run_train_on_gcs(env, workdir, *extra):
+    return run_train(workdir, *extra, env_extra=env)
+
+
+def upload_lock(env, host, pid, lease_seconds):
+    """A lock object as a run of `host` that last renewed it now would have left."""
+    from test_gcs import _upload
+    since = time.time() - 3600
+    _upload(env["STORAGE_EMULATOR_HOST"], "run/run.lock", json.dumps(dict(
+        host=host, pid=pid, since=since, token="dead", lease_seconds=lease_seconds)).encode())
+
+
+def test_gcs_lock_refuses_a_second_writer_and_expires_after_its_run_died(gcs_run):
+    """gs:// run directory, lock object of a run on another pod: train.py exits with one
+    line naming it, its lease and --takeover_lock, and writes nothing. The same lock stating
+    a 1 s lease, not renewed: the next train.py takes it over by itself, says so, resumes and
+    removes the lock when done. Bugs watched: the lock created without its does-not-exist
+    precondition (the second run overwrites it and runs); the lease never expiring (a dead
+    pod's lock refuses every rerun)."""
+    env, workdir = gcs_run
+    upload_lock(env, "pod-a", 4242, lease_seconds=600)
+    before = {name: _download(env, name) for name in gcs_objects(env)}
+    code, out = run_train_on_gcs(env, workdir)
+    assert_one_line_error(code, out, f"run directory {workdir} is in use",
+                          "pid 4242 on host pod-a since 20", "lease runs out 5",
+                          "--takeover_lock")
+    assert {name: _download(env, name) for name in gcs_objects(env)} == before
+    upload_lock(env, "pod-a", 4242, lease_seconds=1)
+    time.sleep(1.5)
+    code, out = run_train_on_gcs(env, workdir)
+    assert code == 0, out
+    assert_quiet(out)
+    assert (f"took over the lock of {workdir} from pid 4242 on host pod-a since 20"
+            in out and "its lease of 1 s ran out" in out), out
+    assert f"resuming at step {STEPS}" in out
+    assert "run/run.lock" not in gcs_objects(env)
+
+
+def test_gcs_takeover_lock_stops_the_old_holder(gcs_run, monkeypatch):
+    """A live lock (renewed every 2 s by this test, in the name of another pod) taken over
+    with --takeover_lock: train.py runs; the old holder's next renewal is refused and its
+    `check()` says who took it. Bug watched: renewals without the generation precondition
+    (both would believe they hold the lock)."""
+    from tadax.train.run_lock import GcsLock
+    env, workdir = gcs_run
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    old = GcsLock(epath.Path(workdir), lease_seconds=8)
+    old.holder.host = "pod-a"
+    old.acquire(takeover=False)
+    try:
+        code, out = run_train_on_gcs(env, workdir, "--takeover_lock")
+        assert code == 0, out
+        assert_quiet(out)
+        assert f"took over the lock of {workdir} from pid {os.getpid()} on host pod-a" in out
+        time.sleep(2.5)
+        with pytest.raises(RunDirectoryError, match=f"taken over by pid \\d+ on host "
+                                                    f"{socket.gethostname()}"):
+            old.check()
+    finally:
+        old.release()

@@ -25,6 +25,17 @@ def _key(name: str) -> str:
     return f"tadax/{name}/{next(_calls[name])}"
 
 
+def lead_value(name: str, text: str) -> str:
+    """The lead host's (process 0's) `text`, on every host."""
+    if jax.process_count() == 1:
+        return text
+    key = _key(name)
+    if jax.process_index() == 0:
+        _client().key_value_set(key, text)
+        return text
+    return _client().blocking_key_value_get(key, TIMEOUT_MS)
+
+
 def all_true(name: str, ok: bool) -> bool:
     """True on every host when `ok` is true on every host."""
     if jax.process_count() == 1:

@@ -19,7 +19,7 @@ from tadax.data import pipeline
 from tadax.errors import ConfigError
 from tadax.models import build_model
 from tadax.paths import user_path
-from tadax.train import evaluation, mixup, plots, preflight
+from tadax.train import evaluation, mixup, plots, preflight, run_lock
 from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
@@ -83,14 +83,17 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       takeover_lock: bool = False) -> Dict[str, Any]:
     """Trains `config` in `workdir` (local or gs://...; resuming if it has checkpoints);
     returns the final metrics.
 
-    Raises `Preempted` after saving the current step when the run is preempted
-    (SIGTERM on one process, JAX's preemption sync point on several), and
-    `RunDirectoryError`, before anything is written, when the config differs from the
-    run's in a field that may not change on resume or when no checkpoint restores. A
+    The run holds the run directory's lock (`run_lock`) while it writes there;
+    `takeover_lock` takes over the lock of a run that is gone. Raises `Preempted`
+    after saving the current step when the run is preempted (SIGTERM on one process,
+    JAX's preemption sync point on several), and `RunDirectoryError` when
+    another run holds the directory, the config differs from the run's in a field that
+    may not change or no checkpoint restores (each before anything is written). A
     checkpoint that fails to read is set aside and the run resumes from an older one
     (`resume.restore_newest`).
     """
@@ -107,68 +110,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     ckpt_dir = workdir / "checkpoints"
     resuming = bool(finished_steps(ckpt_dir))
     preflight.check_start(config.init, resuming=resuming)
-    # Before anything is written: a rerun whose config may not change stops here.
-    changes = resume_changes(config, workdir) if resuming else None
     mesh = make_mesh(config.mesh)
     abstract = abstract_variables(model, config.model)
     tx, schedule = build_optimizer(abstract["params"], config.optimizer, epoch_steps,
                                    config.train.epochs)
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
-    # Before the checkpoint manager starts: it lists the steps (and any set aside by now).
-    resumed = restore_newest(workdir, abstract_state, say=_say)
-    if resumed is not None:
-        _, state, position = resumed
-        start = int(position["step"])
-    else:
-        pretrained = None
-        if config.init.checkpoint:
-            loaded, _ = load_weights(config.init.checkpoint)
-            pretrained = select_pretrained(loaded, abstract, config.init.fresh)
-        state = create_train_state(model, tx, config, shardings, pretrained)
-        start = 0
-    if jax.process_index() == 0:
-        record_run_config(config, workdir, changes, start)
-    ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,), on_steps=(total,))
+    with run_lock.hold(workdir, takeover_lock) as lock, SigtermWatch() as sigterm:
+        changes = resume_changes(config, workdir) if resuming else None
+        resumed = restore_newest(workdir, abstract_state, say=_say)
+        if resumed is not None:
+            _, state, position = resumed
+            start = int(position["step"])
+        else:
+            pretrained = None
+            if config.init.checkpoint:
+                loaded, _ = load_weights(config.init.checkpoint)
+                pretrained = select_pretrained(loaded, abstract, config.init.fresh)
+            state = create_train_state(model, tx, config, shardings, pretrained)
+            start = 0
+        if jax.process_index() == 0:
+            record_run_config(config, workdir, changes, start)
+        ckpts = RunCheckpoints(ckpt_dir, config.checkpoint, every=(eval_every,),
+                               on_steps=(total,))
+        logger = MetricLogger(workdir, total, start, config.train.global_batch_size)
+        logger.line(
+            f"{config.model.arch}: {jax.device_count()} devices on {jax.process_count()} "
+            f"hosts, mesh {dict(mesh.shape)}; {total} steps of "
+            f"{config.train.global_batch_size} clips ({epoch_steps} per epoch); "
+            + (f"resuming at step {start}" if resumed is not None else
+               f"initialised from {config.init.checkpoint or 'scratch'}"))
+        groups = describe_groups(abstract["params"], config.optimizer)
+        logger.line("parameter groups (lr mult, wd mult): arrays  " + ", ".join(
+            f"({lr:g}, {wd:g}): {n}" for (lr, wd), n in sorted(groups.items())))
 
-    logger = MetricLogger(workdir, total, start, config.train.global_batch_size)
-    logger.line(f"{config.model.arch}: {jax.device_count()} devices on {jax.process_count()} "
-                f"hosts, mesh {dict(mesh.shape)}; {total} steps of "
-                f"{config.train.global_batch_size} clips ({epoch_steps} per epoch); "
-                + (f"resuming at step {start}" if resumed is not None else
-                   f"initialised from {config.init.checkpoint or 'scratch'}"))
-    groups = describe_groups(abstract["params"], config.optimizer)
-    logger.line("parameter groups (lr mult, wd mult): arrays  " + ", ".join(
-        f"({lr:g}, {wd:g}): {n}" for (lr, wd), n in sorted(groups.items())))
+        train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
+        eval_step = make_eval_step(model, mesh, eval_variables(shardings, config.eval.use_ema))
+        batches = pipeline.build_train_iterator(
+            config.data, global_batch_size=config.train.global_batch_size,
+            seed=config.seed, start_step=start, process_index=jax.process_index(),
+            process_count=jax.process_count())
 
-    train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
-    eval_step = make_eval_step(model, mesh, eval_variables(shardings, config.eval.use_ema))
-    batches = pipeline.build_train_iterator(
-        config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
-        start_step=start, process_index=jax.process_index(), process_count=jax.process_count())
+        log_every = config.train.log_every_steps
+        sums: Dict[str, float] = {}
+        count = 0
 
-    log_every = config.train.log_every_steps
-    sums: Dict[str, float] = {}
-    count = 0
+        def consume(step, metrics):
+            nonlocal sums, count
+            values = jax.device_get(metrics)
+            if not np.isfinite(values["loss"]):
+                ckpts.wait()
+                raise NonFiniteLossError(
+                    f"loss is {values['loss']} at step {step}: stopping. The last good "
+                    f"checkpoint is step {ckpts.latest_step()} in {ckpts.directory}; lower "
+                    "the learning rate or check the data before resuming.")
+            sums = {k: sums.get(k, 0.0) + float(v) for k, v in values.items()}
+            count += 1
+            if step % log_every == 0 or step == total:
+                logger.train(step, {k: v / count for k, v in sums.items()})
+                sums, count = {}, 0
 
-    def consume(step, metrics):
-        nonlocal sums, count
-        values = jax.device_get(metrics)
-        if not np.isfinite(values["loss"]):
-            ckpts.wait()
-            raise NonFiniteLossError(
-                f"loss is {values['loss']} at step {step}: stopping. The last good checkpoint "
-                f"is step {ckpts.latest_step()} in {ckpts.directory}; lower the learning "
-                "rate or check the data before resuming.")
-        sums = {k: sums.get(k, 0.0) + float(v) for k, v in values.items()}
-        count += 1
-        if step % log_every == 0 or step == total:
-            logger.train(step, {k: v / count for k, v in sums.items()})
-            sums, count = {}, 0
-
-    pending = None
-    with SigtermWatch() as sigterm:
+        pending = None
         for step in range(start + 1, total + 1):
+            lock.check()
             local = next(batches)
             batch = global_batch({k: local[k] for k in ("video", "label")}, mesh)
             state, metrics = train_step(state, batch)
@@ -197,25 +201,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 logger.close()
                 ckpts.close()
                 raise Preempted(step, ckpts.directory)
-    ckpts.wait()
+        ckpts.wait()
+        lock.check()
 
-    final: Dict[str, Any] = {"step": total}
-    if config.eval.final_multi_view:
-        views, videos, result = evaluate(eval_step, eval_variables(state, config.eval.use_ema),
-                                         config, mesh, config.eval.test_split, True, logger)
+        final: Dict[str, Any] = {"step": total}
+        if config.eval.final_multi_view:
+            views, videos, result = evaluate(
+                eval_step, eval_variables(state, config.eval.use_ema), config, mesh,
+                config.eval.test_split, True, logger)
+            if jax.process_index() == 0:
+                names = pipeline.dataset_class_names(config.data)
+                if names is not None and len(names) != config.model.num_classes:
+                    names = None
+                evaluation.write_report(workdir / "eval", views, videos, result, names)
+            final.update({f"test/{k}": v for k, v in result.items()
+                          if k != "per_class_accuracy"})
         if jax.process_index() == 0:
-            names = pipeline.dataset_class_names(config.data)
-            if names is not None and len(names) != config.model.num_classes:
-                names = None
-            evaluation.write_report(workdir / "eval", views, videos, result, names)
-        final.update({f"test/{k}": v for k, v in result.items() if k != "per_class_accuracy"})
-    if jax.process_index() == 0:
-        history = read_history(logger.path)
-        for entry in history:   # the last value of every logged metric
-            final.update({k: v for k, v in entry.items() if k != "step"})
-        plots.training_curves(history, workdir / "training_curves.png",
-                              title=config.get("name", ""))
-        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=1))
-    logger.close()
-    ckpts.close()
-    return final
+            history = read_history(logger.path)
+            for entry in history:   # the last value of every logged metric
+                final.update({k: v for k, v in entry.items() if k != "step"})
+            plots.training_curves(history, workdir / "training_curves.png",
+                                  title=config.get("name", ""))
+            (workdir / "final_metrics.json").write_text(json.dumps(final, indent=1))
+        logger.close()
+        ckpts.close()
+        return final
