@@ -24,16 +24,16 @@ import os
 import re
 import sys
 
-if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
-    from tadax import host_memory
-    host_memory.reexec_with_huge_pages()
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see startup)
+    from tadax import startup
+    startup.prepare()
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tadax import checkpoint_io, explain
+from tadax import checkpoint_io, explain, startup
 from tadax.features import clip_data_config
 from tadax.data import annotations, pipeline
 from tadax.data.video import load_views
@@ -159,6 +159,7 @@ def main(argv):
     if FLAGS.explain and not FLAGS.video:
         raise ConfigError("--explain needs --video (it explains one video)")
     logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
+    startup.on_ctrl_c("interrupted (Ctrl-C): eval.py stopped; no report was written")
     cli.initialize_distributed()
     check_config_source()
     config = FLAGS.config

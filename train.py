@@ -8,15 +8,16 @@ does not provide them). Rerunning a command resumes its run from the newest
 checkpoint that restores in the run directory (`--workdir`, default
 `config.workdir`), which one run at a time may use (`--takeover_lock` takes over
 the lock of a run that is gone). A SIGTERM (preemption) saves the current step and
-exits with code 143.
+exits with code 143, a Ctrl-C likewise with 130; a second Ctrl-C stops at once.
+What a run directory survives and how to recover: docs/run_directory.md.
 """
 
 import os
 import sys
 
-if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
-    from tadax import host_memory
-    host_memory.reexec_with_huge_pages()
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see startup)
+    from tadax import startup
+    startup.prepare()
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -47,7 +48,7 @@ def main(argv):
         train_and_evaluate(config, FLAGS.workdir or config.workdir, FLAGS.takeover_lock)
     except preemption.Preempted as e:
         print(e, flush=True)
-        sys.exit(preemption.EXIT_CODE)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

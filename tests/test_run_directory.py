@@ -1,7 +1,8 @@
 """What a run directory survives, end to end with the real commands in separate processes:
-a second writer, a damaged checkpoint, a changed config, a damaged config.json. Each
-test starts from a copy of one tiny finished run (6 steps, checkpoints 4 and 6), shared
-by every test and every xdist worker, so that no test trains more than a few steps.
+a second writer, a damaged checkpoint, a changed config, Ctrl-C, a damaged config.json.
+Each test starts from a copy of one tiny finished run (6 steps, checkpoints 4 and 6),
+shared by every test and every xdist worker, so that no test trains more than a few
+steps.
 """
 
 import json
@@ -187,11 +188,12 @@ def read_until(proc, text, lines, timeout=240):
     raise AssertionError(f"no {text!r} in:\n{''.join(lines)}")
 
 
-def test_second_train_py_is_refused_while_the_first_runs(run_copy):
+def test_second_train_py_is_refused_while_the_first_runs_and_ctrl_c_saves(run_copy):
     """Two train.py on one run directory: while the first trains, the second exits with one
-    line naming the first (pid, host, since when) and --takeover_lock, writing nothing; the
-    first then saves and stops on a SIGTERM and removes its lock. Bug watched: no lock (the
-    second resumes and both write the same steps)."""
+    line naming the first (pid, host, since when) and --takeover_lock, writing nothing. A
+    Ctrl-C then makes the first finish its step, save it, say so in one line and exit with
+    130. Bugs watched: no lock (the second resumes and both write the same steps); SIGINT
+    left to Python (KeyboardInterrupt traceback, the steps since the last save lost)."""
     long_run = ["--config.train.epochs=300", "--config.eval.every_steps=1000",
                 "--config.checkpoint.every_steps=1000"]
     first = run_train(run_copy, *long_run, wait=False, env_extra={"PYTHONUNBUFFERED": "1"})
@@ -205,18 +207,42 @@ def test_second_train_py_is_refused_while_the_first_runs(run_copy):
                               f"pid {first.pid} on host {socket.gethostname()} since 20",
                               "--takeover_lock")
         assert "resuming" not in out
-        first.send_signal(signal.SIGTERM)
+        first.send_signal(signal.SIGINT)
         lines.append(first.communicate(timeout=120)[0])
     finally:
         first.kill()
     out = "".join(lines)
-    assert first.returncode == 143, out
+    assert first.returncode == 130, out
     assert_quiet(out)
-    match = re.search(r"^preempted: checkpoint saved at step (\d+) in ", out, re.M)
+    match = re.search(r"^interrupted \(Ctrl-C\): checkpoint saved at step (\d+) in ", out, re.M)
     assert match and out.strip().endswith("rerun the same command to resume"), out
     step = int(match.group(1))
     assert step > STEPS and step in checkpoint_steps(run_copy)
     assert not (run_copy / "run.lock").exists()
+
+
+def test_second_ctrl_c_stops_at_once(run_copy):
+    """Ctrl-C during the first step of a resumed run, and again once it said it will save:
+    the process ends at once (killed by SIGINT, no traceback), saving nothing; the checkpoints
+    are as they were. Bug watched: the second Ctrl-C handled like the first (the run goes on
+    to train, save and exit with 130)."""
+    before = tree(run_copy / "checkpoints")
+    proc = run_train(run_copy, "--config.train.epochs=300", wait=False,
+                     env_extra={"PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        read_until(proc, f"resuming at step {STEPS}", lines)
+        proc.send_signal(signal.SIGINT)
+        read_until(proc, "Ctrl-C again stops at once", lines)
+        proc.send_signal(signal.SIGINT)
+        lines.append(proc.communicate(timeout=30)[0])
+    finally:
+        proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == -signal.SIGINT, out
+    assert_quiet(out)
+    assert "checkpoint saved" not in out
+    assert tree(run_copy / "checkpoints") == before
 
 
 def test_takeover_lock_takes_a_lock_left_on_another_host(run_copy):
@@ -352,3 +378,25 @@ def test_gcs_takeover_lock_stops_the_old_holder(gcs_run, monkeypatch):
             old.check()
     finally:
         old.release()
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """Ctrl-C while train.py is still importing its libraries (TensorFlow mapped, nothing
+    trained yet): one line, exit 130, no traceback, no run directory made. Bug watched:
+    SIGINT left to Python until training starts (a KeyboardInterrupt traceback from
+    wherever the import was)."""
+    workdir = tmp_path / "run"
+    proc = run_train(workdir, wait=False)
+    maps = f"/proc/{proc.pid}/maps"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(maps) as f:
+            if "tensorflow" in f.read():
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert_quiet(out)
+    assert out.strip().splitlines()[-1] == "interrupted (Ctrl-C) while starting: nothing was written"
+    assert not workdir.exists()

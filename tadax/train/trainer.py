@@ -19,11 +19,12 @@ from tadax.data import pipeline
 from tadax.errors import ConfigError
 from tadax.models import build_model
 from tadax.paths import user_path
+from tadax.startup import on_ctrl_c
 from tadax.train import evaluation, mixup, plots, preflight, run_lock
 from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
 from tadax.train.optim import build_optimizer, describe_groups
-from tadax.train.preemption import Preempted, SigtermWatch
+from tadax.train.preemption import Preempted, StopWatch
 from tadax.train.resume import restore_newest
 from tadax.train.run_config import record_run_config, resume_changes
 from tadax.train.sharding import global_batch, make_mesh
@@ -90,8 +91,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     The run holds the run directory's lock (`run_lock`) while it writes there;
     `takeover_lock` takes over the lock of a run that is gone. Raises `Preempted`
-    after saving the current step when the run is preempted (SIGTERM on one process,
-    JAX's preemption sync point on several), and `RunDirectoryError` when
+    after saving the current step when the run is asked to stop (SIGTERM or Ctrl-C on
+    one process, JAX's preemption sync point on several), and `RunDirectoryError` when
     another run holds the directory, the config differs from the run's in a field that
     may not change or no checkpoint restores (each before anything is written). A
     checkpoint that fails to read is set aside and the run resumes from an older one
@@ -116,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    config.train.epochs)
     abstract_state, shardings = train_state_spec(model, tx, config, mesh)
 
-    with run_lock.hold(workdir, takeover_lock) as lock, SigtermWatch() as sigterm:
+    with run_lock.hold(workdir, takeover_lock) as lock, StopWatch() as stop:
         changes = resume_changes(config, workdir) if resuming else None
         resumed = restore_newest(workdir, abstract_state, say=_say)
         if resumed is not None:
@@ -179,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if pending is not None:
                 consume(*pending)
             pending = (step, metrics)
-            preempted = sigterm.requested or ckpts.reached_preemption(step)
+            preempted = stop.requested or ckpts.reached_preemption(step)
             # Orbax decides (every_steps, validations, the last step, every_secs,
             # preemption); validation steps are among its save steps.
             do_save = preempted or ckpts.should_save(step)
@@ -200,8 +201,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 ckpts.wait()
                 logger.close()
                 ckpts.close()
-                raise Preempted(step, ckpts.directory)
+                raise Preempted(step, ckpts.directory, stop.signum)
         ckpts.wait()
+        on_ctrl_c("interrupted (Ctrl-C) after the last step, which is saved: rerun the "
+                  "same command to write the final evaluation")
+        stop.close()   # a Ctrl-C from here on ends the process (nothing left to save)
         lock.check()
 
         final: Dict[str, Any] = {"step": total}
