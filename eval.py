@@ -30,7 +30,7 @@ if __name__ == "__main__":   # before the heavy imports: re-runs itself once (se
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from tadax import checkpoint_io, explain, startup
@@ -158,7 +158,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.explain and not FLAGS.video:
         raise ConfigError("--explain needs --video (it explains one video)")
-    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
+    cli.quiet_output()   # keep Orbax's info lines out of the output
     startup.on_ctrl_c("interrupted (Ctrl-C): eval.py stopped; no report was written")
     cli.initialize_distributed()
     check_config_source()

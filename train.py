@@ -19,7 +19,7 @@ if __name__ == "__main__":   # before the heavy imports: re-runs itself once (se
     from tadax import startup
     startup.prepare()
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from tadax.train import cli, preemption
@@ -41,7 +41,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save info lines out of the log
+    cli.quiet_output()   # keep Orbax's per-save info lines out of the log
     cli.initialize_distributed()
     config = FLAGS.config
     try:

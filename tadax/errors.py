@@ -15,3 +15,7 @@ class RunDirectoryError(RuntimeError):
     record or every checkpoint is damaged, its config differs, or it ran out of space.
     The message says what happened and what to do; nothing was lost."""
 
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before saving that state (the
+    message names the last good checkpoint)."""
