@@ -296,7 +296,8 @@ class GcsLock:
                 return
             except Exception as e:   # network trouble: retried until the lease would run out
                 if time.monotonic() - self._last_renewal > self.lease * 3 / 4:
-                    self._lost = f"could not renew it for {self.lease * 3 / 4:.0f} s ({e})"
+                    why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    self._lost = f"could not renew it for {self.lease * 3 / 4:.0f} s ({why})"
                     return
 
     def check(self) -> None:
@@ -349,7 +350,8 @@ def hold(workdir: epath.Path, takeover: bool = False) -> Iterator:
         except RunDirectoryError as e:
             error = str(e)
         except Exception as e:   # e.g. no credentials for gs://, a read-only directory
-            error = f"could not lock run directory {workdir}: {type(e).__name__}: {e}"
+            why = (str(e).strip().splitlines() or [""])[0]
+            error = f"could not lock run directory {workdir}: {type(e).__name__}: {why}"
     error = hosts.lead_value("run_lock", error)
     if error:
         raise RunDirectoryError(error)
