@@ -162,7 +162,7 @@ def test_converted_weights_start_a_scanned_model(arch):
 
 
 def test_run_checkpoint_restores_into_the_other_layout(tmp_path):
-    from tadax.train.checkpointing import RunCheckpoints
+    from tadax.train.checkpointing import RunCheckpoints, restore_checkpoint
     ckpt_cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=1,
                                               keep_best=0, best_metric="val/top1"))
     _, model, variables = model_and_variables("tadaformer_tiny", False)
@@ -178,7 +178,7 @@ def test_run_checkpoint_restores_into_the_other_layout(tmp_path):
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
         layout.stacked(saved))
-    restored, position = ckpts.restore(3, abstract)
     ckpts.close()
+    restored, position = restore_checkpoint(tmp_path, 3, abstract)
     assert position == {"step": 3}
     leaves_equal(restored, layout.stacked(saved))

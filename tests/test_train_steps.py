@@ -224,7 +224,7 @@ def test_pretrained_weights_that_do_not_fit_are_refused():
 
 
 def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
-    from tadax.train.checkpointing import RunCheckpoints
+    from tadax.train.checkpointing import RunCheckpoints, restore_checkpoint
     cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=2, keep_best=1,
                                          best_metric="val/top1"))
     ckpts = RunCheckpoints(str(tmp_path), cfg)
@@ -233,10 +233,10 @@ def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
         ckpts.wait()
     kept = sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit())
     assert kept == [2, 4, 5]
-    state, position = ckpts.restore(5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    ckpts.close()
+    state, position = restore_checkpoint(tmp_path, 5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     np.testing.assert_array_equal(state["w"], [5, 5, 5])
     assert position == {"step": 5}
-    ckpts.close()
 
 
 def test_save_decisions_are_orbax_policies(tmp_path):
