@@ -33,7 +33,6 @@ if __name__ == "__main__":   # before the heavy imports: re-runs itself once (se
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from tadax import explain, startup, timeline
 from tadax.features import clip_data_config
@@ -51,10 +50,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 if __name__ == "__main__":
     cli.exit_on_damaged_run_config(sys.argv)
-config_flags.DEFINE_config_file(
-    "config", cli.default_config(_HERE, sys.argv),
+cli.define_config(
+    cli.default_config(_HERE, sys.argv),
     "Config (data, eval and mesh settings; the model too for run checkpoints); default: the "
-    "checkpoint's own (configs/checkpoint.py).", lock_config=True)
+    "checkpoint's own (configs/checkpoint.py).")
 flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                     required=True)
 flags.DEFINE_string("output", None, "Report directory; default: CHECKPOINT/eval.")
@@ -206,4 +205,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -20,16 +20,14 @@ if __name__ == "__main__":   # before the heavy imports: re-runs itself once (se
     startup.prepare()
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from tadax.train import cli, preemption
 from tadax.train.trainer import train_and_evaluate
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "quickstart.py"),
-    "Recipe config file (`path.py` or `path.py:arg`); fields overridable as --config.x.y=v.",
-    lock_config=True)
+cli.define_config(
+    os.path.join(_HERE, "configs", "quickstart.py"),
+    "Recipe config file (`path.py` or `path.py:arg`); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory; default: the config's `workdir`.")
 flags.DEFINE_bool("takeover_lock", False, "Take over the run directory's lock from a run that "
                   "is gone (a host lost, a lock on gs:// not yet expired); never from a live "
@@ -52,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

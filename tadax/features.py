@@ -394,11 +394,10 @@ def _define_flags() -> None:
     from ml_collections import config_flags
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config_flags.DEFINE_config_file(
-        "config", cli.default_config(here, sys.argv),
+    cli.define_config(
+        cli.default_config(here, sys.argv),
         "Config (data, eval batch size, features settings; the model too for run "
-        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.",
-        lock_config=True)
+        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.")
     flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                         required=True)
     flags.DEFINE_string("output", None, "Folder of feature shards.", required=True)
@@ -425,4 +424,4 @@ if __name__ == "__main__":
 
     cli.exit_on_damaged_run_config(sys.argv)
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -68,6 +68,22 @@ def test_start_checks_pass_when_told_how_to_start():
     assert not importlib.import_module("configs.quickstart").get_config().init.start_from
 
 
+@pytest.mark.parametrize("command,args,parts", [
+    ("train.py", ["--config.optimizer.base_lrr=1e-4"],
+     ["--config.optimizer.base_lrr", 'Did you mean "base_lr"']),
+    ("train.py", ["--config=configs/no_such_recipe.py"],
+     ["--config=configs/no_such_recipe.py: cannot load it", "No such file"]),
+    ("eval.py", ["--checkpoint=ckpt", "--config=configs/tadaformer_b16.py:frames=x"],
+     ["Error whilst parsing config file", "invalid literal for int()"]),
+])
+def test_config_mistakes_are_one_line(command, args, parts, tmp_path):
+    """A misspelt field, a missing config file, a bad `:arg`: ml_collections raises Python
+    errors (a traceback through absl) until the commands catch them."""
+    code, out = run(command, *args, f"--workdir={tmp_path}" if command == "train.py" else
+                    f"--output={tmp_path}")
+    assert_one_line_error(code, out, *parts)
+
+
 def test_eval_on_a_path_that_is_no_checkpoint(tmp_path):
     code, out = run("eval.py", f"--checkpoint={tmp_path / 'missing'}")
     assert_one_line_error(code, out, "--checkpoint=", "pass the recipe with --config")

@@ -119,6 +119,50 @@ def quiet_output() -> None:
     sys.unraisablehook = lambda u: None if _abandoned_read(u) else default_hook(u)
 
 
+def _config_error(error: Exception, argv: Sequence[str]) -> str:
+    """One line for an error ml_collections raises on a --config override (a Python error
+    whose text is a quoted repr, e.g. of a KeyError with a 'Did you mean' suggestion)."""
+    detail = str(error.args[0] if error.args else error)
+    detail = detail.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+    detail = re.sub(r"^'*([^' ]+)'*", r"'\1'", " ".join(detail.split()).strip("'"))
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    return f"a --config override does not fit the config ({', '.join(overrides)}): {detail}"
+
+
+def define_config(default: str, help_text: str) -> None:
+    """Defines the locked `--config` flag (`FILE[:ARG]`, fields overridable as
+    `--config.a.b=v`). ml_collections applies the overrides found in `sys.argv` when the
+    flag is defined, and raises Python errors for a field that does not exist or a value of
+    the wrong type: those end the command here in one line, exit code 1."""
+    from ml_collections import config_flags
+
+    try:
+        config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {_config_error(e, sys.argv)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def parse_flags(argv: Sequence[str]) -> list:
+    """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`) with its errors in one
+    line, exit code 1: a flag absl refuses, and a `--config` override that does not fit."""
+    try:
+        rest = flags.FLAGS(list(argv))
+        if "config" in flags.FLAGS:   # a config file that failed to load raises on first use
+            flags.FLAGS.config.keys()
+        return rest
+    except flags.Error as e:         # its text may hold a whole traceback: first and last line
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        message = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        message = _config_error(e, argv)
+    except OSError as e:             # ml_collections' report ends with the reason
+        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+        message = f"--config={flags.FLAGS['config'].config_filename}: cannot load it: {reason}"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 def one_line_errors(main):
     """Wraps an absl `main(argv)`: a user error prints `error: MESSAGE` and exits with 1.
 
