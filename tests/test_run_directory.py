@@ -17,11 +17,10 @@ import time
 
 import pytest
 from etils import epath
-from filelock import FileLock
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, xla_flags
 from tadax.errors import RunDirectoryError
-from test_train import STEPS, TINY, free_port, run_train
+from test_train import STEPS, TINY, free_port, reference, run_train  # noqa: F401 (fixture)
 
 BUCKET = "tadax-test"
 
@@ -35,18 +34,10 @@ TF_LOAD_LINES = re.compile(r"^(WARNING: All log messages before absl::Initialize
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, worker_id):
-    """A finished tiny run (`test_train.TINY`: 6 steps), trained once per test session: the
-    xdist workers share it through the session's common temporary folder."""
-    base = tmp_path_factory.getbasetemp()
-    root = base if worker_id == "master" else base.parent
-    run = root / "run_directory_tests_trained_run"
-    with FileLock(str(run) + ".lock"):
-        if not (run / "final_metrics.json").is_file():
-            shutil.rmtree(run, ignore_errors=True)
-            code, out = run_train(run)
-            assert code == 0, out
-    return run
+def trained_run(reference):
+    """A finished tiny run (`test_train.TINY`: 6 steps), the one test_train.py compares with,
+    trained once per test session."""
+    return reference
 
 
 @pytest.fixture
@@ -319,7 +310,7 @@ def test_full_disk_while_saving_stops_in_one_line_and_the_same_command_resumes_a
         {command} > {out_dir}/freed.txt 2>&1 || echo $? > {out_dir}/freed.rc
         cp -a {run} {out_dir}/after_freed
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1),
                JAX_PLATFORMS="cpu")
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)

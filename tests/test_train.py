@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, shared_run, xla_flags
 from eval_reports import assert_same_report
 from tadax.prepare import synthetic
 from tadax.train.checkpointing import load_weights
@@ -37,7 +37,7 @@ TINY = [
 
 
 def run_train(workdir, *extra, devices=1, env_extra=None, wait=True):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
                JAX_PLATFORMS="cpu", **(env_extra or {}))
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), f"--workdir={workdir}", *TINY, *extra]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -68,13 +68,16 @@ def losses(workdir):
     return np.array([r["train/loss"] for r in rows if "train/loss" in r])
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted single-device run."""
-    workdir = tmp_path_factory.mktemp("ref")
+def _train_tiny(workdir):
     code, out = run_train(workdir)
     assert code == 0, out
-    return workdir
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """An uninterrupted single-device tiny run (TINY: 6 steps), trained once per test
+    session and shared by every process's tests (conftest.shared_run)."""
+    return shared_run("tiny_reference", _train_tiny)
 
 
 def test_quick_start_command_logs_checkpoints_and_plots(reference):

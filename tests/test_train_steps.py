@@ -312,8 +312,8 @@ def test_mixing_adds_no_communication():
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    from conftest import REPO_ROOT, xla_flags
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4),
                JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}")
     out = subprocess.run([sys.executable, "-c", COLLECTIVES_SCRIPT], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
