@@ -107,10 +107,16 @@ def test_train_steps_give_the_same_weights_in_both_layouts():
     params = model_and_variables("tadaformer_tiny", False)[2]["params"]
     a, b = _train(False, params), _train(True, params)
     assert layout.layout_of(b["params"]) is True
+    # The smallest step a parameter takes (the patch embedding's lr, base 1e-2 x 0.5^3).
+    # Rounding in another summation order moves Adam's normalised step of a near-zero
+    # gradient by a fraction of a percent of it; a multiplier given to the wrong block, or
+    # a gradient term lost to remat, moves a whole leaf by a large part of a step.
+    smallest_step = 1e-2 * 0.5 ** (SMALL["tadaformer_tiny"]["depth"] + 1)
     for tree in ("params", "batch_stats", "opt_state"):
+        atol = 0.02 * smallest_step if tree == "params" else 2e-6
         for x, y in zip(jax.tree_util.tree_leaves(a[tree]),
                         jax.tree_util.tree_leaves(layout.unrolled(b[tree]))):
-            np.testing.assert_allclose(x, y, atol=2e-6, rtol=1e-5)
+            np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
     moved = jax.tree_util.tree_map(lambda x, y: float(jnp.abs(x - y).max()),
                                    a["params"], params)
     assert min(jax.tree_util.tree_leaves(moved)) > 0     # every parameter was updated

@@ -88,13 +88,29 @@ def check_config_source(checkpoint: str, argv: Sequence[str]) -> None:
                           "recipe with --config")
 
 
+def _from_orbax(record: py_logging.LogRecord) -> bool:
+    """Whether `record` was logged by Orbax or carries an exception raised inside Orbax."""
+    if "/orbax/" in record.pathname:
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    while error is not None:
+        tb = error.__traceback__
+        while tb is not None:
+            if "/orbax/" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class _NoOrbaxErrorReports(py_logging.Filter):
     """Orbax logs each failure of its background save threads, traceback included, before
     the failure reaches the main thread, which reports it (once, in one line when it is
-    the user's to act on: a full disk, a quota)."""
+    the user's to act on: a full disk, a quota). When a checkpoint read fails, asyncio
+    also logs the gathered reads Orbax abandoned ('exception was never retrieved')."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return not (record.levelno >= py_logging.ERROR and "/orbax/" in record.pathname)
+        return not (record.levelno >= py_logging.ERROR and _from_orbax(record))
 
 
 def _abandoned_read(unraisable) -> bool:
@@ -115,6 +131,7 @@ def quiet_output() -> None:
     <coroutine>', 'Event loop is closed' from reads that finish later) are dropped too."""
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_logger().addFilter(_NoOrbaxErrorReports())
+    py_logging.getLogger("asyncio").addFilter(_NoOrbaxErrorReports())
     default_hook = sys.unraisablehook
     sys.unraisablehook = lambda u: None if _abandoned_read(u) else default_hook(u)
 
