@@ -9,6 +9,9 @@
   python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400
   # ... and PNGs of the scores per view and the temporal calibration (tadax/explain.py)
   python eval.py --video clip.mp4 --checkpoint ckpt/tadaformer_b16_k400 --explain out/
+  # a long video as a timeline: the clip slid over it, top-5 per window (tadax/timeline.py)
+  python eval.py --video long.mp4 --checkpoint ckpt/tadaformer_b16_k400 --timeline out/ \
+      --window 300 --stride 75 --fps 30
 
 `--checkpoint` is a converted model directory (`python -m tadax.convert`) or
 a training run (its directory, `checkpoints/` or one step). Without
@@ -21,25 +24,23 @@ per-class accuracy), predictions.jsonl, confusion.png. Every path may be local o
 """
 
 import os
-import re
 import sys
 
-if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
-    from tadax import host_memory
-    host_memory.reexec_with_huge_pages()
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see startup)
+    from tadax import startup
+    startup.prepare()
 
 import jax
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
-from tadax import checkpoint_io, explain
+from tadax import explain, startup, timeline
 from tadax.features import clip_data_config
-from tadax.data import annotations, pipeline
+from tadax.data import class_list, pipeline, windows
 from tadax.data.video import load_views
-from tadax.errors import ConfigError
+from tadax.errors import ConfigError, RunDirectoryError
 from tadax.labels import shipped_class_names
-from tadax.train import cli, evaluation, preflight, run_config
+from tadax.train import cli, evaluation, preflight
 from tadax.paths import local_copy, user_path
 from tadax.train.sharding import global_batch, make_mesh
 from tadax.train.steps import make_eval_step
@@ -47,20 +48,12 @@ from tadax.train.steps import make_eval_step
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _checkpoint_arg(argv) -> str:
-    """The --checkpoint value on the command line ('' if absent): the default config is
-    the checkpoint's own, and config_flags loads a default when the flag is defined."""
-    for i, arg in enumerate(argv):
-        match = re.fullmatch(r"--?checkpoint(=(.*))?", arg)
-        if match:
-            return match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else "")
-    return ""
-
-
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "checkpoint.py") + ":" + _checkpoint_arg(sys.argv),
+if __name__ == "__main__":
+    cli.exit_on_damaged_run_config(sys.argv)
+cli.define_config(
+    cli.default_config(_HERE, sys.argv),
     "Config (data, eval and mesh settings; the model too for run checkpoints); default: the "
-    "checkpoint's own (configs/checkpoint.py).", lock_config=True)
+    "checkpoint's own (configs/checkpoint.py).")
 flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                     required=True)
 flags.DEFINE_string("output", None, "Report directory; default: CHECKPOINT/eval.")
@@ -71,19 +64,16 @@ flags.DEFINE_string("video", None, "Classify this one video file instead of a da
 flags.DEFINE_string("labels", None, "Class names, one a line in label order.")
 flags.DEFINE_string("explain", None, "With --video: write the scores of each view and the "
                     "TAdaConv calibration over time and depth (PNGs + arrays) to this folder.")
+flags.DEFINE_string("timeline", None, "With --video: slide the model's clip over the whole "
+                    "video and write per-window top-5 (JSON), a PNG of class probability over "
+                    "time and the arrays to this folder; print its segments.")
+flags.DEFINE_integer("window", None, "--timeline: frames per window (at the video's rate, or "
+                     "--fps); default: the span of the recipe's clip (interval sampling).")
+flags.DEFINE_integer("stride", None, "--timeline: frames between window starts; default: a "
+                     "quarter of the window.")
+flags.DEFINE_float("fps", None, "--timeline: count frames at this rate (the video resampled); "
+                   "default: the recipe's target rate, else the video's own.")
 FLAGS = flags.FLAGS
-
-
-def check_config_source() -> None:
-    """Without --config the checkpoint must carry its config (a converted directory or a
-    run with its saved config.json)."""
-    if any(re.fullmatch(r"--?config(=.*)?", a) for a in sys.argv):
-        return
-    if not checkpoint_io.is_model_dir(FLAGS.checkpoint) and \
-            run_config.run_dir_of(FLAGS.checkpoint) is None:
-        raise ConfigError(f"--checkpoint={FLAGS.checkpoint} is neither a converted model "
-                          f"directory nor a training run with a saved {run_config.CONFIG_FILE}: "
-                          "pass the recipe with --config")
 
 
 def class_names(num_classes, data_cfg, from_dataset: bool):
@@ -91,7 +81,7 @@ def class_names(num_classes, data_cfg, from_dataset: bool):
     names shipped for `data_cfg.dataset` (Kinetics-400), else None."""
     names = None
     if FLAGS.labels:
-        source, names = f"--labels={FLAGS.labels}", annotations.read_classes(FLAGS.labels)
+        source, names = f"--labels={FLAGS.labels}", class_list.read_classes(FLAGS.labels)
     elif from_dataset:
         source, names = "the dataset's classes.txt", pipeline.dataset_class_names(data_cfg)
     if names is None:
@@ -109,6 +99,26 @@ def video_views(config, model_cfg) -> np.ndarray:
     with local_copy(FLAGS.video) as video:
         return load_views(video, clip_data_config(config.data, model_cfg),
                           multi_view=not FLAGS.single_view).astype(np.float32)
+
+
+def video_timeline(config, mesh, model, variables, model_cfg) -> None:
+    """Writes the timeline of `--video` to `--timeline` and prints its segments."""
+    data_cfg = clip_data_config(config.data, model_cfg)
+    try:
+        spec = windows.window_spec(data_cfg, model_cfg.num_frames, FLAGS.window, FLAGS.stride,
+                                   FLAGS.fps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    step = make_eval_step(model, mesh, jax.tree_util.tree_map(lambda a: a.sharding, variables))
+    batch = -(-config.eval.batch_size // jax.device_count()) * jax.device_count()
+
+    def predict(video: np.ndarray) -> np.ndarray:
+        return np.asarray(step(variables, global_batch({"video": video}, mesh)["video"]))
+
+    timeline.run_timeline(
+        FLAGS.video, spec, data_cfg, predict, batch, FLAGS.timeline,
+        class_names=class_names(model_cfg.num_classes, config.data, from_dataset=False),
+        settings={"checkpoint": str(user_path(FLAGS.checkpoint))})
 
 
 def classify_video(config, mesh, model, variables, model_cfg, views: np.ndarray) -> None:
@@ -132,13 +142,25 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.explain and not FLAGS.video:
         raise ConfigError("--explain needs --video (it explains one video)")
-    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
+    if FLAGS.timeline and not FLAGS.video:
+        raise ConfigError("--timeline needs --video (the long video to slide the clip over)")
+    if FLAGS.timeline and FLAGS.explain:
+        raise ConfigError("--timeline and --explain: give one (the timeline already shows the "
+                          "scores over time; --explain the views of one clip)")
+    for name in ("window", "stride", "fps"):
+        if FLAGS[name].present and not FLAGS.timeline:
+            raise ConfigError(f"--{name} sets the windows of --timeline, which is not given")
+    cli.quiet_output()   # keep Orbax's info lines out of the output
+    startup.on_ctrl_c("interrupted (Ctrl-C): eval.py stopped; no report was written")
     cli.initialize_distributed()
-    check_config_source()
+    cli.check_config_source(FLAGS.checkpoint, sys.argv)
     config = FLAGS.config
     mesh = make_mesh(config.mesh)
     model, variables, model_cfg = evaluation.load_model(FLAGS.checkpoint, config, mesh,
                                                          use_ema=FLAGS.ema)
+    if FLAGS.timeline:
+        video_timeline(config, mesh, model, variables, model_cfg)
+        return
     if FLAGS.video:
         views = video_views(config, model_cfg)
         classify_video(config, mesh, model, variables, model_cfg, views)
@@ -183,4 +205,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -39,7 +39,7 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
     c.train = ml_collections.ConfigDict(dict(
         global_batch_size=256,
         grad_accum_steps=1,   # micro-batches per step: global batch / accum per forward pass
-        epochs=epochs,        # also the length of the lr schedule
+        epochs=float(epochs),   # also the length of the lr schedule (float: 0.5 is allowed)
         steps_per_epoch=0,    # 0: from the dataset size; the epoch count drives the schedule
         label_smoothing=label_smoothing,
         ema_decay=0.0,        # > 0 keeps an EMA of the weights (the original's MODEL.EMA: 0.99996)
@@ -47,7 +47,7 @@ def base_config(*, name: str, arch: str, dataset: str, num_classes: int, frames:
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", base_lr=base_lr, end_lr=end_lr, schedule=schedule,
-        cosine_after_warmup=True, warmup_epochs=warmup_epochs,
+        cosine_after_warmup=True, warmup_epochs=float(warmup_epochs),
         warmup_start_lr=warmup_start_lr, weight_decay=weight_decay,
         b1=0.9, b2=0.999, eps=1e-8))
 

@@ -1,4 +1,4 @@
-"""Prepare a video dataset as sharded DMVR TFRecords; see `tadax/data/cli.py` or `--help`.
+"""Prepare a video dataset as sharded DMVR TFRecords: the checkout's `python -m tadax.prepare`.
 
   python data/prepare.py kinetics --root /data/k400/videos --out /data/k400/tfrecords \
       --split train=/data/k400/train.csv --split val=/data/k400/validate.csv
@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tadax.data.cli import main  # noqa: E402
+from tadax.prepare.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="data/prepare.py"))

@@ -1,7 +1,7 @@
 """Write the synthetic temporal-order dataset: real .mp4 files + Kinetics-layout CSVs.
 
   python data/synthetic.py --out /tmp/synthetic --train 1024 --val 256
-  python data/prepare.py kinetics --root /tmp/synthetic/videos --out /tmp/synthetic/tfrecords \
+  python -m tadax.prepare kinetics --root /tmp/synthetic/videos --out /tmp/synthetic/tfrecords \
       --split train=/tmp/synthetic/train.csv --split val=/tmp/synthetic/val.csv --short-side 0
 
 The pipeline also generates and prepares it by itself on first use
@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tadax.data import synthetic  # noqa: E402
+from tadax.prepare import synthetic  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,10 @@
       --arch tadaconvnextv2_tiny --output ckpt/convnext_t_in1k
   # a model trained with other settings: the original's YAML supplies what no weight shows
   python -m tadax.convert zoo --input mine.pyth --upstream-config mine.yaml --output ckpt/mine
+  # ... with a report of what was read, assumed and attached, and the error per block
+  # against the original code (a checkout of it, torch installed)
+  python -m tadax.convert zoo --input b16.pyth --output ckpt/b16 --report b16.md \
+      --against-original ../TAdaConv
   # back to the original code's format
   python -m tadax.convert export --input ckpt/b16_k400 --output b16_k400.pyth
   # serving artefacts of a converted model or a training run (symbolic batch size)
@@ -38,12 +42,14 @@ import numpy as np
 from etils import epath
 
 from tadax import checkpoint_io, serving, torch_reader
+from tadax.bench.original import check_checkout
+from tadax.bench.recipes import BenchError
 from tadax.models import build_model, default_model_config, layout
 from tadax.models.registry import upstream_fields
 from tadax.paths import user_path
 from tadax.train import run_config
 from tadax.train.checkpointing import load_weights
-from tadax.weights import mapping, pretrained
+from tadax.weights import against_original, mapping, pretrained, report
 from tadax.weights.infer import ArchitectureError, infer_model_config, unseen_settings
 from tadax.weights.upstream import UpstreamConfigError, load_upstream_settings
 
@@ -207,7 +213,8 @@ def _parse_overrides(items: List[str]) -> Dict:
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m tadax.convert`."""
     parser = argparse.ArgumentParser(prog="python -m tadax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", choices=["zoo", "clip", "clip_hf", "convnext", "export"],
@@ -229,13 +236,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="export jax_export/saved_model: platforms to lower for")
     parser.add_argument("--ema", action="store_true",
                         help="take the EMA weights (model_ema_state of a zoo file, or of a run)")
+    parser.add_argument("--report", metavar="FILE",
+                        help="zoo: write what was read off the weights, what was assumed and "
+                             "whence, parameters per module and the preprocessing attached "
+                             "(FILE.json: JSON, else Markdown)")
+    parser.add_argument("--against-original", metavar="PATH",
+                        help="with --report: add the per-block max error against the original "
+                             "code, from its checkout at PATH (needs torch and einops)")
     parser.add_argument("--seed", type=int, default=0, help="init seed for new parameters")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return _run(args)
     except (ConversionError, mapping.WeightMismatchError, checkpoint_io.CheckpointError,
-            torch_reader.CheckpointFormatError, ArchitectureError, UpstreamConfigError) as e:
+            torch_reader.CheckpointFormatError, ArchitectureError, UpstreamConfigError,
+            BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -313,6 +332,13 @@ def _run(args) -> int:
         return _export(args, overrides)
     if args.upstream_config and args.source != "zoo":
         raise ConversionError("--upstream-config describes a zoo model; starting points take --arch")
+    if args.report and args.source != "zoo":
+        raise ConversionError("--report describes a zoo conversion (what was read off the "
+                              "weights); starting points take --arch")
+    if args.against_original and not args.report:
+        raise ConversionError("--against-original adds to the report: give --report FILE too")
+    if args.against_original:
+        check_checkout(args.against_original)
     if args.source != "zoo":
         if not args.arch:
             raise ConversionError("--arch is required for starting points")
@@ -323,7 +349,10 @@ def _run(args) -> int:
         except ValueError as e:
             raise ConversionError(str(e)) from None
     given = dict(upstream_settings(args.upstream_config)) if args.upstream_config else {}
+    given_from = {f: f"--upstream-config {args.upstream_config}" for f in given}
     given.update(overrides)
+    given_from.update((f, "--num-frames" if f == "num_frames" and args.num_frames else "--set")
+                      for f in overrides)
     raw = read_checkpoint_file(args.input)
     sd = select_state_dict(raw, args.input, ema=args.ema)
     if args.source == "zoo":
@@ -340,6 +369,16 @@ def _run(args) -> int:
         dropped: List[str] = []
     else:
         variables, dropped, fresh = convert_pretrained(args.source, sd, cfg, args.input, args.seed)
+    if args.report:   # before anything is written: a failing comparison leaves no output
+        conversion = report.build_report(source=args.input, output=args.output, ema=args.ema,
+                                         state_dict=sd, cfg=cfg, variables=variables,
+                                         given_from=given_from)
+        if args.against_original:
+            print(f"comparing with the original from {args.against_original} ...", flush=True)
+            conversion["against_original"] = against_original.block_errors(
+                args.against_original, cfg, sd, variables)
+            for note in conversion["against_original"]["notes"]:
+                print(f"note: {note}", file=sys.stderr)
     checkpoint_io.save_variables(args.output, variables, cfg, overwrite=args.overwrite)
     count = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(variables.get("params", {})))
     print(f"wrote {args.output}: {cfg.arch}, {count:,} parameters")
@@ -348,6 +387,13 @@ def _run(args) -> int:
               + (" ..." if len(dropped) > 8 else ""))
     if fresh:
         print(f"  new video parameters initialised fresh: {len(fresh)}")
+    if args.report:
+        report.write_report(conversion, args.report)
+        rows = conversion.get("against_original", {}).get("rows")
+        worst = (f"; against the original, the largest block error is "
+                 f"{max(r['max_abs_error'] for r in rows[:-2]):.2g} and of the log-probabilities "
+                 f"{rows[-1]['max_abs_error']:.2g}" if rows else "")
+        print(f"report -> {args.report}{worst}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Video embeddings: the backbone features of every video of a prepared split or of a
-folder of video files, written to resumable `.npz` shards.
+folder of video files, written to resumable `.npz` shards; or, with `--window`/`--stride`/
+`--fps`, the features of every window of each video of a folder, one `.npy` per video
+with a JSON index (`tadax/window_features.py`).
 
   python -m tadax.features --config configs/tadaformer_b16.py \
       --checkpoint ckpt/tadaformer_b16_k400 --config.data.data_dir=/data/k400 \
@@ -7,6 +9,8 @@ folder of video files, written to resumable `.npz` shards.
   python -m tadax.features --config configs/tadaformer_b16.py \
       --checkpoint ckpt/tadaformer_b16_k400 --videos /data/my_videos --output feats/mine
 
+Without `--config` the config is the checkpoint's own, as for eval.py: a run's saved
+config (model, data, views), or a converted model with its recipe's preprocessing.
 Every video is seen through the evaluation views (`data.num_clips` x
 `data.num_crops`, or the centre view with `--single_view`); the pooled
 backbone features of its views (the classification head's input) are
@@ -29,7 +33,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,6 +43,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from tadax.data import views as views_lib
+from tadax.progress import Progress
 from tadax.train import cli
 from tadax.train.sharding import BATCH_AXES, batch_sharding
 
@@ -260,26 +264,6 @@ def folder_batches(files: Sequence[epath.Path], folder: epath.Path, ids: Sequenc
         yield _pad(rows, batch)
 
 
-class Progress:
-    """One status line: videos done, clips (views) per second and the ETA."""
-
-    def __init__(self, total_videos: int, views_per_video: int, stream=sys.stderr):
-        self.total, self.per_video, self.stream = total_videos, views_per_video, stream
-        self.views, self.start = 0, time.time()
-
-    def update(self, views: int) -> None:
-        self.views += views
-        elapsed = max(time.time() - self.start, 1e-9)
-        rate = self.views / elapsed
-        left = max(self.total * self.per_video - self.views, 0) / max(rate, 1e-9)
-        eta = f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
-        print(f"\r{self.views // self.per_video}/{self.total} videos, {rate:.1f} clips/s, "
-              f"ETA {eta}", end="", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        print(file=self.stream, flush=True)
-
-
 def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
             split: Optional[str] = None, videos: Optional[str] = None,
             multi_view: bool = True, use_ema: bool = False,
@@ -342,7 +326,8 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
                 data_cfg, split=split, global_batch_size=batch, multi_view=multi_view,
                 process_index=0, process_count=1, video_ids=ids)
         step = features_step(model, mesh, bool(fcfg.pre_pool))
-        progress = Progress(len(ids), per_video)
+        progress = Progress(len(ids), total_clips=len(ids) * per_video)
+        clips = 0
         for b in batches:
             result = step(variables, jax.device_put(b["video"], batch_sharding(mesh)))
             pooled, pre = result if fcfg.pre_pool else (result, None)
@@ -353,7 +338,8 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
                 assembler.add(int(b["video_id"][r]), int(b["view"][r]),
                               name.decode() if isinstance(name, bytes) else str(name),
                               int(b["label"][r]), pooled[r], None if pre is None else pre[r])
-            progress.update(int(b["mask"].sum()))
+            clips += int(b["mask"].sum())
+            progress.update(clips // per_video, clips)
         progress.close()
     assembler.finish()
     return {"shards": shards, "written": assembler.written, "num_videos": num_videos,
@@ -361,13 +347,36 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import flags, logging
+    from absl import flags
 
     args = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
+    cli.quiet_output()   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
+    try:
+        cli.check_config_source(args.checkpoint, sys.argv)
+    except ValueError as e:
+        sys.exit(f"features: {e}")
+    windowed = any(args[name].present for name in ("window", "stride", "fps"))
+    if windowed:
+        if not args.videos:
+            sys.exit("features: --window/--stride/--fps cut the videos of a folder into windows: "
+                     "give the folder with --videos (prepared splits hold clips, not whole videos)")
+        from tadax import window_features
+        try:
+            summary = window_features.extract_windows(
+                args.config, checkpoint=args.checkpoint, output=args.output, videos=args.videos,
+                window=args.window, stride=args.stride, fps=args.fps, use_ema=args.ema,
+                process_index=args.host_index, process_count=args.host_count)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            sys.exit(f"features: {e}")
+        print(f"{args.output}: wrote the windows of {len(summary['written'])} videos "
+              f"({len(summary['skipped'])} unreadable, listed in {window_features.INDEX_FILE}'s "
+              "'skipped'); " + (f"{window_features.INDEX_FILE} lists all {summary['num_videos']}"
+                               if summary["index"] else
+                               f"{window_features.INDEX_FILE} waits for the other hosts' videos"))
+        return
     split = None if args.videos else (args.split or args.config.eval.test_split)
     try:
         summary = extract(args.config, checkpoint=args.checkpoint, output=args.output,
@@ -385,10 +394,10 @@ def _define_flags() -> None:
     from ml_collections import config_flags
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config_flags.DEFINE_config_file(
-        "config", os.path.join(here, "configs", "quickstart.py"),
-        "Recipe config (data, eval batch size, features settings; the model for run checkpoints).",
-        lock_config=True)
+    cli.define_config(
+        cli.default_config(here, sys.argv),
+        "Config (data, eval batch size, features settings; the model too for run "
+        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.")
     flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                         required=True)
     flags.DEFINE_string("output", None, "Folder of feature shards.", required=True)
@@ -397,6 +406,13 @@ def _define_flags() -> None:
     flags.DEFINE_string("videos", None, "A folder of video files instead of a split.")
     flags.DEFINE_bool("single_view", False, "The centre view only instead of clips x crops.")
     flags.DEFINE_bool("ema", False, "Use the EMA weights of a run checkpoint.")
+    flags.DEFINE_integer("window", None, "Features per window: frames per window (at each "
+                         "video's rate, or --fps); default: the span of the recipe's clip "
+                         "(interval sampling). One .npy per video and index.json.")
+    flags.DEFINE_integer("stride", None, "Features per window: frames between window starts; "
+                         "default: a quarter of the window.")
+    flags.DEFINE_float("fps", None, "Features per window: count frames at this rate (videos "
+                       "resampled); default: the recipe's target rate, else each video's own.")
     flags.DEFINE_integer("host_index", None, "This process's share of the shards "
                          "(default: jax.process_index()).")
     flags.DEFINE_integer("host_count", None, "Processes sharing the work "
@@ -406,5 +422,6 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    cli.exit_on_damaged_run_config(sys.argv)
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -217,3 +217,53 @@ def test_profile_mode_accounts_for_the_step(capsys, tmp_path):
     # the MLP's matmuls run forward once and backward (input and kernel gradients)
     assert "FWD dot_general [mlp/c_fc]" in groups and "BWD dot_general [mlp/c_fc]" in groups
     assert list(tmp_path.glob("plugins/profile/*/*.trace.json.gz"))
+
+
+def _tiny_videos(folder, count=2, frames=12):
+    """`count` small H.264 clips of the synthetic set's classes -> their paths."""
+    from tadax.prepare.synthetic import CLASSES, class_clip, write_mp4
+    paths = []
+    for i in range(count):
+        path = str(folder / f"v{i}.mp4")
+        write_mp4(path, class_clip(np.random.default_rng(i), CLASSES[i], frames, 48), fps=12)
+        paths.append(path)
+    return paths
+
+
+def test_input_mode_times_each_pipeline_of_the_recipe(tmp_path, capsys):
+    """--mode input on the quick-start recipe: records prepared from the given videos, one row
+    per pipeline; the multi-view row's videos/s is its views/s over the recipe's views (2 clips
+    x 1 crop), and the JPEG share is the pipeline's rate over decoding-only's."""
+    sources = _tiny_videos(tmp_path)
+    assert bench.main(["--mode", "input", "--models", "tadaformer_tiny", "--sources", *sources,
+                       "--clips", "4", "--batch", "2", "--rounds", "1", "--runs", "2",
+                       "--workdir", str(tmp_path / "work")]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert [r[1] for r in rows] == ["train", "eval, centre view", "eval, 2 clips x 1 crops"]
+    for _, _, _, clips, videos, share in rows[:2]:
+        assert float(clips) == float(videos) > 0 and 0 < float(share.rstrip("%"))
+    assert float(rows[2][4]) == pytest.approx(float(rows[2][3]) / 2, rel=0.01)
+    assert rows[2][5] == "-"
+    (out,) = (tmp_path / "work").iterdir()
+    assert sorted(p.name for p in out.glob("train-0*")) == [f"train-0000{k}-of-00004"
+                                                            for k in range(4)]
+
+
+def test_prepare_mode_rates_follow_from_the_measured_seconds(tmp_path):
+    """A worker's CPU seconds per video give the per-core rate, its ratio to decoding and the
+    hours for 100k clips on 32 cores; `measure` really prepares the clips it times."""
+    from tadax.bench import preparation
+    from tadax.prepare.encode import EncodeOptions
+
+    r = {"decode_only": 0.05, "decode": 0.06, "worker": 0.2, "one_process": 3.0,
+         "all_cores": 5.0, "parent_cpu": 0.004, "convert_resize": 0.05, "jpeg": 0.08,
+         "write": 0.01}
+    row = preparation.rate_row("340x256", r)
+    assert row == ("340x256", "20 videos/s", "5 videos/s", "4x", "0.17", "3 videos/s",
+                   "5 videos/s", "-", "250 videos/s")      # 1e5 / (5 * 32) / 3600 h = 0.17
+    paths = _tiny_videos(tmp_path, count=1)
+    m = preparation.measure(paths, str(tmp_path), EncodeOptions(), cores=1, repeats=1,
+                            videos_per_worker=1, beam=False)
+    assert all(m[k] > 0 for k in (*preparation.STAGES, "decode_only", "worker", "one_process",
+                                  "all_cores"))
+    assert [p.name for p in (tmp_path / "one").glob("bench-0*")] == ["bench-00000-of-00001"]

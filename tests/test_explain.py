@@ -37,7 +37,7 @@ def test_alphas_in_network_order():
 def quickstart(tmp_path_factory):
     from configs import quickstart
     from tadax.checkpoint_io import save_variables
-    from tadax.data import synthetic
+    from tadax.prepare import synthetic
 
     root = tmp_path_factory.mktemp("explain")
     config = quickstart.get_config()
@@ -83,7 +83,7 @@ def test_explain_from_the_command_line(quickstart):
     summary = json.loads((out / "explain.json").read_text())
     top = np.argsort(-probs.mean(0))[:5]
     assert [e["class"] for e in summary["aggregate_top"]] == top.tolist()
-    from tadax.data import synthetic
+    from tadax.prepare import synthetic
     assert summary["aggregate_top"][0]["name"] == synthetic.CLASSES[top[0]]
     assert summary["blocks"] == ["layers_0/tada", "layers_1/tada"]
     # eval.py's printed top-5 is the same ranking of the same scores.

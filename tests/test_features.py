@@ -219,7 +219,7 @@ def test_folder_of_videos_from_the_command_line(setup, tmp_path):
 
     from conftest import REPO_ROOT
     from tadax import features
-    from tadax.data import synthetic
+    from tadax.prepare import synthetic
     from tadax.data.video import load_views
 
     folder = tmp_path / "videos"
@@ -231,7 +231,8 @@ def test_folder_of_videos_from_the_command_line(setup, tmp_path):
     (folder / "notes.txt").write_text("not a video either")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "tadax.features", "--checkpoint", setup["ckpt"],
-           "--videos", str(folder), "--output", str(out), "--config.eval.batch_size=4",
+           "--config=configs/quickstart.py", "--videos", str(folder), "--output", str(out),
+           "--config.eval.batch_size=4",
            "--config.features.videos_per_shard=2"]
     run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -155,8 +155,10 @@ def test_convert_and_export_on_gcs(gcs, tmp_path):
     _upload(url, "zoo/tadaformer_tiny_k400.pyth", pyth.read_bytes())
     convert = ["-m", "tadax.convert"]
     _command(env, tmp_path, *convert, "zoo", f"--input=gs://{BUCKET}/zoo/tadaformer_tiny_k400.pyth",
-             f"--output=gs://{BUCKET}/ckpt/tiny")
+             f"--output=gs://{BUCKET}/ckpt/tiny", f"--report=gs://{BUCKET}/ckpt/tiny.json")
     assert "ckpt/tiny/variables/_METADATA" in _objects(url, "ckpt/tiny/")
+    report = json.loads(_download(url, "ckpt/tiny.json"))
+    assert report["input"] == f"gs://{BUCKET}/zoo/tadaformer_tiny_k400.pyth"
     assert not _objects(url, "ckpt/tiny.tmp-write")
     _command(env, tmp_path, *convert, "export", f"--input=gs://{BUCKET}/ckpt/tiny",
              f"--output=gs://{BUCKET}/export/tiny.pyth")
@@ -176,7 +178,8 @@ def test_synthetic_cache_on_gcs(gcs, tmp_path):
     found complete (a second call generates nothing)."""
     env, url = gcs
     script = (
-        "from tadax.data import config, pipeline, synthetic\n"
+        "from tadax.data import config, pipeline\n"
+        "from tadax.prepare import synthetic\n"
         f"cfg = config.data_config(cache_dir='gs://{BUCKET}/cache')\n"
         "cfg.synthetic.update(num_train=8, num_val=8, num_shards=2)\n"
         "folder = synthetic.ensure_synthetic(cfg)\n"

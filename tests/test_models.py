@@ -8,6 +8,7 @@ import pytest
 
 from tadax.models import build_model, default_model_config
 from tadax.models.layers import DropPath, PatchConv
+from tadax.models.repeat import scan_blocks
 from tadax.models.tadaformer import TAdaFormerBlock
 from tadax.weights.mapping import flatten
 
@@ -174,3 +175,49 @@ def test_patch_conv_is_nn_conv(shape, kernel, stride, pad, bias, dtype):
     for a, b in zip([y] + jax.tree.leaves(grads), [y_ref] + jax.tree.leaves(grads_ref)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max(), rtol=0)
+
+
+@pytest.mark.parametrize("arch,fields,calls_per_block", [
+    ("tadaformer_tiny", dict(depth=5, num_classes=3), 3),
+    ("tadaconvnextv2_tiny", dict(depths=(2, 1, 3, 1), dims=(16, 32, 64, 128), rf_head_dim=8,
+                                 image_size=64, num_frames=4, num_classes=3), 1)])
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_each_block_drops_its_path_at_the_original_rate(arch, fields, calls_per_block,
+                                                        scan_layers, monkeypatch):
+    """Block i of n (counted over all stages, first to last) gets drop rate
+    `torch.linspace(0, rate, n)[i]`, the original's, in both layouts (traced only: the
+    rates are python floats of an unrolled stack, the scanned stack's input of
+    `scan_blocks`, whose feeding of each block is tests/test_layout.py's). Catches a
+    reversed schedule, a stage's slice of the rates off by one, the rates restarting at 0
+    in each stage, or float64 linspace values where the original's are float32."""
+    import torch
+
+    from tadax.models import convnext, tadaformer
+
+    seen = []
+    original_call, original_scan = DropPath.__call__, scan_blocks
+
+    def recording_call(self, x, rate, train):
+        if not scan_layers:
+            seen.append(rate)
+        return original_call(self, x, rate, train)
+
+    def recording_scan(block, x, rates, train):
+        seen.extend(r for r in rates for _ in range(calls_per_block))
+        return original_scan(block, x, rates, train)
+
+    monkeypatch.setattr(DropPath, "__call__", recording_call)
+    for module in (tadaformer, convnext):
+        monkeypatch.setattr(module, "scan_blocks", recording_scan)
+    cfg = default_model_config(arch, drop_path_rate=0.3, scan_layers=scan_layers, **fields)
+    model = build_model(cfg)
+    video = jax.ShapeDtypeStruct((2, cfg.num_frames, cfg.image_size, cfg.image_size, 3),
+                                 jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), video)
+    rngs = {"dropout": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+    seen.clear()
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs=rngs,
+                                            mutable=["batch_stats"]), variables, video)
+    blocks = cfg.depth if arch.startswith("tadaformer") else sum(cfg.depths)
+    want = torch.linspace(0, 0.3, blocks).tolist()
+    assert seen == [r for r in want for _ in range(calls_per_block)]

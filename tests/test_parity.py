@@ -7,7 +7,9 @@ model from the converted directory's config alone, and match the original's
 eval outputs, one train-mode forward/backward, and the BatchNorm statistics
 after it, with both TAdaConv implementations and in both layouts of the
 blocks (`scan_layers`: the converted weights stacked, the gradients and
-statistics unstacked to compare), within the fixtures README's tolerances.
+statistics unstacked to compare), with both depthwise convolutions (the CPU's shifted
+sums, XLA's grouped convolution that accelerators use), within the fixtures README's
+tolerances.
 """
 
 import functools
@@ -75,15 +77,21 @@ def tmp_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("converted"))
 
 
-@pytest.mark.parametrize("impl,scan_layers", [("fast", False), ("vmap", False), ("fast", True)])
+# (TAdaConv implementation, scanned blocks, depthwise convolution): the CPU's fast path,
+# the definition, and what accelerators run ('auto' picks 'lax' there: XLA's grouped conv).
+VARIANTS = [("fast", False, "shifted"), ("vmap", False, "shifted"), ("fast", True, "lax")]
+
+
+@pytest.mark.parametrize("impl,scan_layers,depthwise", VARIANTS)
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-def test_matches_original(entry, impl, scan_layers, tmp_root):
+def test_matches_original(entry, impl, scan_layers, depthwise, tmp_root):
     name = entry["name"]
     ref = np.load(fixtures_dir() / f"{name}.npz")
     variables, saved_cfg = _converted(name, tmp_root)
     # The weights and the settings file agree on every field, as the importer saw them.
     assert _plain(saved_cfg) == _plain(from_upstream(entry["model"]))
-    model = build_model(_with(saved_cfg, tadaconv_impl=impl, scan_layers=scan_layers))
+    model = build_model(_with(saved_cfg, tadaconv_impl=impl, scan_layers=scan_layers,
+                              depthwise_impl=depthwise))
     variables = layout.to_layout(variables, scan_layers)
     video = jnp.asarray(ref["video_ncthw"]).transpose(0, 2, 3, 4, 1)
     assert video.shape == (entry["batch"], entry["num_input_frames"], entry["crop"], entry["crop"], 3)
@@ -99,7 +107,8 @@ def test_matches_original(entry, impl, scan_layers, tmp_root):
     # One train-mode step as the fixture made it: batch statistics, no drop
     # path, the head's dropout skipped.
     train_model = build_model(_with(saved_cfg, tadaconv_impl=impl, dropout_rate=0.0,
-                                    drop_path_rate=0.0, scan_layers=scan_layers))
+                                    drop_path_rate=0.0, scan_layers=scan_layers,
+                                    depthwise_impl=depthwise))
     labels = jnp.asarray(ref["labels"])
 
     def loss_fn(params):

@@ -289,25 +289,51 @@ def test_saved_run_without_attention_impl_reads_back(tmp_path):
     assert isinstance(build_model(model_cfg), nn.Module)
 
 
-def test_residual_stream_stays_float32_under_bfloat16():
-    """A block's contribution (ConvNeXt's layer scale starts at 1e-6, TAdaFormer's
-    `tada_proj` at zero) must not be rounded away in a bfloat16 sum: blocks return float32,
-    also from a bfloat16 input (the first block of a ConvNeXt stage, after the bf16
-    downsampling conv)."""
-    block = TAdaConvNeXtV2Block(32, 2, (3, 3), 16, 1e-6, "fast", "shifted",
-                                dtype=jnp.bfloat16)
-    x = jax.ShapeDtypeStruct((1, 4, 8, 8, 32), jnp.bfloat16)
-    variables = jax.eval_shape(lambda x: block.init(jax.random.PRNGKey(0), x, 0.0, False), x)
-    assert jax.eval_shape(lambda v, x: block.apply(v, x, 0.0, False), variables,
-                          x).dtype == jnp.float32
+def _block_update(block_of_dtype, x, init_args, small):
+    """(update of a float32 block, update of the same block in bfloat16), update = output -
+    input in float64, with parameters from `block_of_dtype(float32)` whose leaves matching
+    `small` (the branch's last layer) scaled by 1e-4."""
+    f32, bf16 = block_of_dtype(jnp.float32), block_of_dtype(jnp.bfloat16)
+    variables = f32.init(jax.random.PRNGKey(0), x, *init_args)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, v: v * 1e-4 if small(jax.tree_util.keystr(path)) else v, variables)
+    updates = []
+    for block in (f32, bf16):
+        out = block.apply(variables, x, *init_args)
+        assert out.dtype == jnp.float32
+        updates.append(np.asarray(out, np.float64) - np.asarray(x, np.float64))
+    return updates
 
-    layer = TAdaFormerBlock(64, 2, 4, 2, 2, (3, 3), 16, False, False, "fast", "shifted",
-                            dtype=jnp.bfloat16)
-    tokens = jax.ShapeDtypeStruct((4, 1 + 4 * 4, 64), jnp.float32)
-    variables = jax.eval_shape(lambda x: layer.init(jax.random.PRNGKey(0), x, 0.0, False),
-                               tokens)
-    out = jax.eval_shape(lambda v, x: layer.apply(v, x, 0.0, False), variables, tokens)
-    assert out.dtype == jnp.float32
+
+@pytest.mark.parametrize("family", ["tadaconvnextv2", "tadaformer"])
+def test_small_block_updates_survive_a_bfloat16_model(family):
+    """A block's contribution (ConvNeXt's layer scale starts at 1e-6, TAdaFormer's
+    `tada_proj` at zero) must not be rounded away in a bfloat16 sum: blocks add their
+    branches to a float32 residual stream and return float32. With branches 1e-4 of the
+    stream (below half a bfloat16 step, 2**-9, of the stream), the bfloat16 block's update
+    equals the float32 block's to bfloat16 precision (a residual added in bfloat16 rounds it
+    to 0 or to multiples of the stream's 2**-8)."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 8, 8, 32) if family == "tadaconvnextv2"
+                          else (4, 1 + 4 * 4, 64))
+    if family == "tadaconvnextv2":
+        updates = _block_update(lambda dtype: TAdaConvNeXtV2Block(
+            32, 2, (3, 3), 16, 1e-4, "fast", "shifted", dtype=dtype), x, (0.0, False),
+            lambda path: False)
+    else:
+        updates = _block_update(lambda dtype: TAdaFormerBlock(
+            64, 2, 4, 2, 2, (3, 3), 16, False, False, "fast", "shifted", dtype=dtype), x,
+            (0.0, False), lambda path: any(f"'{n}'" in path for n in
+                                          ("tada_proj", "out_proj", "c_proj")))
+    f32_update, bf16_update = updates
+    assert np.abs(f32_update).max() < 1e-3 * np.abs(np.asarray(x)).max()
+    np.testing.assert_allclose(bf16_update, f32_update, rtol=0,
+                               atol=0.05 * np.abs(f32_update).max())
+    # The first block of a ConvNeXt stage gets the bf16 output of the downsampling conv.
+    if family == "tadaconvnextv2":
+        block = TAdaConvNeXtV2Block(32, 2, (3, 3), 16, 1e-6, "fast", "shifted",
+                                    dtype=jnp.bfloat16)
+        variables = block.init(jax.random.PRNGKey(0), x, 0.0, False)
+        assert block.apply(variables, x.astype(jnp.bfloat16), 0.0, False).dtype == jnp.float32
 
 
 def test_train_with_cudnn_attention_on_a_cpu_stops_with_one_line(tmp_path):

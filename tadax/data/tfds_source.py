@@ -1,12 +1,13 @@
-"""Reading what the TFDS builders (`tadax.data.tfds_builders`) wrote, for the input pipeline.
+"""Reading what the TFDS builders (`tadax.prepare.tfds_builders`) wrote, for the input pipeline.
 
 A prepared builder is a folder `DATA_DIR/NAME/CONFIG/VERSION` of TFRecord shards
 of `tf.train.Example`s (`video`: the JPEG frames as one bytes list, `label`,
 `filename`, `fps`, `num_frames`) plus `dataset_info.json` with the records per
 shard and `classes.txt`. The pipeline reads these shards with the same
 sampling, augmentation and evaluation views as the DMVR shards of
-`data/prepare.py`: `parse` gives the dict `records.parse` gives, frames still
-JPEG-encoded.
+`python -m tadax.prepare`: `parse` gives the dict `records.parse` gives, frames
+still JPEG-encoded. A prepared builder is read from its files: the builders' code
+(preparation) is not imported.
 """
 
 from typing import Dict, Optional
@@ -15,20 +16,20 @@ import tensorflow as tf
 
 
 def _prepared(name: str, data_dir: Optional[str]):
-    """The TFDS builder `name` in `data_dir`; FileNotFoundError if unknown or not prepared."""
+    """The prepared TFDS dataset `name` in `data_dir` (from its files where its builder is
+    not registered in this process); FileNotFoundError if it is not prepared there."""
     import tensorflow_datasets as tfds
 
-    from tadax.data import tfds_builders  # noqa: F401  (registers 'kinetics400' and 'ssv2')
-
+    todo = ("run the builder's download_and_prepare (docs/data.md, 'TFDS builders') or set "
+            "data.data_dir")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise FileNotFoundError(f"data.tfds_name={name!r}: no such TFDS builder "
-                                f"({str(e).splitlines()[0]})") from e
+        raise FileNotFoundError(f"data.tfds_name={name!r} is not prepared in {data_dir!r} "
+                                f"({str(e).splitlines()[0]}): {todo}") from e
     if not builder.is_prepared():
         raise FileNotFoundError(
-            f"data.tfds_name={name!r} is not prepared in {str(builder.data_dir)!r}: run the "
-            "builder's download_and_prepare (README, 'TFDS builders') or set data.data_dir")
+            f"data.tfds_name={name!r} is not prepared in {str(builder.data_dir)!r}: {todo}")
     return builder
 
 

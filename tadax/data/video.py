@@ -1,9 +1,10 @@
 """Reading video files with PyAV, and the evaluation views of one file.
 
 `read_video` decodes a file and converts each kept frame as it comes (dataset
-preparation turns them into JPEGs, `tadax.data.encode`); `decode_video` gives
+preparation turns them into JPEGs, `tadax.prepare.encode`); `decode_video` gives
 them as RGB arrays; `load_views` gives the evaluation views of one file exactly
-as the TFRecord eval pipeline builds them.
+as the TFRecord eval pipeline builds them. `open_video_stream` and `rgb_frame`
+are the pieces for other streaming readers (`tadax.data.windows`).
 """
 
 import contextlib
@@ -57,7 +58,7 @@ def resized_size(width: int, height: int, short_side: int) -> tuple:
     return max(2, new_w - new_w % 2), max(2, new_h - new_h % 2)
 
 
-def _rgb(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int) -> np.ndarray:
+def rgb_frame(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int) -> np.ndarray:
     """`frame` as `(H, W, 3)` uint8 RGB, resized so that min(H, W) = short_side (0 keeps
     the size), in one swscale call."""
     w, h = resized_size(frame.width, frame.height, short_side)
@@ -68,7 +69,7 @@ def _rgb(reformatter: VideoReformatter, frame: "av.VideoFrame", short_side: int)
 
 
 @contextlib.contextmanager
-def _video_stream(path: str) -> Iterator[Tuple["av.container.InputContainer", "av.VideoStream"]]:
+def open_video_stream(path: str) -> Iterator[Tuple["av.container.InputContainer", "av.VideoStream"]]:
     """(open container, its first video stream) of `path`; `VideoDecodeError` naming the
     file when it cannot be opened or holds no video."""
     try:
@@ -93,7 +94,7 @@ def read_video(path: str, convert: Callable[[VideoReformatter, "av.VideoFrame"],
     tail keeps the frames decoded before the damage. Raises `VideoDecodeError`
     naming the file for unreadable, corrupt or empty videos.
     """
-    with _video_stream(path) as (container, stream):
+    with open_video_stream(path) as (container, stream):
         stream.codec_context.thread_count = decode_threads
         rate = stream.average_rate or stream.guessed_rate
         native_fps = float(rate) if rate else 0.0
@@ -129,7 +130,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> 
     target_fps: as in `read_video`.
     Raises `VideoDecodeError` naming the file for unreadable, corrupt or empty videos.
     """
-    video = read_video(path, lambda reformatter, frame: _rgb(reformatter, frame, short_side),
+    video = read_video(path, lambda reformatter, frame: rgb_frame(reformatter, frame, short_side),
                        target_fps=target_fps)
     return dataclasses.replace(video, frames=np.stack(video.frames))
 
@@ -137,7 +138,7 @@ def decode_video(path: str, *, short_side: int = 0, target_fps: float = 0.0) -> 
 def count_frames(path: str) -> Tuple[int, float]:
     """(number of video frames, native frame rate) of `path`, read from the packets
     without decoding any picture. Raises `VideoDecodeError` naming the file."""
-    with _video_stream(path) as (container, stream):
+    with open_video_stream(path) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
         try:
             count = sum(1 for packet in container.demux(stream) if packet.size)
@@ -159,14 +160,14 @@ def decode_frames(path: str, indices: Sequence[int], short_side: int = 0) -> Dic
     """
     wanted = set(int(i) for i in indices)
     out: Dict[int, np.ndarray] = {}
-    with _video_stream(path) as (container, stream):
+    with open_video_stream(path) as (container, stream):
         reformatter = VideoReformatter()
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i > max(wanted):
                     break
                 if i in wanted:
-                    out[i] = _rgb(reformatter, frame, short_side)
+                    out[i] = rgb_frame(reformatter, frame, short_side)
         except (av.error.FFmpegError, ValueError) as e:
             if not out:
                 raise VideoDecodeError(f"{path}: corrupt ({type(e).__name__}: {e})") from e

@@ -51,8 +51,15 @@ def block_class(cls: Type[nn.Module], remat: str, scanned: bool) -> Type[nn.Modu
 
 
 def drop_path_rates(rate: float, count: int) -> Sequence[float]:
-    """The per-block drop-path rates of a network of `count` blocks: linspace(0, rate)."""
-    return [float(r) for r in np.linspace(0.0, rate, count)]
+    """The per-block drop-path rates of a network of `count` blocks, first to last: the
+    original's `torch.linspace(0, rate, count)` values, float32 as torch computes them (a
+    float32 step; the first half counted up from 0, the second half down from `rate`)."""
+    if count == 1:
+        return [0.0]
+    end = float(np.float32(rate))
+    step = float(np.float32(end / (count - 1)))
+    return [float(np.float32(i * step if i < count // 2 else end - (count - 1 - i) * step))
+            for i in range(count)]
 
 
 def scan_blocks(block: nn.Module, x: jax.Array, rates: Sequence[float], train: bool

@@ -6,22 +6,22 @@ import ml_collections
 from tadax.data import pipeline
 from tadax.errors import ConfigError
 
-# How each dataset is prepared (`data/prepare.py`; README "Data").
+# How each dataset is prepared (`python -m tadax.prepare`; docs/data.md).
 PREPARE = {
-    "kinetics": "python data/prepare.py kinetics --root VIDEOS --out DIR "
+    "kinetics": "python -m tadax.prepare kinetics --root VIDEOS --out DIR "
                 "--split train=train.csv --split val=validate.csv",
-    "ssv2": "python data/prepare.py ssv2 --root VIDEOS --out DIR --labels labels.json "
+    "ssv2": "python -m tadax.prepare ssv2 --root VIDEOS --out DIR --labels labels.json "
             "--split train=something-something-v2-train.json "
             "--split val=something-something-v2-validation.json",
-    "ssv1": "python data/prepare.py ssv1 --root FRAMES --out DIR --labels LABELS.csv "
+    "ssv1": "python -m tadax.prepare ssv1 --root FRAMES --out DIR --labels LABELS.csv "
             "--split train=TRAIN.csv --split val=VALIDATION.csv",
-    "generic": "python data/prepare.py generic --root VIDEOS --out DIR "
+    "generic": "python -m tadax.prepare generic --root VIDEOS --out DIR "
                "--split train=train.csv --split val=val.csv",
 }
 
 
 def prepare_command(dataset: str) -> str:
-    """The `data/prepare.py` command line that makes `dataset`'s shards (placeholders in caps)."""
+    """The `python -m tadax.prepare` command line that makes `dataset`'s shards (placeholders in caps)."""
     if dataset.startswith("kinetics"):
         return PREPARE["kinetics"]
     return PREPARE.get(dataset, PREPARE["generic"])
