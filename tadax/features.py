@@ -26,6 +26,10 @@ shards that are missing. `features.json` records the settings; a re-run with
 other settings into the same folder is refused.
 """
 
+if __name__ == "__main__":   # before TensorFlow's first import
+    from tadax import startup
+    startup.import_tensorflow_quietly()
+
 import concurrent.futures
 import dataclasses
 import functools

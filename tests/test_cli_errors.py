@@ -3,6 +3,7 @@ non-zero exit; fine-tuning recipes refuse to start from scratch unless told to."
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -25,8 +26,12 @@ def run(*cmd):
 
 
 def assert_one_line_error(code, out, *parts):
+    """Exit code 1, the last line `error: ...` naming `parts`, and nothing else printed
+    that a user would take for a problem: no traceback, no start-up lines of TensorFlow's
+    C++ logging (absl format, a 'WARNING: All log messages before ...' line)."""
     assert code == 1, out
     assert "Traceback" not in out, out
+    assert not re.search(r"^[IWE]\d{4} |WARNING", out, re.M), out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: "), last
     for part in parts:
@@ -75,10 +80,13 @@ def test_start_checks_pass_when_told_how_to_start():
      ["--config=configs/no_such_recipe.py: cannot load it", "No such file"]),
     ("eval.py", ["--checkpoint=ckpt", "--config=configs/tadaformer_b16.py:frames=x"],
      ["Error whilst parsing config file", "invalid literal for int()"]),
+    ("train.py", ["--config=configs/tadaformer_b16.py", "--config.train.epochs=1.5"],
+     ["--config.optimizer.warmup_epochs=5.0", "less than the run's epochs (1.5"]),
 ])
 def test_config_mistakes_are_one_line(command, args, parts, tmp_path):
     """A misspelt field, a missing config file, a bad `:arg`: ml_collections raises Python
-    errors (a traceback through absl) until the commands catch them."""
+    errors (a traceback through absl) until the commands catch them. A run shorter than its
+    warmup: a ValueError traceback from the schedule, after the data was checked."""
     code, out = run(command, *args, f"--workdir={tmp_path}" if command == "train.py" else
                     f"--output={tmp_path}")
     assert_one_line_error(code, out, *parts)

@@ -70,6 +70,8 @@ from etils import epath
 if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
     from tadax import host_memory
     host_memory.reexec_with_huge_pages()
+    from tadax import startup
+    startup.import_tensorflow_quietly()
 
 import jax
 

@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence
 
 from etils import epath
 
+from tadax import startup
 from tadax.data import class_list
 from tadax.prepare import annotations, fingerprint
 from tadax.prepare.encode import FRAME_ENCODING, EncodeOptions
@@ -198,15 +199,8 @@ def _import_splits(verbose: bool):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        from tadax.prepare import splits
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    startup.import_tensorflow_quietly()
+    from tadax.prepare import splits
     return splits
 
 

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from tadax.errors import ConfigError
 from tadax.models import layout
 
 Rules = Sequence[Tuple[str, Any]]
@@ -111,6 +112,14 @@ def multipliers(params: Any, cfg: ml_collections.ConfigDict) -> Tuple[Any, Any]:
             jax.tree_util.tree_map_with_path(_per_block(wd_mult), params))
 
 
+def check_warmup(cfg: ml_collections.ConfigDict, epochs: float) -> None:
+    """ConfigError unless the warmup of `cfg` (`config.optimizer`) ends within `epochs`."""
+    if not 0 <= cfg.warmup_epochs < epochs:
+        raise ConfigError(f"--config.optimizer.warmup_epochs={cfg.warmup_epochs} must be at "
+                          f"least 0 and less than the run's epochs ({epochs}, "
+                          "--config.train.epochs)")
+
+
 def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, epochs: float) -> Callable:
     """step -> base learning rate, per step as the original computes it per iteration.
 
@@ -119,9 +128,8 @@ def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, epochs: fl
     preceded by a linear warmup from `warmup_start_lr` to the schedule's value
     at `warmup_epochs`. `e = step / steps_per_epoch`, `E = epochs` (the run's length).
     """
+    check_warmup(cfg, epochs)
     base, end, warm = cfg.base_lr, cfg.end_lr, cfg.warmup_epochs
-    if not 0 <= warm < epochs:
-        raise ValueError(f"warmup_epochs={warm} must be in [0, epochs={epochs})")
 
     if cfg.schedule == "cosine":
         def main(e):

@@ -24,7 +24,7 @@ from tadax.startup import on_ctrl_c
 from tadax.train import evaluation, mixup, plots, preflight, run_lock
 from tadax.train.checkpointing import RunCheckpoints, finished_steps, load_weights
 from tadax.train.logging import MetricLogger, read_history
-from tadax.train.optim import build_optimizer, describe_groups
+from tadax.train.optim import build_optimizer, check_warmup, describe_groups
 from tadax.train.preemption import Preempted, StopWatch
 from tadax.train.resume import restore_newest
 from tadax.train.run_config import record_run_config, resume_changes
@@ -110,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     workdir = user_path(workdir)
     _check_batch_layout(config)
+    check_warmup(config.optimizer, config.train.epochs)
     model = build_model(config.model)     # a model that cannot run here stops before any write
     splits = {"train", config.eval.val_split}
     if config.eval.final_multi_view:
