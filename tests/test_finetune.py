@@ -1,9 +1,204 @@
-"""`python -m tadax.finetune`'s pieces: the videos' listing and stratified split, the
-linear probe's solver, the memory plan, the batch and the preset."""
+"""`python -m tadax.finetune`: your videos -> split -> prepared data -> fine-tune or linear
+probe -> report, and its pieces.
 
+End to end: four classes of generated videos that differ only in motion (an object moving
+left to right / right to left, growing / shrinking; tadax.prepare.synthetic), ten each,
+and the quick start's trained run as the checkpoint (conftest's background "quickstart";
+its own eight classes include these motions, so a few steps suffice). The fine-tune run is
+killed after its first checkpoint and the same command resumes it; the probe is run twice.
+Both runs are shared by the session (one per test run, under a file lock) and the
+pieces are tested in-process on small arrays.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import filelock
 import ml_collections
 import numpy as np
 import pytest
+
+from conftest import REPO_ROOT, SHARED_RUNS, background_run
+
+pytestmark = pytest.mark.background("quickstart")
+
+CLASSES = ("growing", "moving left to right", "moving right to left", "shrinking")
+PER_CLASS = 10
+EPOCHS = 3
+
+
+def _command(*args, wait=True):
+    proc = subprocess.Popen([sys.executable, "-m", "tadax.finetune", *map(str, args)],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+
+
+def _shared(name, build):
+    """The folder of `build(folder)`, run once per test run across the test processes."""
+    folder = SHARED_RUNS / f"finetune_{name}"
+    with filelock.FileLock(f"{folder}.lock"):
+        if not (folder / "done").exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / "done").write_text("")
+    return folder
+
+
+def _write_videos(root):
+    from tadax.prepare import synthetic
+
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(PER_CLASS):
+            clip = synthetic.class_clip(np.random.default_rng([7, c, i]), name, 16, 32)
+            synthetic.write_mp4(str(root / name / f"{i:02d}.mp4"), clip, 8)
+
+
+def _videos():
+    return _shared("videos", _write_videos)
+
+
+def _checkpoint():
+    return background_run("quickstart") / "workdirs" / "quickstart"
+
+
+@pytest.fixture(scope="module")
+def finetuned():
+    """W of the fine-tune, and the output of its two runs: the first SIGKILLed once a
+    checkpoint is committed, the second the same command."""
+    from tadax.train.checkpointing import finished_steps
+
+    videos, checkpoint = _videos(), _checkpoint()
+
+    def build(folder):
+        args = ["--videos", videos, "--checkpoint", checkpoint, "--workdir", folder / "W",
+                f"--config.train.epochs={EPOCHS}", "--config.optimizer.warmup_epochs=1"]
+        proc = _command(*args, wait=False)
+        deadline = time.time() + 300
+        while (time.time() < deadline and proc.poll() is None
+               and not finished_steps(folder / "W" / "finetune" / "checkpoints")):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        (folder / "first.txt").write_text(proc.communicate()[0])
+        (folder / "split_before.json").write_text(json.dumps({
+            name: (folder / "W" / "split" / name).read_text()
+            for name in ("train.csv", "val.csv", "classes.txt")}))
+        code, out = _command(*args)
+        (folder / "second.txt").write_text(out)
+        assert code == 0, out[-3000:]
+
+    folder = _shared("finetune", build)
+    return dict(W=folder / "W", first=(folder / "first.txt").read_text(),
+                second=(folder / "second.txt").read_text(), videos=videos,
+                split_before=json.loads((folder / "split_before.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def probed():
+    """W of the linear probe and the output of its two runs."""
+    videos, checkpoint = _videos(), _checkpoint()
+
+    def build(folder):
+        for run in ("first", "second"):
+            code, out = _command("--videos", videos, "--checkpoint", checkpoint, "--workdir",
+                                 folder / "W", "--linear-probe")
+            (folder / f"{run}.txt").write_text(out)
+            assert code == 0, out[-3000:]
+
+    folder = _shared("probe", build)
+    return dict(W=folder / "W", first=(folder / "first.txt").read_text(),
+                second=(folder / "second.txt").read_text(), videos=videos)
+
+
+def _check_report(folder, videos):
+    """Well above chance (25%), every prediction's label the folder its file is in, the
+    report naming every class with its accuracy, the confusion matrix drawn."""
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    assert metrics["top1"] >= 75.0, metrics
+    assert metrics["num_videos"] == len(CLASSES) * 2
+    rows = [json.loads(line) for line in
+            (folder / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["filename"].split("/")[0] for r in rows) == sorted(CLASSES * 2)
+    for r in rows:
+        assert r["label_name"] == r["filename"].split("/")[0] == CLASSES[r["label"]], r
+    report = (folder / "report.md").read_text()
+    for name, accuracy in zip(CLASSES, metrics["per_class_accuracy"]):
+        assert f"| {name} | 8 | 2 | {accuracy:.1f} |" in report, report
+    assert (folder / "eval" / "confusion.png").stat().st_size > 5_000
+
+
+def test_finetune_learns_your_classes_and_reports_them_by_name(finetuned):
+    """Catches: labels shuffled against the videos (in the split CSVs, the preparation's
+    class list or the report), a head that is not re-learnt (4 classes against the
+    checkpoint's 8: refused), a backbone not taken from the checkpoint (chance after 24
+    steps), a report without class names."""
+    _check_report(finetuned["W"] / "finetune", finetuned["videos"])
+    out = finetuned["first"]
+    for field in ("init.fresh", "optimizer.base_lr = 0.0001", "train.global_batch_size = 4",
+                  "model.dtype / model.remat / train.grad_accum_steps = float32 / none / 1"):
+        assert f"  {field}" in out, out
+    config = json.loads((finetuned["W"] / "finetune" / "config.json").read_text())
+    assert config["init"]["fresh"] == "^head/" and config["model"]["num_classes"] == 4
+
+
+def test_the_same_command_resumes_a_killed_fine_tune(finetuned):
+    """Catches: a rerun that starts training again from the checkpoint, re-splits or
+    re-encodes the videos, or picks its settings anew."""
+    second = finetuned["second"]
+    match = re.search(r"resuming at step (\d+)", second)
+    assert match and "initialised from" not in second, second
+    assert "resuming with the run's saved config" in second
+    steps = [json.loads(line)["step"] for line in
+             (finetuned["W"] / "finetune" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
+    total = EPOCHS * (PER_CLASS - 2) * len(CLASSES) // 4
+    assert steps[-1] == total and steps == sorted(set(steps)), steps
+    assert re.search(r"train: 32 videos written in 1 shards \(1 were already complete\)", second)
+    for name, text in finetuned["split_before"].items():
+        assert (finetuned["W"] / "split" / name).read_text() == text
+
+
+def test_linear_probe_learns_your_classes_and_reports_them_by_name(probed):
+    """Catches what the fine-tune test does, for the probe's own path: features paired
+    with the wrong labels, a probe evaluated on the train videos, a report without names."""
+    _check_report(probed["W"] / "linear_probe", probed["videos"])
+    assert re.search(r"probe.l2` = [0-9.e-]+: the best top-1 of 3-fold", (
+        probed["W"] / "linear_probe" / "report.md").read_text())
+
+
+def test_linear_probe_rerun_computes_nothing_again(probed):
+    """Catches: features recomputed, the classifier retrained on a rerun."""
+    second = probed["second"]
+    for split in ("train", "val"):
+        assert f"features/{split}: 1 of this host's 1 shards already written; 0 videos" in second
+    assert "trained by an earlier run" in second and "L-BFGS" not in second
+
+
+def test_linear_probe_model_is_the_backbone_with_the_probe_as_head(probed):
+    """Catches: a transposed or misplaced head in the saved model (eval.py --checkpoint
+    W/linear_probe/model would then classify with something else than the probe)."""
+    from tadax.train.checkpointing import load_weights
+
+    probe = np.load(probed["W"] / "linear_probe" / "classifier.npz")
+    model, cfg = load_weights(str(probed["W"] / "linear_probe" / "model"))
+    original, _ = load_weights(str(_checkpoint()))
+    np.testing.assert_array_equal(model["params"]["head"]["out"]["kernel"], probe["kernel"])
+    np.testing.assert_array_equal(model["params"]["head"]["out"]["bias"], probe["bias"])
+    assert cfg.num_classes == len(CLASSES)
+    np.testing.assert_array_equal(model["params"]["backbone"]["ln_post"]["scale"],
+                                  original["params"]["backbone"]["ln_post"]["scale"])
+
+
+# ---- the pieces, in-process --------------------------------------------------------------
 
 
 def test_split_is_stratified_seeded_and_per_class():
@@ -241,3 +436,18 @@ def test_preset_of_a_run_keeps_a_fine_tunes_rate():
         write_run_config(config, tmp)
         again, _ = finetune.preset(tmp)
     assert again.optimizer.base_lr == pytest.approx(3e-4)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    """The real command: a class with a single video ends in one line naming it, exit 1,
+    no traceback, and no work directory."""
+    from test_cli_errors import assert_one_line_error, run
+
+    for name, count in (("up", 3), ("down", 1)):
+        (tmp_path / "v" / name).mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "v" / name / f"{i}.mp4").write_bytes(b"x")
+    code, out = run("-m", "tadax.finetune", "--videos", tmp_path / "v", "--checkpoint",
+                    _checkpoint(), "--workdir", tmp_path / "W")
+    assert_one_line_error(code, out, "every class needs at least 2 videos", "'down' has 1")
+    assert not (tmp_path / "W").exists()
