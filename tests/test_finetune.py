@@ -287,9 +287,8 @@ def test_probe_solution_is_the_optimum_of_its_objective():
 
 
 def test_probe_l2_is_chosen_by_cross_validation_on_train_videos_only():
-    """Catches: folds that split a video's views (views of a held-out video seen in
-    training inflate the score of the weakest regularisation), and a grid whose best
-    value is not the one used."""
+    """Catches: folds not balanced per class (a class missing from a fold's training
+    part), a grid whose best value is not the one the classifier is fitted with."""
     from tadax.finetune import linear_probe
 
     labels = np.repeat(np.arange(3), 8)
@@ -302,6 +301,10 @@ def test_probe_l2_is_chosen_by_cross_validation_on_train_videos_only():
                              log=lambda _: None)
     best = out["cv_l2"][int(np.argmax(out["cv_top1"] + 1e-9 * out["cv_l2"]))]
     assert out["l2"] == best and out["cv_top1"].shape == (3,)
+    kernel, bias, _ = linear_probe._fit_raw(features, labels, np.ones(24, bool), 3, best, 200,
+                                            1e-6)
+    np.testing.assert_allclose(out["kernel"], kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["bias"], bias, rtol=1e-5, atol=1e-6)
 
 
 def _fake_peaks(table, devices=1):
