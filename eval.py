@@ -26,20 +26,19 @@ per-class accuracy), predictions.jsonl, confusion.png. Every path may be local o
 import os
 import sys
 
-if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
-    from tadax import host_memory
-    host_memory.reexec_with_huge_pages()
+if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see startup)
+    from tadax import startup
+    startup.prepare()
 
 import jax
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
-from tadax import explain, timeline
+from tadax import explain, startup, timeline
 from tadax.features import clip_data_config
 from tadax.data import class_list, pipeline, windows
 from tadax.data.video import load_views
-from tadax.errors import ConfigError
+from tadax.errors import ConfigError, RunDirectoryError
 from tadax.labels import shipped_class_names
 from tadax.train import cli, evaluation, preflight
 from tadax.paths import local_copy, user_path
@@ -49,10 +48,12 @@ from tadax.train.steps import make_eval_step
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "checkpoint.py") + ":" + cli.checkpoint_arg(sys.argv),
+if __name__ == "__main__":
+    cli.exit_on_damaged_run_config(sys.argv)
+cli.define_config(
+    cli.default_config(_HERE, sys.argv),
     "Config (data, eval and mesh settings; the model too for run checkpoints); default: the "
-    "checkpoint's own (configs/checkpoint.py).", lock_config=True)
+    "checkpoint's own (configs/checkpoint.py).")
 flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                     required=True)
 flags.DEFINE_string("output", None, "Report directory; default: CHECKPOINT/eval.")
@@ -149,7 +150,8 @@ def main(argv):
     for name in ("window", "stride", "fps"):
         if FLAGS[name].present and not FLAGS.timeline:
             raise ConfigError(f"--{name} sets the windows of --timeline, which is not given")
-    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
+    cli.quiet_output()   # keep Orbax's info lines out of the output
+    startup.on_ctrl_c("interrupted (Ctrl-C): eval.py stopped; no report was written")
     cli.initialize_distributed()
     cli.check_config_source(FLAGS.checkpoint, sys.argv)
     config = FLAGS.config
@@ -203,4 +205,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -347,12 +347,12 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import flags, logging
+    from absl import flags
 
     args = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)   # keep Orbax's info lines out of the output
+    cli.quiet_output()   # keep Orbax's info lines out of the output
     cli.initialize_distributed()
     try:
         cli.check_config_source(args.checkpoint, sys.argv)
@@ -394,11 +394,10 @@ def _define_flags() -> None:
     from ml_collections import config_flags
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config_flags.DEFINE_config_file(
-        "config", os.path.join(here, "configs", "checkpoint.py") + ":" + cli.checkpoint_arg(sys.argv),
+    cli.define_config(
+        cli.default_config(here, sys.argv),
         "Config (data, eval batch size, features settings; the model too for run "
-        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.",
-        lock_config=True)
+        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.")
     flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
                         required=True)
     flags.DEFINE_string("output", None, "Folder of feature shards.", required=True)
@@ -423,5 +422,6 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    cli.exit_on_damaged_run_config(sys.argv)
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

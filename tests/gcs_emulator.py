@@ -4,8 +4,9 @@
 with `bucket` created) and the HTTPS proxy TensorFlow's GCS client needs, and yields the
 environment variables under which every GCS client of ours reaches them:
 
-- google-cloud-storage (Orbax asks it for the bucket's layout): STORAGE_EMULATOR_HOST,
-  no GCE metadata probe (NO_GCE_CHECK).
+- google-cloud-storage (Orbax asks it for the bucket's layout; a run's lock object):
+  STORAGE_EMULATOR_HOST at the proxy (which checks the generation preconditions the
+  emulator ignores), no GCE metadata probe (NO_GCE_CHECK).
 - tensorstore (Orbax's array data): TENSORSTORE_GCS_HTTP_URL (the proxy, as plain
   HTTP: it adds the generation headers the emulator omits), GOOGLE_AUTH_TOKEN_FOR_TESTING,
   and GCE_METADATA_ROOT / GCE_METADATA_HOST pointed at a closed loopback port so that no
@@ -125,9 +126,8 @@ def running_gcs(folder: Path, bucket: str):
             stdout=subprocess.PIPE, stderr=(folder / "gcs_proxy.log").open("w"), text=True)
         procs.append(proxy)
         _wait_for_line(proxy, "ready", "the GCS proxy")
-        emulator_url = f"http://127.0.0.1:{emulator_port}"
         yield {
-            "STORAGE_EMULATOR_HOST": emulator_url,
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy_port}",
             "NO_GCE_CHECK": "true",
             "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{proxy_port}",
             "GCE_METADATA_ROOT": f"127.0.0.1:{closed_port}",

@@ -21,6 +21,16 @@ nor `Expect: 100-continue`, both of which libcurl sends on uploads; the proxy an
 It also crashes on an empty media upload, which the proxy sends as a multipart upload,
 and lacks the bucket's storageLayout (asked before renames), which the proxy answers
 itself: a bucket without hierarchical namespace, as a default GCS bucket is.
+The emulator ignores generation preconditions (`ifGenerationMatch`, which a run's lock
+object relies on: created only if absent, renewed only if unchanged); the proxy checks
+them against the object's generation and answers 412 as GCS does, one conditional
+request at a time, so that a check and the write it guards are atomic among them.
+Google's Python client (STORAGE_EMULATOR_HOST) comes through the proxy for this.
+
+Two switches let tests play a bucket's bad days (POST the value to the path on the
+proxy): `/_proxy/quota` (a prefix: every upload under it is refused with GCS's 403
+'quota exceeded'; empty lifts it) and `/_proxy/read_delay` (seconds each object read
+waits before it is answered, as on a real bucket far away; 0 lifts it).
 
 Run as `python gcs_proxy.py --port P --emulator-port E --cert C --key K`; it prints
 `ready` once listening, logs each request and its status to stderr, and serves until
@@ -34,6 +44,8 @@ import re
 import socketserver
 import ssl
 import sys
+import threading
+import time
 import urllib.parse
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect",
@@ -97,6 +109,44 @@ def _reply(wfile, status: int, reason: str, payload: bytes, content_type: str) -
 
 
 _MEDIA = re.compile(r"/(?:download/)?storage/v1/b/([^/?]+)/o/([^/?]+)\?(?:.*&)?alt=media(?:&.*)?")
+_OBJECT = re.compile(r"/(?:download/)?storage/v1/b/([^/?]+)/o/([^/?]+)(?:\?.*)?")
+_UPLOAD = re.compile(r"/upload/storage/v1/b/([^/?]+)/o(?:\?.*)?")
+
+
+def _upload_name(target: str, body: bytes):
+    """The object name of an upload request (query `name`, or a multipart upload's JSON
+    part); None for any other request."""
+    if not _UPLOAD.fullmatch(target):
+        return None
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    if "name" in query:
+        return query["name"][0]
+    meta = re.search(rb"\r\n\r\n(\{.*?\})\r\n--", body, re.S)
+    return json.loads(meta.group(1)).get("name") if meta else None
+
+
+def _over_quota(method: str, target: str, body: bytes, prefix: str) -> bool:
+    """Whether an upload writes under `prefix`, which the tests declared over quota."""
+    name = _upload_name(target, body) if method == "POST" else None
+    return bool(name) and name.startswith(prefix)
+
+
+def _conditional_object(method: str, target: str, body: bytes):
+    """(bucket, object name, expected generation) of a request with `ifGenerationMatch`,
+    else None."""
+    url = urllib.parse.urlsplit(target)
+    query = urllib.parse.parse_qs(url.query)
+    if "ifGenerationMatch" not in query:
+        return None
+    expected = query["ifGenerationMatch"][0]
+    upload = _UPLOAD.fullmatch(target)
+    if method == "POST" and upload:
+        name = _upload_name(target, body)
+        return (upload.group(1), name, expected) if name else None
+    match = _OBJECT.fullmatch(target)
+    if match:
+        return match.group(1), urllib.parse.unquote(match.group(2)), expected
+    return None
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -132,6 +182,20 @@ class _Handler(socketserver.StreamRequestHandler):
             wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             wfile.flush()
         body = _read_body(rfile, headers)
+        if target == "/_proxy/quota":   # the tests' switches: see `_over_quota`
+            self.server.quota_prefix = body.decode()
+            return _reply(wfile, 200, "OK", b"{}", "application/json")
+        if target == "/_proxy/read_delay":   # seconds before each object read is answered
+            self.server.read_delay = float(body or 0)
+            return _reply(wfile, 200, "OK", b"{}", "application/json")
+        if self.server.read_delay and method == "GET" and _MEDIA.fullmatch(target):
+            time.sleep(self.server.read_delay)
+        if self.server.quota_prefix and _over_quota(method, target, body, self.server.quota_prefix):
+            print(f"{method} {target} -> 403 (quota)", file=sys.stderr, flush=True)
+            return _reply(wfile, 403, "Forbidden", json.dumps({"error": {
+                "code": 403, "message": "Quota exceeded for the bucket's storage: the object "
+                "was not written.", "errors": [{"reason": "quotaExceeded"}]}}).encode(),
+                "application/json")
         layout = re.fullmatch(r"/storage/v1/b/([^/?]+)/storageLayout(\?.*)?", target)
         if layout:
             return _reply(wfile, 200, "OK", json.dumps(
@@ -142,7 +206,24 @@ class _Handler(socketserver.StreamRequestHandler):
         if method == "POST" and not body and "uploadType=media" in target:
             target, body, forwarded["Content-Type"] = _as_multipart(target)
         forwarded["Content-Length"] = str(len(body))
-        response, payload = self._send(upstream, method, target, body, forwarded)
+        conditional = _conditional_object(method, target, body)
+        if conditional is None:
+            response, payload = self._send(upstream, method, target, body, forwarded)
+        else:
+            with self.server.preconditions:
+                bucket, name, expected = conditional
+                meta, raw = self._send(upstream, "GET", f"/storage/v1/b/{bucket}/o/"
+                                       f"{urllib.parse.quote(name, safe='')}", b"",
+                                       {"Content-Length": "0"})
+                generation = json.loads(raw)["generation"] if meta.status == 200 else "0"
+                if generation != expected:
+                    print(f"{method} {target} -> 412 (generation {generation})", file=sys.stderr,
+                          flush=True)
+                    return _reply(wfile, 412, "Precondition Failed", json.dumps({"error": {
+                        "code": 412, "message": "At least one of the pre-conditions you "
+                        "specified did not hold.", "errors": [{"reason": "conditionNotMet"}]}}
+                    ).encode(), "application/json")
+                response, payload = self._send(upstream, method, target, body, forwarded)
         print(f"{method} {target} -> {response.status}", file=sys.stderr, flush=True)
         extra = []
         media = _MEDIA.fullmatch(target)
@@ -179,6 +260,9 @@ def main(argv=None) -> int:
     server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.tls.load_cert_chain(args.cert, args.key)
     server.emulator_port = args.emulator_port
+    server.preconditions = threading.Lock()
+    server.quota_prefix = ""
+    server.read_delay = 0.0
     print("ready", flush=True)
     server.serve_forever()
     return 0

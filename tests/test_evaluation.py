@@ -51,6 +51,49 @@ def test_video_and_view_level_metrics():
     assert result["num_videos"] == 3 and result["num_views"] == 6
 
 
+def test_metrics_count_class_zero_and_the_fifth_place():
+    """Six classes, one view per video: video 0 (class 0) right; video 1 (class 2) has its
+    label fifth, inside the top-5 only; video 2 (class 5) has it sixth. Hand-computed:
+    top-1 1/3, top-5 2/3, per class [100, -, 0, -, -, 0].
+
+    Catches: class 0 taken for unlabelled (label > 0), top-5 cut at four."""
+    probs = np.array([[0.5, 0.1, 0.1, 0.1, 0.1, 0.1],
+                      [0.3, 0.25, 0.05, 0.2, 0.15, 0.05],
+                      [0.3, 0.25, 0.2, 0.15, 0.09, 0.01]])
+    labels, ids = np.array([0, 2, 5]), np.array([0, 1, 2])
+    views = {"probs": probs, "label": labels, "video_id": ids, "view": np.zeros(3, int)}
+    result = evaluation.metrics(views, evaluation.aggregate_views(probs, labels, ids))
+    assert result["num_unlabelled"] == 0
+    assert result["top1"] == result["view_top1"] == pytest.approx(100 / 3)
+    assert result["top5"] == result["view_top5"] == pytest.approx(200 / 3)
+    assert result["per_class_accuracy"] == [100.0, None, 0.0, None, None, 0.0]
+    assert result["mean_class_accuracy"] == pytest.approx(100 / 3)
+
+
+def test_run_views_drops_the_padding_wherever_it_sits():
+    """A batch whose padding is between real views (mask 1, 0, 1, 0): only rows 0 and 2
+    come back, with their own scores, labels, ids and view numbers.
+
+    Catches: padding dropped by count (the first mask.sum() rows) instead of by mask."""
+    import jax.numpy as jnp
+    import ml_collections
+
+    from tadax.train.sharding import make_mesh
+    mesh = make_mesh(ml_collections.ConfigDict(dict(fsdp=1)))
+    table = np.array([[0.7, 0.3], [0.5, 0.5], [0.1, 0.9], [0.5, 0.5]], np.float32)
+
+    def eval_step(variables, video):         # each row's score is chosen by its video
+        return jnp.asarray(table)[video[:, 0, 0, 0, 0].astype(jnp.int32)]
+
+    batch = {"video": np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1, 1),
+             "label": np.array([0, 0, 1, 0], np.int32), "video_id": np.array([5, -1, 6, -1]),
+             "view": np.array([1, -1, 0, -1], np.int32), "mask": np.array([1, 0, 1, 0], bool)}
+    views = evaluation.run_views(eval_step, None, [batch], mesh)
+    np.testing.assert_allclose(views["probs"], table[[0, 2]])
+    assert views["label"].tolist() == [0, 1] and views["video_id"].tolist() == [5, 6]
+    assert views["view"].tolist() == [1, 0]
+
+
 def test_inconsistent_labels_are_refused():
     probs, labels, ids = hand_made()
     labels = labels.copy()

@@ -76,6 +76,77 @@ def test_interval_sampling():
     assert idx.min() == 0 and idx.max() == 19
 
 
+def _draw_many(sampler, n: int):
+    """`sampler(seed)` for the seeds (i, 1), i < n, in one traced call -> (n, T) numpy."""
+    seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.ones([n], tf.int64)], 1)
+    run = tf.function(lambda s: tf.map_fn(sampler, s, fn_output_signature=tf.int32),
+                      autograph=False)
+    return run(seeds).numpy()
+
+
+def test_training_segment_frames_are_independent_uniform_draws():
+    """Training segment sampling over 1000 clips of a 160-frame video in 8 segments of 20:
+    each segment's offset is uniform over its segment (mean 10, from 0 to 20) and drawn
+    independently of the other segments' (correlation within 4 / sqrt(1000)).
+
+    Catches: one random offset shared by all segments, offsets drawn over the whole video
+    or over half a segment."""
+    n = 1000
+    idx = _draw_many(lambda s: sampling.segment_indices(160, 8, seed=s), n)
+    offsets = idx - np.arange(8) * 20                      # rounded 20 u, u ~ U(0, 1)
+    assert offsets.min() >= 0 and offsets.max() <= 20
+    for k in range(8):
+        assert offsets[:, k].min() <= 1 and offsets[:, k].max() >= 19
+    # Mean 10 (the last segment's 160 is clamped to 159: a bias of 1/(8 40)); sd 20/sqrt(12).
+    assert abs(offsets.mean() - 10) < 4 * (20 / np.sqrt(12)) / np.sqrt(offsets.size) + 0.01
+    corr = np.corrcoef(offsets.T)[np.triu_indices(8, 1)]
+    assert np.abs(corr).max() < 4 / np.sqrt(n), corr
+
+
+def test_interval_windows_single_view_in_the_middle_training_uniform():
+    """Interval sampling by its definition: the single eval view's window starts at
+    max_start / 2; a training window's start is uniform over [0, max_start], here 84 frames
+    for a window of 16 x 5 = 80: its first frame floor(start) is 0, 1, 2 or 3, each with
+    probability 1/4 (counts over 1000 clips within 4 binomial sds).
+
+    Catches: the single view at the start (or the end) of the video, training starts
+    drawn over [0, max_start - 1] or over the whole video."""
+    n, length = 300, 80
+    start = (n - length) / 2
+    np.testing.assert_array_equal(sampling.interval_indices(n, 30.0, 16, 5).numpy(),
+                                  np.floor(np.linspace(start, start + length - 1, 16)))
+    draws = 1000
+    idx = _draw_many(lambda s: sampling.interval_indices(84, 30.0, 16, 5, seed=s), draws)
+    first = idx[:, 0]
+    np.testing.assert_array_equal(idx[:, -1] - first, length - 1)
+    counts = np.bincount(first, minlength=5)
+    assert counts[4:].sum() == 0, counts
+    assert all(abs(c - draws / 4) <= 4 * np.sqrt(draws * 3 / 16) for c in counts[:4]), counts
+
+
+def test_clip_indices_sample_as_the_config_says():
+    """`clip_indices` with the ConvNeXt Kinetics recipe's sampling (16 frames at stride 5 in
+    30 fps frames) on a 300-frame 60 fps video: a window of 16 x 5 x 60 / 30 = 160 frames,
+    the single view from frame 70 = (300 - 160) / 2, view k of 4 from 140 k / 4, a
+    training window 159 frames long; and segment sampling as `segment_indices`.
+
+    Catches: the target rate, the stride or the frame count not passed on (no test read
+    interval sampling through the config)."""
+    from tadax.data.config import recipe_overrides
+    c = data_config(dataset="kinetics400", **recipe_overrides("convnext", "kinetics400"))
+    assert (c.sampling, c.num_frames, c.sampling_rate, c.target_fps) == ("interval", 16, 5, 30.0)
+    window = lambda start: np.floor(np.linspace(start, start + 159, 16))  # noqa: E731
+    np.testing.assert_array_equal(sampling.clip_indices(c, 300, 60.0).numpy(), window(70))
+    for k in range(4):
+        np.testing.assert_array_equal(
+            sampling.clip_indices(c, 300, 60.0, clip_idx=k, num_clips=4).numpy(), window(35 * k))
+    idx = sampling.clip_indices(c, 300, 60.0, seed=tf.constant([4, 2])).numpy()
+    assert idx.shape == (16,) and idx[-1] - idx[0] == 159
+    seg = data_config(dataset="kinetics400", num_frames=8)
+    np.testing.assert_array_equal(sampling.clip_indices(seg, 100, 30.0, clip_idx=1, num_clips=2),
+                                  sampling.segment_indices(100, 8, clip_idx=1, num_clips=2))
+
+
 # ------------------------------------------------------------ eval views
 
 def coded_video(t=10, h=40, w=60):
@@ -105,9 +176,40 @@ def test_view_placement(h, w):
     assert (single[0, 0, 0, 0, 1], single[0, 0, 0, 0, 2]) == ((10, 0) if h < w else (0, 10))
 
 
+def test_square_frames_are_cropped_along_the_height():
+    """Square frames (crop below the test scale): the original's three crops go down the
+    height (top, centre, bottom) at the horizontal centre.
+
+    Catches: a square frame taken as landscape (its crops along the width)."""
+    video = coded_video(h=60, w=60)
+    c = data_config(dataset="kinetics400", num_frames=5, test_scale=60, test_crop_size=40,
+                    num_clips=1, num_crops=3)
+    out = views.eval_views(lambda i: tf.gather(tf.constant(video), i), 10, 30.0, c,
+                           multi_view=True).numpy()
+    assert [(out[v, 0, 0, 0, 1], out[v, 0, 0, 0, 2]) for v in range(3)] == \
+        [(10, 0), (10, 10), (10, 20)]                              # (x, y) of each crop
+
+
+def test_normalize_is_the_original_formula():
+    """(x / 255 - mean) / std per channel, numpy, in the configured dtype.
+
+    Catches: mean and std swapped, the division by 255 after the mean, channels reversed."""
+    c = data_config(dataset="kinetics400", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    pixels = np.array([[0, 128, 255], [51, 102, 204]], np.float32)
+    want = (pixels / 255 - np.array(c.mean)) / np.array(c.std)
+    np.testing.assert_allclose(views.normalize(tf.constant(pixels), c).numpy(), want, rtol=1e-6)
+    c.dtype = "bfloat16"
+    got = views.normalize(tf.constant(pixels), c)
+    assert got.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want, rtol=1e-2)
+
+
 def test_resize_short_side_truncates_like_the_original():
+    """Landscape and portrait: the long side int(long / short x size), truncated."""
     out = views.resize_short_side(tf.zeros([1, 240, 320, 3], tf.uint8), 224)
-    assert out.shape == (1, 224, 298, 3)         # int(320 / 240 * 224) = 298
+    assert out.shape == (1, 224, 298, 3)         # int(320 / 240 * 224) = 298 (298.67)
+    out = views.resize_short_side(tf.zeros([1, 320, 240, 3], tf.uint8), 224)
+    assert out.shape == (1, 298, 224, 3)
 
 
 def collect_eval(c, pc, batch, multi_view=True):
@@ -181,6 +283,32 @@ def test_train_deterministic_and_resumable(cfg):
     assert np.bincount(first_epoch, minlength=8).tolist() == [5] * 8
 
 
+def _stream_order(c, stream, k, start, count):
+    """Hashes of `count` raw records of training stream `stream` of `k`, from record `start`."""
+    ds = pipeline._stream_records(stream, c, 0, k, start).take(count)
+    return [hash(r.numpy()) for r, _, _ in ds]
+
+
+@pytest.mark.parametrize("k,buffer", [(1, 1), (4, 4096)])
+def test_every_epoch_has_its_own_order(cfg, k, buffer):
+    """A training stream's raw records over 4 epochs: each epoch is its records once, the
+    epochs come in different orders, and a stream started at record s continues from
+    there. k = 1, no shuffle buffer: the 4 shard files' order alone orders the records
+    (the same order in all 4 epochs by chance: 24^-3); k = 4: one file per stream, the
+    shuffle alone orders them.
+
+    Catches: the file order drawn once for all epochs, the record shuffle seeded the same
+    every epoch (every epoch in the same order: the original reshuffles per epoch)."""
+    c = data_config(**{**cfg.to_dict(), "shuffle_buffer": buffer * k})
+    stream = pipeline._streams(pipeline._shards(c, "train"), k)[0]
+    n = stream.epoch_len
+    order = _stream_order(c, stream, k, 0, 4 * n)
+    epochs = [order[e * n:(e + 1) * n] for e in range(4)]
+    assert all(len(set(e)) == n and set(e) == set(epochs[0]) for e in epochs)
+    assert len({tuple(e) for e in epochs}) >= 2 if k == 1 else len({tuple(e) for e in epochs}) == 4
+    assert _stream_order(c, stream, k, n + 3, 2 * n) == order[n + 3:3 * n + 3]
+
+
 def test_train_hosts_read_disjoint_data(cfg):
     files = records.shard_files(pipeline.resolve_data_dir(cfg), "train")
     shards = pipeline._shards(cfg, "train")
@@ -223,6 +351,29 @@ def serialized(frames, label=0):
                                     filename="v.mp4", start_us=0, end_us=10 ** 6, fps=len(frames))
 
 
+def test_eval_view_numbers_name_their_clip_and_crop():
+    """The eval pipeline's records -> views: view v shows temporal clip v // num_crops at
+    spatial crop v % num_crops (2 clips x 3 crops of a landscape video whose pixels code
+    their frame, column and row; JPEG keeps the codes within a fraction of their step).
+
+    Catches: views numbered crop-major (clip + num_clips x crop), or all as clip 0."""
+    tt, yy, xx = np.meshgrid(np.arange(10), np.arange(40), np.arange(60), indexing="ij")
+    record = tf.constant(serialized(list(np.stack([tt * 20, xx * 4, yy * 4], -1)
+                                         .astype(np.uint8))))
+    c = data_config(dataset="kinetics400", num_frames=5, test_scale=40, test_crop_size=40,
+                    num_clips=2, num_crops=3, mean=(0.0,) * 3, std=(1.0,) * 3)
+    seen = []
+    for k in range(2):
+        out = pipeline._eval_clip(record, tf.constant(7, tf.int64), k, c, True)
+        for view, clip in zip(out["view"].numpy(), out["video"].numpy() * 255):
+            clip_idx, crop = divmod(int(view), 3)
+            frames = sampling.segment_indices(10, 5, clip_idx=clip_idx, num_clips=2).numpy()
+            np.testing.assert_allclose(clip[:, 20, 20, 0] / 20, frames, atol=0.25)
+            np.testing.assert_allclose(clip[:, 20, 20, 1] / 4, 20 + 10 * crop, atol=0.5)
+            seen.append(int(view))
+    assert sorted(seen) == list(range(6))
+
+
 def test_augmentation_is_the_same_on_every_frame():
     """Identical input frames must stay identical: crop, flip, RandAugment, grayscale per clip."""
     rng = np.random.default_rng(0)
@@ -240,14 +391,6 @@ def test_augmentation_is_the_same_on_every_frame():
     assert len({o.tobytes() for o in outs}) == 12              # and it does augment
     assert any(np.allclose(o[..., 0] * c.std[0] + c.mean[0], o[..., 1] * c.std[1] + c.mean[1],
                            atol=1e-5) for o in outs)          # grayscale happened somewhere
-
-
-def test_crop_window_is_torchvision_like():
-    for s in range(50):
-        y, x, h, w = augment.crop_window(tf.constant([s, 3]), 240, 320).numpy()
-        assert 0 <= y and y + h <= 240 and 0 <= x and x + w <= 320
-        assert 0.08 * 240 * 320 * 0.9 <= h * w <= 240 * 320
-        assert 0.75 * 0.9 <= w / h <= 1.333 * 1.1
 
 
 def lr_record(label):

@@ -107,10 +107,16 @@ def test_train_steps_give_the_same_weights_in_both_layouts():
     params = model_and_variables("tadaformer_tiny", False)[2]["params"]
     a, b = _train(False, params), _train(True, params)
     assert layout.layout_of(b["params"]) is True
+    # The smallest step a parameter takes (the patch embedding's lr, base 1e-2 x 0.5^3).
+    # Rounding in another summation order moves Adam's normalised step of a near-zero
+    # gradient by a fraction of a percent of it; a multiplier given to the wrong block, or
+    # a gradient term lost to remat, moves a whole leaf by a large part of a step.
+    smallest_step = 1e-2 * 0.5 ** (SMALL["tadaformer_tiny"]["depth"] + 1)
     for tree in ("params", "batch_stats", "opt_state"):
+        atol = 0.02 * smallest_step if tree == "params" else 2e-6
         for x, y in zip(jax.tree_util.tree_leaves(a[tree]),
                         jax.tree_util.tree_leaves(layout.unrolled(b[tree]))):
-            np.testing.assert_allclose(x, y, atol=2e-6, rtol=1e-5)
+            np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
     moved = jax.tree_util.tree_map(lambda x, y: float(jnp.abs(x - y).max()),
                                    a["params"], params)
     assert min(jax.tree_util.tree_leaves(moved)) > 0     # every parameter was updated
@@ -162,7 +168,7 @@ def test_converted_weights_start_a_scanned_model(arch):
 
 
 def test_run_checkpoint_restores_into_the_other_layout(tmp_path):
-    from tadax.train.checkpointing import RunCheckpoints
+    from tadax.train.checkpointing import RunCheckpoints, restore_checkpoint
     ckpt_cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=1,
                                               keep_best=0, best_metric="val/top1"))
     _, model, variables = model_and_variables("tadaformer_tiny", False)
@@ -178,7 +184,7 @@ def test_run_checkpoint_restores_into_the_other_layout(tmp_path):
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
         layout.stacked(saved))
-    restored, position = ckpts.restore(3, abstract)
     ckpts.close()
+    restored, position = restore_checkpoint(tmp_path, 3, abstract)
     assert position == {"step": 3}
     leaves_equal(restored, layout.stacked(saved))

@@ -86,10 +86,13 @@ def test_mix_keeps_bfloat16_clips():
 def test_draw_statistics(mixup_alpha, cutmix_alpha):
     """20000 groups in one draw: mixed with `mixup_prob`, cutmix with `mixup_switch_prob`
     among the mixed (when both are on), Beta-distributed mixup coefficients, cutmix
-    coefficients equal to the uncovered area, unmixed groups untouched."""
+    coefficients equal to the uncovered area, unmixed groups untouched, box centres drawn
+    independently (catches: the column drawn with the row's key)."""
     c = data_config(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mixup_prob=0.7,
                     mixup_switch_prob=0.3)
     n, height, width = 20000, 16, 12
+    if not mixup_alpha:
+        width = 16        # square, as training clips are (see the box centres below)
     draw = jax.jit(lambda seed: mixup.draw(jax.random.key(seed), c, n, height, width))
     d = jax.device_get(draw(3))
     lam, cut, box = d["lam"], d["cutmix"], d["box"]
@@ -116,5 +119,13 @@ def test_draw_statistics(mixup_alpha, cutmix_alpha):
         ref = 1 - sides[0] * sides[1] / (height * width)
         assert abs(lam[cut].mean() - ref.mean()) < 0.01
         assert abs(lam[cut].std() - ref.std()) < 0.01
+        # The centre's row and column are two independent randint (timm): among boxes
+        # clipped on no side, whose centre is their midpoint, they are uncorrelated
+        # (4 / sqrt(n)). On a square clip a column drawn with the row's key puts every box
+        # on the diagonal.
+        y0, y1, x0, x1 = box[cut].T
+        inner = (y0 > 0) & (y1 < height) & (x0 > 0) & (x1 < width)
+        r = np.corrcoef(y0[inner] + y1[inner], x0[inner] + x1[inner])[0, 1]
+        assert inner.sum() > 300 and abs(r) < 4 / np.sqrt(inner.sum()), (inner.sum(), r)
     np.testing.assert_array_equal(jax.device_get(draw(3))["lam"], lam)
     assert np.mean(jax.device_get(draw(4))["lam"] == lam) < 0.5

@@ -149,6 +149,23 @@ def test_cosine_v2_after_warmup_schedule():
     assert float(sched(100)) == pytest.approx(1e-6, rel=1e-4)
 
 
+def test_cosine_v2_from_zero_to_its_end_lr():
+    """`cosine_v2` without `cosine_after_warmup`: end + (base - end) (cos(pi e / E) + 1) / 2
+    over the whole run, the warmup rising to its value at e = 2; an end lr of 2e-4 (a
+    fifth of the peak) so that a curve ignoring it shows. Values from the formula by hand.
+
+    Catches: the cosine's phase shifted by the warmup when `cosine_after_warmup` is off
+    (every recipe has it on), the amplitude base instead of base - end."""
+    sched = optim.lr_schedule(opt_cfg(end_lr=2e-4, cosine_after_warmup=False),
+                              steps_per_epoch=10, epochs=10.0)
+    main = lambda e: 2e-4 + (1e-3 - 2e-4) * (math.cos(math.pi * e / 10) + 1) / 2  # noqa: E731
+    assert float(sched(0)) == pytest.approx(1e-6)
+    assert float(sched(10)) == pytest.approx(1e-6 + 0.5 * (main(2) - 1e-6), rel=1e-5)
+    for step in (20, 60, 95, 100):
+        assert float(sched(step)) == pytest.approx(main(step / 10), rel=1e-5), step
+    assert float(sched(100)) == pytest.approx(2e-4, rel=1e-5)
+
+
 def test_cosine_schedule_warms_up_to_the_cosine_value():
     sched = optim.lr_schedule(opt_cfg(schedule="cosine", warmup_epochs=8), steps_per_epoch=4,
                               epochs=100.0)
@@ -162,7 +179,8 @@ def test_cosine_schedule_warms_up_to_the_cosine_value():
 
 def test_update_matches_torch_adamw_with_groups():
     """Six steps of our chain against torch.optim.AdamW with one param group per
-    (lr multiplier, weight decay), the group lrs set from the schedule every step."""
+    (lr multiplier, weight decay), the group lrs set from the schedule every step; one
+    weight-decay multiplier is neither 0 nor 1 (catches: multipliers taken as on/off)."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     params = {"backbone": {"blocks": {"kernel": rng.normal(size=(4, 3)),
@@ -170,7 +188,8 @@ def test_update_matches_torch_adamw_with_groups():
                            "tada": {"kernel": rng.normal(size=(3, 3))}},
               "head": {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=(2,))}}
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
-    cfg = opt_cfg(lr_mults=[("head", 10.0), ("tada", 5.0)], wd_mults=[("bias", 0.0)],
+    cfg = opt_cfg(lr_mults=[("head", 10.0), ("tada", 5.0)],
+                  wd_mults=[("bias", 0.0), ("tada", 0.5)],
                   warmup_epochs=2.0, schedule="cosine", base_lr=1e-2, weight_decay=0.3)
     steps_per_epoch, epochs, n_steps = 2, 4.0, 6
     tx, schedule = optim.build_optimizer(params, cfg, steps_per_epoch, epochs)
@@ -180,7 +199,7 @@ def test_update_matches_torch_adamw_with_groups():
     names = sorted(flat_names(params))
     lr_mult = {"backbone/blocks/kernel": 1.0, "backbone/blocks/bias": 1.0,
                "backbone/tada/kernel": 5.0, "head/kernel": 10.0, "head/bias": 10.0}
-    decay = {n: 0.0 if n.endswith("bias") else 0.3 for n in names}
+    decay = {n: 0.0 if n.endswith("bias") else 0.15 if "tada" in n else 0.3 for n in names}
     tensors = {n: torch.tensor(np.asarray(v), requires_grad=True)
                for n, v in flat_names(params).items()}
     groups = [{"params": [tensors[n]], "lr_mult": lr_mult[n], "weight_decay": decay[n]}

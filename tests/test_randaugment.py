@@ -10,10 +10,11 @@ from tadax.data import randaugment as ra
 FILL = (123, 117, 104)
 
 
-def _image(seed: int = 0, size: int = 24) -> np.ndarray:
-    """(size, size, 3) uint8: a smooth gradient plus noise (varied histograms, clear edges)."""
+def _image(seed: int = 0, size: int = 24, width: int = 0) -> np.ndarray:
+    """(size, width or size, 3) uint8: a smooth gradient plus noise (varied histograms,
+    clear edges)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
+    yy, xx = np.mgrid[0:size, 0:width or size]
     base = np.stack([xx * 9, yy * 7, (xx + yy) * 4], -1) % 256
     return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
 
@@ -71,7 +72,9 @@ def test_pixel_ops_match_pil(op, level, sign):
 @pytest.mark.parametrize("op", GEOMETRIC_OPS)
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_geometric_ops_match_pil_bilinear(op, sign):
-    img = _image(1)
+    """On a frame wider than high, so that a translation scaled by the wrong side (TranslateY
+    by 0.45 x width) or a rotation about the wrong centre does not pass."""
+    img = _image(1, 20, 30)
     ours, ref = _ours(op, img, 0.8, sign), _pil(op, img, 0.8, sign)
     inner = (slice(2, -2), slice(2, -2))          # edges: fill vs interpolation at the border
     assert np.abs(ours - ref)[inner].mean() < 2.0
@@ -125,3 +128,76 @@ def test_augment_clip_numpy_entry_point():
     a = ra.augment_clip(clip, policy, 12345, FILL)
     assert a.dtype == np.uint8 and a.shape == clip.shape
     np.testing.assert_array_equal(a, ra.augment_clip(clip, policy, 12345, FILL))
+
+
+DRAWS = 1000     # clips; 4 ops each
+
+
+def _draws(policy: ra.Policy, n: int = DRAWS) -> dict:
+    """`ra.draw` for the seeds (5, i), i < n, in one traced call -> numpy `(n, num_ops)` arrays."""
+    spec = {"ops": tf.int32, "apply": tf.bool, "levels": tf.float32, "signs": tf.float32}
+    run = tf.function(lambda seeds: tf.map_fn(lambda s: ra.draw(policy, s), seeds,
+                                              fn_output_signature=spec), autograph=False)
+    seeds = tf.stack([tf.fill([n], tf.constant(5, tf.int64)), tf.range(n, dtype=tf.int64)], 1)
+    return {k: v.numpy() for k, v in run(seeds).items()}
+
+
+def _within(count: int, n: int, p: float) -> bool:
+    """`count` successes of `n` trials is within 4 binomial standard deviations of n p."""
+    return abs(count - n * p) <= 4 * np.sqrt(n * p * (1 - p))
+
+
+def test_draws_follow_the_policy():
+    """timm's RandAugment draws, over 1000 clips of `rand-m9-n4-mstd0.5-inc1` (4000 ops):
+    each of the 15 ops equally likely and drawn independently for the 4 slots, each op
+    applied with probability 1/2, its sign +-1 with probability 1/2, its magnitude
+    N(9, 0.5) clipped to [0, 10] (mean, spread and the share clipped at 10 against numpy
+    draws of that definition). Bounds: 4 standard deviations of the sample size.
+
+    Catches: the last op never drawn (maxval len(OPS) - 1), ops applied with another
+    probability, magnitudes never negated, `mstd` ignored, magnitudes not clipped to 10,
+    one op drawn for all slots of a clip."""
+    d = _draws(ra.parse_policy("rand-m9-n4-mstd0.5-inc1"))
+    n = d["ops"].size
+    counts = np.bincount(d["ops"].ravel(), minlength=len(ra.OPS))
+    assert len(counts) == len(ra.OPS)
+    assert all(_within(c, n, 1 / len(ra.OPS)) for c in counts), counts
+    assert _within(int(np.sum(d["ops"][:, 0] == d["ops"][:, 1])), DRAWS, 1 / len(ra.OPS))
+    assert _within(int(d["apply"].sum()), n, 0.5)
+    assert set(np.unique(d["signs"])) == {-1.0, 1.0}
+    assert _within(int((d["signs"] > 0).sum()), n, 0.5)
+    ref = np.clip(np.random.default_rng(0).normal(9.0, 0.5, 10 ** 6), 0.0, 10.0) / 10.0
+    levels = d["levels"].ravel()
+    assert levels.min() >= 0.0 and levels.max() <= 1.0
+    assert abs(levels.mean() - ref.mean()) < 4 * ref.std() / np.sqrt(n) + 4 * ref.std() / 1e3
+    # The sample standard deviation's own error: sigma sqrt((kurtosis - 1) / 4n).
+    kurtosis = np.mean((ref - ref.mean()) ** 4) / ref.var() ** 2
+    assert abs(levels.std() - ref.std()) < 4 * ref.std() * np.sqrt((kurtosis - 1) / (4 * n))
+    assert _within(int(np.sum(levels == 1.0)), n, float(np.mean(ref == 1.0)))
+
+
+def test_applied_ops_compose_in_turn():
+    """`rand_augment` = its drawn ops applied one after the other, each to the previous
+    one's rounded output, skipping those not applied (the ops themselves are checked
+    against PIL above). Seeds with at least two applied ops, on a non-square clip.
+
+    Catches: every op applied to the input clip (only the last applied one surviving), an
+    op's sign or level taken from another slot."""
+    clip = np.stack([_image(i, 20, 28) for i in range(2)]).astype(np.float32)
+    policy = ra.parse_policy("rand-m9-n4-mstd0.5-inc1")
+    checked = 0
+    for s in range(12):
+        seed = tf.constant([9, s], tf.int64)
+        d = {k: v.numpy() for k, v in ra.draw(policy, seed).items()}
+        if d["apply"].sum() < 2:
+            continue
+        want = clip
+        for op, on, level, sign in zip(d["ops"], d["apply"], d["levels"], d["signs"]):
+            if on:
+                out = ra._apply_op(int(op), tf.constant(want), tf.constant(level),
+                                   tf.constant(sign), tf.constant(FILL, tf.float32))
+                want = np.round(out.numpy())
+        got = ra.rand_augment(tf.constant(clip), policy, seed, FILL).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=str(d))
+        checked += 1
+    assert checked >= 4

@@ -17,11 +17,12 @@ from tadax.train import sharding, state as state_lib, steps
 class TinyVideoNet(nn.Module):
     """A BatchNorm-free stand-in: mean over time and space, dropout, linear head."""
     classes: int = 5
+    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, video, train=False):
         x = nn.Dense(8, name="embed")(video.mean(axis=(1, 2, 3)))
-        x = nn.Dropout(0.0)(x, deterministic=not train)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(self.classes, name="head")(nn.gelu(x))
 
 
@@ -41,12 +42,24 @@ def random_batch(rng):
             "label": rng.integers(0, 5, 8).astype(np.int32)}
 
 
-def setup(cfg):
-    """(mesh, `fresh() -> ` a new initial train state, jitted train step) of TinyVideoNet."""
-    model = TinyVideoNet()
+class TinyBatchNormNet(nn.Module):
+    """TinyVideoNet with a BatchNorm (running statistics in `batch_stats`) before the head."""
+    classes: int = 5
+
+    @nn.compact
+    def __call__(self, video, train=False):
+        x = nn.Dense(8, name="embed")(video.mean(axis=(1, 2, 3)))
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="norm")(x)
+        return nn.Dense(self.classes, name="head")(nn.gelu(x))
+
+
+def setup(cfg, model=None, schedule=None):
+    """(mesh, `fresh() -> ` a new initial train state, jitted train step) of `model`
+    (TinyVideoNet) with AdamW at `schedule` (1e-2)."""
+    model = model or TinyVideoNet()
     mesh = sharding.make_mesh(cfg.mesh)
-    tx = optax.adamw(1e-2)
-    schedule = lambda step: jnp.float32(1e-2)  # noqa: E731
+    schedule = schedule or (lambda step: jnp.float32(1e-2))
+    tx = optax.adamw(schedule)
     _, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
     return (mesh, lambda: state_lib.create_train_state(model, tx, cfg, shard),
             steps.make_train_step(model, tx, schedule, cfg, mesh, shard))
@@ -168,6 +181,46 @@ def test_micro_batches_mix_within_themselves():
     assert max(abs(float(a["loss"]) - float(b["loss"])) for a, b in zip(mixed1, plain2)) > 1e-3
 
 
+def test_each_micro_batch_draws_its_own_random_numbers():
+    """Two micro-batches X and Y (example i in micro-batch i mod 2) through dropout 0.5,
+    then the same step with their contents swapped: the mean of the micro-batch losses
+    and gradients is symmetric in them, so with the same random numbers for both the two
+    steps would agree. Each micro-batch draws its own (dropout here; mixing and drop path
+    come from the same key), so they differ. One compile.
+
+    Catches: every micro-batch given the step's key instead of one folded with its index
+    (the same mixing, dropout and drop-path masks in all of them)."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(2, 4, 2, 4, 4, 3)).astype(np.float32)
+    mesh, fresh, step = setup(config(accum=2), TinyVideoNet(dropout=0.5))
+    losses = []
+    for first, second in ((x, y), (y, x)):
+        video = np.stack([first, second], axis=1).reshape((8,) + x.shape[1:])
+        batch = {"video": video, "label": np.arange(8, dtype=np.int32) % 5}
+        batch["label"][1::2] = batch["label"][0::2]          # labels follow their clips
+        _, metrics = step(fresh(), sharding.global_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    assert abs(losses[0] - losses[1]) > 1e-3, losses
+
+
+def test_an_epoch_is_the_whole_global_batches_of_the_train_split(monkeypatch):
+    """The schedule's epoch: train videos // global batch steps (the original's training
+    loader drops the last partial batch), at least 1; or `train.steps_per_epoch` if set.
+
+    Catches: a partial last batch counted (1001 videos at 64: 16 steps, not 15), the
+    explicit setting ignored."""
+    from tadax.data import pipeline
+    from tadax.train import trainer
+    monkeypatch.setattr(pipeline, "num_examples", lambda data_cfg, split: {"train": 1001}[split])
+    cfg = ml_collections.ConfigDict(dict(train=dict(steps_per_epoch=0, global_batch_size=64),
+                                         data=dict()))
+    assert trainer.steps_per_epoch(cfg) == 15
+    cfg.train.global_batch_size = 2048
+    assert trainer.steps_per_epoch(cfg) == 1
+    cfg.train.steps_per_epoch = 7
+    assert trainer.steps_per_epoch(cfg) == 7
+
+
 def test_mixing_needs_two_clips_per_device_and_micro_batch():
     from tadax.errors import ConfigError
     from tadax.train import trainer
@@ -180,12 +233,58 @@ def test_mixing_needs_two_clips_per_device_and_micro_batch():
     trainer._check_batch_layout(cfg)
 
 
-def test_ema_follows_the_weights():
-    st, _ = run(accum=1, ema=0.5, n_steps=1)
-    init, _ = run(accum=1, n_steps=0)
-    for e, p, p0 in zip(*(jax.tree_util.tree_leaves(t) for t in
-                          (st["ema"]["params"], st["params"], init["params"]))):
-        np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p, rtol=1e-6)
+def test_ema_is_the_decayed_average_of_the_weights_after_each_step():
+    """EMA decay 0.9 over 3 steps of a model with BatchNorm: e_0 = v_0 (the initial
+    variables), e_k = 0.9 e_(k-1) + 0.1 v_k with v_k the params and batch statistics after
+    step k, so e_3 = 0.729 v_0 + 0.081 v_1 + 0.09 v_2 + 0.1 v_3, from the recorded states.
+    The logged lr of step k is the schedule at k, the lr its update uses.
+
+    Catches: the decay on the new weights (0.1 e + 0.9 v; with decay 0.5 both agree), the
+    EMA fed the params or the statistics from before the step, lr logged a step ahead."""
+    schedule = lambda step: 1e-2 / (1.0 + jnp.asarray(step, jnp.float32))  # noqa: E731
+    mesh, fresh, step = setup(config(ema=0.9), TinyBatchNormNet(), schedule)
+    st = fresh()
+    states = [jax.device_get(st)]
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        st, metrics = step(st, sharding.global_batch(random_batch(rng), mesh))
+        states.append(jax.device_get(st))
+        assert float(metrics["lr"]) == pytest.approx(1e-2 / (1 + k))
+    assert jax.tree_util.tree_leaves(states[0]["batch_stats"])
+    for col in ("params", "batch_stats"):
+        v = [jax.tree_util.tree_leaves(s[col]) for s in states]
+        for i, got in enumerate(jax.tree_util.tree_leaves(states[-1]["ema"][col])):
+            want = 0.729 * v[0][i] + 0.081 * v[1][i] + 0.09 * v[2][i] + 0.1 * v[3][i]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+            assert np.abs(v[3][i] - v[0][i]).max() > 1e-4      # the weights did move
+
+
+def test_ema_starts_from_the_pretrained_weights():
+    """A run initialised from a checkpoint starts its EMA there, not at the random init.
+
+    Catches: the EMA copied from the fresh variables before the checkpoint is laid over."""
+    cfg = config(ema=0.9)
+    model, tx = TinyVideoNet(), optax.adamw(1e-2)
+    mesh = sharding.make_mesh(cfg.mesh)
+    _, shard = state_lib.train_state_spec(model, tx, cfg, mesh)
+    pretrained = {"params": {"head": {"kernel": np.full((8, 5), 0.25, np.float32),
+                                      "bias": np.arange(5, dtype=np.float32)}}}
+    st = jax.device_get(state_lib.create_train_state(model, tx, cfg, shard, pretrained))
+    for tree in (st["params"], st["ema"]["params"]):
+        np.testing.assert_array_equal(tree["head"]["kernel"], np.full((8, 5), 0.25))
+        np.testing.assert_array_equal(tree["head"]["bias"], np.arange(5))
+    np.testing.assert_array_equal(st["ema"]["params"]["embed"]["kernel"],
+                                  st["params"]["embed"]["kernel"])
+
+
+def test_eval_variables_are_the_ema_ones_on_request():
+    """Catches: `--ema` / `eval.use_ema` evaluating the raw weights, or a run without an
+    EMA failing instead of using its weights."""
+    state = {"params": {"w": 1}, "batch_stats": {"m": 2},
+             "ema": {"params": {"w": 3}, "batch_stats": {"m": 4}}}
+    assert steps.eval_variables(state, True) == {"params": {"w": 3}, "batch_stats": {"m": 4}}
+    assert steps.eval_variables(state, False) == {"params": {"w": 1}, "batch_stats": {"m": 2}}
+    assert steps.eval_variables(dict(state, ema={}, batch_stats={}), True) == {"params": {"w": 1}}
 
 
 def test_label_smoothing_matches_the_original_targets():
@@ -194,6 +293,25 @@ def test_label_smoothing_matches_the_original_targets():
     target = np.array([s / 3, 1 - s + s / 3, s / 3])    # label 1
     want = -(target * jax.nn.log_softmax(logits)[0]).sum()
     assert float(steps.cross_entropy(logits, jnp.array([1]), s)) == pytest.approx(float(want))
+
+
+def test_cross_entropy_smooths_mixed_targets_and_averages_the_batch():
+    """Smoothing s = 0.2 over C = 4 classes applied to mixup targets as the original
+    does (it mixes smoothed one-hots): 0.7 of class 1 and 0.3 of class 3 -> 0.8 x (0, 0.7,
+    0, 0.3) + 0.05; the loss is the batch mean of -sum(target x log softmax), numpy.
+
+    Catches: mixed targets left unsmoothed (or smoothed twice), the batch summed."""
+    logits = np.array([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, -2.0]], np.float32)
+    soft = np.array([[0.0, 0.7, 0.0, 0.3], [0.0, 0.7, 0.0, 0.3]], np.float32)
+    want_targets = np.array([[0.05, 0.61, 0.05, 0.29]] * 2)
+    np.testing.assert_allclose(0.8 * soft + 0.2 / 4, want_targets, rtol=1e-6)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    want = -(want_targets * log_p).sum(1).mean()
+    got = steps.cross_entropy(jnp.asarray(logits), jnp.array([1, 1]), 0.2, jnp.asarray(soft))
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    hard = -(np.array([[0.05, 0.85, 0.05, 0.05], [0.05, 0.05, 0.05, 0.85]]) * log_p).sum(1).mean()
+    assert float(steps.cross_entropy(jnp.asarray(logits), jnp.array([1, 3]), 0.2)) == \
+        pytest.approx(hard, rel=1e-6)
 
 
 def test_fsdp_rule_splits_the_largest_divisible_axis():
@@ -224,7 +342,7 @@ def test_pretrained_weights_that_do_not_fit_are_refused():
 
 
 def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
-    from tadax.train.checkpointing import RunCheckpoints
+    from tadax.train.checkpointing import RunCheckpoints, restore_checkpoint
     cfg = ml_collections.ConfigDict(dict(every_steps=1, every_secs=3600.0, keep=2, keep_best=1,
                                          best_metric="val/top1"))
     ckpts = RunCheckpoints(str(tmp_path), cfg)
@@ -233,10 +351,10 @@ def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
         ckpts.wait()
     kept = sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit())
     assert kept == [2, 4, 5]
-    state, position = ckpts.restore(5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    ckpts.close()
+    state, position = restore_checkpoint(tmp_path, 5, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     np.testing.assert_array_equal(state["w"], [5, 5, 5])
     assert position == {"step": 5}
-    ckpts.close()
 
 
 def test_save_decisions_are_orbax_policies(tmp_path):
@@ -312,8 +430,8 @@ def test_mixing_adds_no_communication():
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    from conftest import REPO_ROOT, xla_flags
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4),
                JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}")
     out = subprocess.run([sys.executable, "-c", COLLECTIVES_SCRIPT], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)

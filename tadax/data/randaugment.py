@@ -10,7 +10,7 @@ sampling (PIL's bicubic in the original) and fill with the normalisation mean.
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -150,25 +150,37 @@ def _apply_op(op: int, x, level, sign, fill):
     return _affine(x, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, sign * level * 0.45 * h]), fill)
 
 
+def draw(policy: Policy, seed) -> Dict[str, tf.Tensor]:
+    """The random choices of one clip for its n = `policy.num_ops` ops: `{'ops': (n,) int32`
+    indices into OPS, uniform with replacement; `'apply': (n,) bool`, each with probability
+    0.5; `'levels': (n,) float32` magnitude / 10, the magnitude ~ N(m, mstd) clipped to
+    [0, 10]; `'signs': (n,) float32` -1 or +1 with probability 0.5 each`}`.
+
+    seed: `(2,)` int stateless seed.
+    """
+    n = policy.num_ops
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    mags = policy.magnitude + policy.magnitude_std * tf.random.stateless_normal([n], seeds[2])
+    return {"ops": tf.random.stateless_uniform([n], seeds[0], 0, len(OPS), dtype=tf.int32),
+            "apply": tf.random.stateless_uniform([n], seeds[1]) < 0.5,
+            "levels": tf.clip_by_value(mags, 0.0, MAX_LEVEL) / MAX_LEVEL,
+            "signs": tf.where(tf.random.stateless_uniform([n], seeds[3]) < 0.5, -1.0, 1.0)}
+
+
 def rand_augment(frames, policy: Policy, seed, fill: Sequence[float]):
-    """RandAugment `policy` on a clip `(T, H, W, 3)` float32 in [0, 255] -> same shape.
+    """RandAugment `policy` on a clip `(T, H, W, 3)` float32 in [0, 255] -> same shape: the
+    ops of `draw(policy, seed)` applied in turn, each to the previous one's rounded output.
 
     seed: `(2,)` int stateless seed; every random choice is made once per clip.
     fill: per-channel value of pixels moved in from outside (0-255).
     """
-    n = policy.num_ops
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    ops = tf.random.stateless_uniform([n], seeds[0], 0, len(OPS), dtype=tf.int32)
-    apply = tf.random.stateless_uniform([n], seeds[1]) < 0.5
-    mags = policy.magnitude + policy.magnitude_std * tf.random.stateless_normal([n], seeds[2])
-    levels = tf.clip_by_value(mags, 0.0, MAX_LEVEL) / MAX_LEVEL
-    signs = tf.where(tf.random.stateless_uniform([n], seeds[3]) < 0.5, -1.0, 1.0)
+    d = draw(policy, seed)
     fill = tf.constant(fill, tf.float32)
     x = frames
-    for i in range(n):
-        branches = [lambda k=k: tf.round(_apply_op(k, x, levels[i], signs[i], fill))
+    for i in range(policy.num_ops):
+        branches = [lambda k=k: tf.round(_apply_op(k, x, d["levels"][i], d["signs"][i], fill))
                     for k in range(len(OPS))]
-        x = tf.cond(apply[i], lambda: tf.switch_case(ops[i], branches), lambda: x)
+        x = tf.cond(d["apply"][i], lambda: tf.switch_case(d["ops"][i], branches), lambda: x)
         x = tf.ensure_shape(x, frames.shape)
     return x
 

@@ -83,40 +83,52 @@ class RunCheckpoints:
             state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave({"step": int(data_step)})),
             metrics=dict(metrics) if metrics else None, force=True)
 
-    def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
-        """(state with the shardings of `abstract_state`, data position) at `step`.
-
-        A state saved in the other layout of the blocks (`scan_layers` changed
-        between runs, `tadax/models/layout.py`) is read to host memory in its
-        own layout, converted, and put on the devices with those shardings.
-        """
-        # The state's own metadata file: the manager's item_metadata is None on GCS for an
-        # item no save of this process has registered a handler for.
-        state_dir = self.directory / str(step) / "state"
-        saved = layout.layout_of(ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree)
-        wanted = layout.layout_of(abstract_state)
-        if saved is None or saved == wanted:
-            item, restore_args = abstract_state, ocp.checkpoint_utils.construct_restore_args(
-                abstract_state)
-        else:
-            item = layout.to_layout(abstract_state, saved)
-            restore_args = jax.tree_util.tree_map(
-                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args),
-            data=ocp.args.JsonRestore()))
-        state = restored.state
-        if item is not abstract_state:
-            shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
-            state = jax.device_put(layout.to_layout(state, wanted), shardings)
-        return state, dict(restored.data)
-
     def wait(self) -> None:
         """Blocks until pending saves are on disk."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_checkpoint(directory: epath.Path, step: int, abstract_state: Any
+                       ) -> Tuple[Any, Dict[str, Any]]:
+    """(train state with the shardings of `abstract_state`, data position) of checkpoint
+    `step` in a run's `checkpoints/` directory, read without a checkpoint manager.
+
+    A state saved in the other layout of the blocks (`scan_layers` changed
+    between runs, `tadax/models/layout.py`) is read to host memory in its
+    own layout, converted, and put on the devices with those shardings.
+    """
+    step_dir = user_path(directory) / str(step)
+    saved = layout.layout_of(state_metadata(step_dir / "state"))
+    wanted = layout.layout_of(abstract_state)
+    if saved is None or saved == wanted:
+        item, restore_args = abstract_state, ocp.checkpoint_utils.construct_restore_args(
+            abstract_state)
+    else:
+        item = layout.to_layout(abstract_state, saved)
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(step_dir, ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args),
+            data=ocp.args.JsonRestore()))
+    state = restored.state
+    if item is not abstract_state:
+        shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
+        state = jax.device_put(layout.to_layout(state, wanted), shardings)
+    return state, dict(restored.data)
+
+
+def state_metadata(state_dir: epath.Path) -> Dict[str, Any]:
+    """The saved tree of a checkpoint's `state` item (array metadata, no arrays read).
+
+    Read through the item's handler: a `Checkpointer` would also look for a
+    step-level `_CHECKPOINT_METADATA` inside the item and warn on every load
+    that it is missing (it lives one level up, in the step directory).
+    """
+    return ocp.PyTreeCheckpointHandler().metadata(state_dir).tree
 
 
 def finished_steps(directory: str) -> List[int]:
@@ -166,7 +178,7 @@ def load_weights(path: str, use_ema: bool = False) -> Tuple[Dict[str, Any], Opti
             "run checkpoint (with 'checkpoints/<step>/state')")
     checkpointer = ocp.PyTreeCheckpointer()
     state_dir = step_dir / "state"
-    metadata = checkpointer.metadata(state_dir).item_metadata.tree
+    metadata = state_metadata(state_dir)
     if use_ema and not metadata.get("ema"):
         raise checkpoint_io.CheckpointError(
             f"--ema: {step_dir} holds no EMA weights (its run trained with "
