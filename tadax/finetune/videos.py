@@ -16,7 +16,6 @@ must find the same, else it stops naming what changed.
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -44,7 +43,12 @@ class Listing:
 
 
 def _is_video(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+    return epath.Path(name).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _is_absolute_local(path: str) -> bool:
+    """True for an absolute local path (a URL is not local)."""
+    return not is_remote(path) and epath.Path(path).is_absolute()
 
 
 def _sorted_classes(names) -> Tuple[str, ...]:
@@ -99,7 +103,7 @@ def from_csv(csv_path: str, videos_dir: str = "") -> Listing:
             skipped.append((source, f"malformed line: {why}"))
             continue
         path, label = row
-        full = epath.Path(path) if os.path.isabs(path) else root / path
+        full = epath.Path(path) if _is_absolute_local(path) else root / path
         if is_remote(path):
             skipped.append((source, "an absolute URL: give paths relative to --videos or "
                                     "to the CSV's folder"))
@@ -214,7 +218,7 @@ def local_videos(listing: Listing, cache_dir: str) -> str:
     local = user_path(cache_dir) / f"videos_{digest}"
     todo = []
     for path, _ in listing.videos:
-        if os.path.isabs(path):
+        if _is_absolute_local(path):
             continue
         source, target = epath.Path(listing.root) / path, local / path
         if not target.exists() or target.stat().length != source.stat().length:
