@@ -125,10 +125,18 @@ def _get(config, dotted: str):
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path:
-    """Trains and evaluates in `W/finetune` (resuming); returns the evaluation folder."""
-    from tadax.train.trainer import train_and_evaluate
+    """Trains and evaluates in `W/finetune` (resuming); a run that has finished every step
+    of `config` and its evaluation is not run again. Returns the evaluation folder."""
+    from tadax.train.trainer import steps_per_epoch, train_and_evaluate
 
     run_dir = workdir / FINETUNE_DIR
+    final = run_dir / "final_metrics.json"    # written after the evaluation's files
+    if final.exists() and (run_dir / "eval" / "metrics.json").exists():
+        total = int(round(config.train.epochs * steps_per_epoch(config)))
+        if json.loads(final.read_text()).get("step") == total:
+            print(f"fine-tune: {run_dir} has finished its {total} steps and its evaluation "
+                  "(kept as they are)", flush=True)
+            return run_dir / "eval"
     train_and_evaluate(config, str(run_dir))
     return run_dir / "eval"
 
