@@ -2,12 +2,14 @@
 probe -> report, and its pieces.
 
 End to end: four classes of generated videos that differ only in motion (an object moving
-left to right / right to left, growing / shrinking; tadax.prepare.synthetic), ten each,
-and the quick start's trained run as the checkpoint (conftest's background "quickstart";
-its own eight classes include these motions, so a few steps suffice). The fine-tune run is
-killed after its first checkpoint and the same command resumes it; the probe is run twice.
-Both runs are shared by the session (one per test run, under a file lock) and the
-pieces are tested in-process on small arrays.
+left to right / right to left, growing / shrinking; tadax.prepare.synthetic), ten each.
+The checkpoint stands in for a released one: a tiny TAdaFormer trained here for a few
+seconds on other generated clips of these motions and saved as a model directory (from
+it, a fresh head learns the classes in a few steps; its features tell them apart). The
+fine-tune is killed after its first checkpoint and the same command resumes it, then runs
+once more on the finished run; the probe (given the same videos as a `--csv`) runs twice
+in the same work directory. All of it is made once per test session (conftest.shared_run)
+and the pieces are tested in-process on small arrays.
 """
 
 import json
@@ -18,39 +20,27 @@ import subprocess
 import sys
 import time
 
-import filelock
 import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, SHARED_RUNS, background_run
-
-pytestmark = pytest.mark.background("quickstart")
+from conftest import REPO_ROOT, shared_run
 
 CLASSES = ("growing", "moving left to right", "moving right to left", "shrinking")
 PER_CLASS = 10
-EPOCHS = 3
+VAL_PER_CLASS = 2            # round(0.2 x 10), finetune.val_fraction's default
+EPOCHS = 4
+# The stand-in checkpoint: the quick start's tiny TAdaFormer, narrower, trained on 512
+# generated clips (not the test's videos) for 150 steps of 32.
+PRETRAIN_MODEL = dict(width=64, depth=2, num_heads=2, rf_head_dim=16)
+PRETRAIN_CLIPS, PRETRAIN_STEPS, PRETRAIN_BATCH = 512, 150, 32
 
 
-def _command(*args, wait=True):
-    proc = subprocess.Popen([sys.executable, "-m", "tadax.finetune", *map(str, args)],
+def _start(*args):
+    """`python -m tadax.finetune ARGS`, started (its output: `_finish`)."""
+    return subprocess.Popen([sys.executable, "-m", "tadax.finetune", *map(str, args)],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=600)
-    return proc.returncode, out
-
-
-def _shared(name, build):
-    """The folder of `build(folder)`, run once per test run across the test processes."""
-    folder = SHARED_RUNS / f"finetune_{name}"
-    with filelock.FileLock(f"{folder}.lock"):
-        if not (folder / "done").exists():
-            folder.mkdir(exist_ok=True)
-            build(folder)
-            (folder / "done").write_text("")
-    return folder
 
 
 def _write_videos(root):
@@ -63,139 +53,223 @@ def _write_videos(root):
             synthetic.write_mp4(str(root / name / f"{i:02d}.mp4"), clip, 8)
 
 
+def _pretrain(folder):
+    """Trains the stand-in checkpoint in this process and saves it as a model directory:
+    clips of 16 frames, 8 taken one per segment as the data pipeline takes them, normalised
+    with the quick start's mean and std; BatchNorm in training mode, as train.py runs it."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from configs import quickstart
+    from tadax.checkpoint_io import save_variables
+    from tadax.models import build_model
+    from tadax.prepare import synthetic
+
+    recipe = quickstart.get_config()
+    cfg = recipe.model
+    cfg.update(PRETRAIN_MODEL)
+    cfg.num_classes = len(CLASSES)
+    model = build_model(cfg)
+    labels = np.arange(PRETRAIN_CLIPS) % len(CLASSES)
+    clips = np.stack([synthetic.class_clip(np.random.default_rng([1, i]), CLASSES[c], 16, 32)
+                      for i, c in enumerate(labels)])
+    clips = ((clips - 255 * np.float32(recipe.data.mean)) / (255 * np.float32(recipe.data.std))
+             ).astype(np.float32)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))
+    params, stats = variables["params"], variables["batch_stats"]
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, PRETRAIN_STEPS),
+                     weight_decay=0.05)
+
+    @jax.jit
+    def step(params, stats, opt, video, label, key):
+        def loss(p):
+            logits, new = model.apply({"params": p, "batch_stats": stats}, video, train=True,
+                                      rngs={"dropout": key, "drop_path": key},
+                                      mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, label).mean(), new
+        (_, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), new["batch_stats"], opt
+
+    rng, opt = np.random.default_rng(0), tx.init(params)
+    for i in range(PRETRAIN_STEPS):
+        rows = rng.choice(PRETRAIN_CLIPS, PRETRAIN_BATCH, replace=False)
+        frames = 2 * np.arange(8) + rng.integers(0, 2, 8)
+        params, stats, opt = step(params, stats, opt, clips[rows][:, frames], labels[rows],
+                                  jax.random.key(i))
+    save_variables(str(folder), {"params": params, "batch_stats": stats}, cfg)
+
+
 def _videos():
-    return _shared("videos", _write_videos)
+    return shared_run("finetune_videos", _write_videos)
 
 
 def _checkpoint():
-    return background_run("quickstart") / "workdirs" / "quickstart"
+    return shared_run("finetune_checkpoint", _pretrain)
 
 
 @pytest.fixture(scope="module")
 def finetuned():
-    """W of the fine-tune, and the output of its two runs: the first SIGKILLed once a
-    checkpoint is committed, the second the same command."""
+    """The work directories and the output of every run. Fine-tune (W): SIGKILLed once a
+    checkpoint is committed, the same command again (it resumes) and once more (finished).
+    Probe (P, beside it, two at a time on the two cores): the same videos given as a CSV,
+    twice."""
     from tadax.train.checkpointing import finished_steps
 
     videos, checkpoint = _videos(), _checkpoint()
 
     def build(folder):
-        args = ["--videos", videos, "--checkpoint", checkpoint, "--workdir", folder / "W",
+        folder.mkdir()
+        work, probe_work = folder / "W", folder / "P"
+        args = ["--videos", videos, "--checkpoint", checkpoint, "--workdir", work,
                 f"--config.train.epochs={EPOCHS}", "--config.optimizer.warmup_epochs=1"]
-        proc = _command(*args, wait=False)
+        lines = [f"{name}/{i:02d}.mp4,{name}" for name in CLASSES for i in range(PER_CLASS)]
+        np.random.default_rng(0).shuffle(lines)
+        (folder / "videos.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
+        probe_args = ["--csv", folder / "videos.csv", "--videos", videos, "--checkpoint",
+                      checkpoint, "--workdir", probe_work, "--linear-probe"]
+        probe = _start(*probe_args)
+        proc = _start(*args)
         deadline = time.time() + 300
         while (time.time() < deadline and proc.poll() is None
-               and not finished_steps(folder / "W" / "finetune" / "checkpoints")):
-            time.sleep(0.1)
+               and not finished_steps(work / "finetune" / "checkpoints")):
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         (folder / "first.txt").write_text(proc.communicate()[0])
+        (folder / "killed_at.txt").write_text(
+            str(max(finished_steps(work / "finetune" / "checkpoints"))))
         (folder / "split_before.json").write_text(json.dumps({
-            name: (folder / "W" / "split" / name).read_text()
+            name: (work / "split" / name).read_text()
             for name in ("train.csv", "val.csv", "classes.txt")}))
-        code, out = _command(*args)
-        (folder / "second.txt").write_text(out)
-        assert code == 0, out[-3000:]
+        second = _start(*args)
+        _finish(probe, folder / "probe_first.txt")
+        _finish(second, folder / "second.txt")
+        (folder / "metrics_after_second.jsonl").write_bytes(
+            (work / "finetune" / "metrics.jsonl").read_bytes())
+        third, probe_again = _start(*args), _start(*probe_args)
+        _finish(probe_again, folder / "probe_second.txt")
+        _finish(third, folder / "third.txt")
 
-    folder = _shared("finetune", build)
-    return dict(W=folder / "W", first=(folder / "first.txt").read_text(),
-                second=(folder / "second.txt").read_text(), videos=videos,
-                split_before=json.loads((folder / "split_before.json").read_text()))
-
-
-@pytest.fixture(scope="module")
-def probed():
-    """W of the linear probe and the output of its two runs."""
-    videos, checkpoint = _videos(), _checkpoint()
-
-    def build(folder):
-        for run in ("first", "second"):
-            code, out = _command("--videos", videos, "--checkpoint", checkpoint, "--workdir",
-                                 folder / "W", "--linear-probe")
-            (folder / f"{run}.txt").write_text(out)
-            assert code == 0, out[-3000:]
-
-    folder = _shared("probe", build)
-    return dict(W=folder / "W", first=(folder / "first.txt").read_text(),
-                second=(folder / "second.txt").read_text(), videos=videos)
+    folder = shared_run("finetune_runs", build)
+    out = {name: (folder / f"{name}.txt").read_text()
+           for name in ("first", "second", "third", "probe_first", "probe_second")}
+    return dict(out, W=folder / "W", P=folder / "P", videos=videos, killed_at=int(
+        (folder / "killed_at.txt").read_text()),
+        split_before=json.loads((folder / "split_before.json").read_text()),
+        metrics_after_second=(folder / "metrics_after_second.jsonl").read_text())
 
 
-def _check_report(folder, videos):
+def _finish(proc, output):
+    """Waits for `proc` (`_start`), writes its output to `output`; fails on an error."""
+    out, _ = proc.communicate(timeout=600)
+    output.write_text(out)
+    assert proc.returncode == 0, out[-3000:]
+    return proc
+
+
+def _check_report(folder):
     """Well above chance (25%), every prediction's label the folder its file is in, the
-    report naming every class with its accuracy, the confusion matrix drawn."""
+    report naming every class with its counts and accuracy, the confusion matrix drawn."""
     metrics = json.loads((folder / "eval" / "metrics.json").read_text())
     assert metrics["top1"] >= 75.0, metrics
-    assert metrics["num_videos"] == len(CLASSES) * 2
+    assert metrics["num_videos"] == len(CLASSES) * VAL_PER_CLASS
     rows = [json.loads(line) for line in
             (folder / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert sorted(r["filename"].split("/")[0] for r in rows) == sorted(CLASSES * 2)
+    assert sorted(r["filename"].split("/")[0] for r in rows) == sorted(CLASSES * VAL_PER_CLASS)
     for r in rows:
         assert r["label_name"] == r["filename"].split("/")[0] == CLASSES[r["label"]], r
     report = (folder / "report.md").read_text()
     for name, accuracy in zip(CLASSES, metrics["per_class_accuracy"]):
-        assert f"| {name} | 8 | 2 | {accuracy:.1f} |" in report, report
+        assert (f"| {name} | {PER_CLASS - VAL_PER_CLASS} | {VAL_PER_CLASS} | {accuracy:.1f} |"
+                in report), report
+    assert f"top-1 {metrics['top1']:.2f}%" in report
     assert (folder / "eval" / "confusion.png").stat().st_size > 5_000
 
 
 def test_finetune_learns_your_classes_and_reports_them_by_name(finetuned):
     """Catches: labels shuffled against the videos (in the split CSVs, the preparation's
     class list or the report), a head that is not re-learnt (4 classes against the
-    checkpoint's 8: refused), a backbone not taken from the checkpoint (chance after 24
-    steps), a report without class names."""
-    _check_report(finetuned["W"] / "finetune", finetuned["videos"])
+    checkpoint's 8: refused), a backbone not taken from the checkpoint (chance after 32
+    steps), a report without class names, the preset's choices not printed."""
+    _check_report(finetuned["W"] / "finetune")
     out = finetuned["first"]
-    for field in ("init.fresh", "optimizer.base_lr = 0.0001", "train.global_batch_size = 4",
+    for field in ("init.fresh = ^head/", "optimizer.base_lr = 0.0001",
+                  "train.global_batch_size = 4", "eval.every_steps = 8",
                   "model.dtype / model.remat / train.grad_accum_steps = float32 / none / 1"):
         assert f"  {field}" in out, out
+    assert re.search(r"\d+\.\d+video/s", out), out      # the preparation's progress
+    assert re.search(r"step \d+/32 .* clips/s/device ETA", finetuned["second"])
     config = json.loads((finetuned["W"] / "finetune" / "config.json").read_text())
     assert config["init"]["fresh"] == "^head/" and config["model"]["num_classes"] == 4
+    assert config["init"]["checkpoint"] == str(_checkpoint())
 
 
-def test_the_same_command_resumes_a_killed_fine_tune(finetuned):
+def test_the_same_command_resumes_a_killed_fine_tune_and_keeps_a_finished_one(finetuned):
     """Catches: a rerun that starts training again from the checkpoint, re-splits or
-    re-encodes the videos, or picks its settings anew."""
+    re-encodes the videos, or picks its settings anew; a rerun of a finished run that
+    trains or evaluates again."""
     second = finetuned["second"]
-    match = re.search(r"resuming at step (\d+)", second)
-    assert match and "initialised from" not in second, second
+    total = EPOCHS * (PER_CLASS - VAL_PER_CLASS) * len(CLASSES) // 4
+    assert 0 < finetuned["killed_at"] < total
+    assert f"resuming at step {finetuned['killed_at']}" in second, second
+    assert "initialised from" not in second
     assert "resuming with the run's saved config" in second
-    steps = [json.loads(line)["step"] for line in
-             (finetuned["W"] / "finetune" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in finetuned["metrics_after_second"].splitlines()
              if "train/loss" in line]
-    total = EPOCHS * (PER_CLASS - 2) * len(CLASSES) // 4
     assert steps[-1] == total and steps == sorted(set(steps)), steps
-    assert re.search(r"train: 32 videos written in 1 shards \(1 were already complete\)", second)
+    assert "train: 32 videos written in 1 shards (1 were already complete)" in second
     for name, text in finetuned["split_before"].items():
         assert (finetuned["W"] / "split" / name).read_text() == text
+    third = finetuned["third"]
+    assert f"has finished its {total} steps and its evaluation" in third, third
+    assert "val (multi-view)" not in third and "resuming at step" not in third
+    assert ((finetuned["W"] / "finetune" / "metrics.jsonl").read_text()
+            == finetuned["metrics_after_second"])
 
 
-def test_linear_probe_learns_your_classes_and_reports_them_by_name(probed):
-    """Catches what the fine-tune test does, for the probe's own path: features paired
-    with the wrong labels, a probe evaluated on the train videos, a report without names."""
-    _check_report(probed["W"] / "linear_probe", probed["videos"])
-    assert re.search(r"probe.l2` = [0-9.e-]+: the best top-1 of 3-fold", (
-        probed["W"] / "linear_probe" / "report.md").read_text())
+def test_linear_probe_learns_your_classes_from_a_csv_and_reports_them(finetuned):
+    """Catches: a probe trained on other labels than its features' videos (a mis-ordered
+    concatenation of feature shards), val features used to train or choose it, a CSV whose
+    labels or paths are read in the wrong columns (the split would differ from the one the
+    class folders gave, and be refused)."""
+    _check_report(finetuned["P"] / "linear_probe")
+    for name, text in finetuned["split_before"].items():   # the folders' split
+        assert (finetuned["P"] / "split" / name).read_text() == text
+    out = finetuned["probe_first"]
+    assert re.search(r"features/train: 0 of this host's 1 shards already written; "
+                     r"32 videos x 2 views", out), out
+    assert "videos/s" in out and "ETA" in out
+    probe = np.load(finetuned["P"] / "linear_probe" / "classifier.npz")
+    assert probe["kernel"].shape == (PRETRAIN_MODEL["width"], len(CLASSES))
 
 
-def test_linear_probe_rerun_computes_nothing_again(probed):
-    """Catches: features recomputed, the classifier retrained on a rerun."""
-    second = probed["second"]
+def test_a_probe_rerun_computes_nothing_again(finetuned):
+    """Catches: features extracted again, or the classifier retrained, on a rerun."""
+    second = finetuned["probe_second"]
     for split in ("train", "val"):
         assert f"features/{split}: 1 of this host's 1 shards already written; 0 videos" in second
     assert "trained by an earlier run" in second and "L-BFGS" not in second
 
 
-def test_linear_probe_model_is_the_backbone_with_the_probe_as_head(probed):
+def test_linear_probe_model_is_the_backbone_with_the_probe_as_head(finetuned):
     """Catches: a transposed or misplaced head in the saved model (eval.py --checkpoint
-    W/linear_probe/model would then classify with something else than the probe)."""
+    W/linear_probe/model would then classify with something else than the probe), or a
+    backbone other than the checkpoint's."""
+    import jax
+
     from tadax.train.checkpointing import load_weights
 
-    probe = np.load(probed["W"] / "linear_probe" / "classifier.npz")
-    model, cfg = load_weights(str(probed["W"] / "linear_probe" / "model"))
+    probe = np.load(finetuned["P"] / "linear_probe" / "classifier.npz")
+    model, cfg = load_weights(str(finetuned["P"] / "linear_probe" / "model"))
     original, _ = load_weights(str(_checkpoint()))
     np.testing.assert_array_equal(model["params"]["head"]["out"]["kernel"], probe["kernel"])
     np.testing.assert_array_equal(model["params"]["head"]["out"]["bias"], probe["bias"])
     assert cfg.num_classes == len(CLASSES)
-    np.testing.assert_array_equal(model["params"]["backbone"]["ln_post"]["scale"],
-                                  original["params"]["backbone"]["ln_post"]["scale"])
+    leaves = jax.tree_util.tree_leaves_with_path
+    for (path, a), (_, b) in zip(leaves(model["params"]["backbone"]),
+                                 leaves(original["params"]["backbone"]), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 # ---- the pieces, in-process --------------------------------------------------------------
@@ -444,13 +518,20 @@ def test_preset_of_a_run_keeps_a_fine_tunes_rate():
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     """The real command: a class with a single video ends in one line naming it, exit 1,
     no traceback, and no work directory."""
+    from configs import quickstart
+    from tadax.checkpoint_io import save_variables
+    from tadax.models import build_model
     from test_cli_errors import assert_one_line_error, run
+    from test_features import random_variables
 
+    model_cfg = quickstart.get_config().model
+    save_variables(str(tmp_path / "ckpt"), random_variables(build_model(model_cfg), model_cfg),
+                   model_cfg)
     for name, count in (("up", 3), ("down", 1)):
         (tmp_path / "v" / name).mkdir(parents=True)
         for i in range(count):
             (tmp_path / "v" / name / f"{i}.mp4").write_bytes(b"x")
     code, out = run("-m", "tadax.finetune", "--videos", tmp_path / "v", "--checkpoint",
-                    _checkpoint(), "--workdir", tmp_path / "W")
+                    tmp_path / "ckpt", "--workdir", tmp_path / "W")
     assert_one_line_error(code, out, "every class needs at least 2 videos", "'down' has 1")
     assert not (tmp_path / "W").exists()
