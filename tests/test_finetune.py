@@ -288,8 +288,8 @@ def test_split_is_stratified_seeded_and_per_class():
     assert sorted(train + val) == sorted(videos) and not set(train) & set(val)
     assert stratified_split(videos, 0.2, seed=3) == (train, val)
     assert stratified_split(videos, 0.2, seed=4)[1] != val
-    more = videos + [(f"d/{i}.mp4", "d") for i in range(6)]
-    assert [v for v in stratified_split(more, 0.2, seed=3)[1] if v[1] != "d"] == val
+    more = videos + [(f"0/{i}.mp4", "0") for i in range(6)]     # sorted before the others
+    assert [v for v in stratified_split(more, 0.2, seed=3)[1] if v[1] != "0"] == val
 
 
 def test_videos_from_class_folders_and_from_a_csv(tmp_path):
