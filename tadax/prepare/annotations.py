@@ -44,10 +44,18 @@ class AnnotationError(TextFileError):
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One video to prepare: a file (or a folder of JPEG frames) and its label
-    (`UNLABELLED` with empty text in an unlabelled split)."""
+    (`UNLABELLED` with empty text in an unlabelled split); `name`, when set, is recorded
+    as its file name instead of the file's base name (the generic layout's annotated path,
+    which tells apart `a/1.mp4` and `b/1.mp4`)."""
     path: str
     label: int
     text: str
+    name: str = ""
+
+    @property
+    def filename(self) -> str:
+        """The name recorded with the video (`video/filename`)."""
+        return self.name or os.path.basename(self.path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,21 +112,21 @@ def _not_found(stem: str, root: str) -> str:
             f"EXT one of {' '.join(e[1:] for e in VIDEO_EXTENSIONS)}")
 
 
-def _labelled(rows: Iterable[Tuple[str, Optional[str], Optional[str], str]], classes: Sequence[str],
-              ) -> Tuple[List[Entry], List[Problem]]:
-    """(source, label name or None if unlabelled, path or None, why the path is None) rows
-    -> entries and problems."""
+def _labelled(rows: Iterable[Tuple], classes: Sequence[str]) -> Tuple[List[Entry], List[Problem]]:
+    """(source, label name or None if unlabelled, path or None, why the path is None[, the
+    name to record]) rows -> entries and problems."""
     index = {name: i for i, name in enumerate(classes)}
     entries, problems = [], []
-    for source, label, path, why_missing in rows:
+    for source, label, path, why_missing, *recorded in rows:
+        name = recorded[0] if recorded else ""
         if label is not None and label not in index:
             problems.append(Problem(source, f"unknown label {label!r}"))
         elif path is None:
             problems.append(Problem(source, why_missing))
         elif label is None:
-            entries.append(Entry(path=path, label=UNLABELLED, text=""))
+            entries.append(Entry(path=path, label=UNLABELLED, text="", name=name))
         else:
-            entries.append(Entry(path=path, label=index[label], text=label))
+            entries.append(Entry(path=path, label=index[label], text=label, name=name))
     return entries, problems
 
 
@@ -335,7 +343,7 @@ def ssv1_csv(annotation_csv: str, frames_root: str, classes: Sequence[str]
     return entries, problems + more
 
 
-def _generic_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[str, str]], Optional[str]]]:
+def generic_rows(csv_path: str) -> Iterator[Tuple[str, Optional[Tuple[str, str]], Optional[str]]]:
     """(source, (path, label), None) per usable row of a `path,label` CSV, or (source,
     None, why) per unusable one; a `path,label` header is skipped."""
     for n, (source, fields, defect) in enumerate(_csv_rows(csv_path)):
@@ -354,7 +362,7 @@ def generic_csv_labels(csv_paths: Sequence[str]) -> List[str]:
     label is an integer (then labels are indices)."""
     labels = set()
     for path in csv_paths:
-        labels.update(row[1] for _, row, _ in _generic_rows(path) if row)
+        labels.update(row[1] for _, row, _ in generic_rows(path) if row)
     if labels and all(l.isdigit() for l in labels):
         return [str(i) for i in range(max(int(l) for l in labels) + 1)]
     return sorted(labels)
@@ -362,14 +370,15 @@ def generic_csv_labels(csv_paths: Sequence[str]) -> List[str]:
 
 def generic_csv(csv_path: str, video_root: str, classes: Sequence[str]
                 ) -> Tuple[List[Entry], List[Problem]]:
-    """A `path,label` CSV (optional header); paths relative to `video_root` or absolute."""
+    """A `path,label` CSV (optional header); paths relative to `video_root` or absolute,
+    each recorded as written in the CSV."""
     rows, problems = [], []
-    for source, row, why in _generic_rows(csv_path):
+    for source, row, why in generic_rows(csv_path):
         if row is None:
             problems.append(Problem(source, f"{MALFORMED}: {why}"))
             continue
         full = os.path.join(video_root, row[0])
         rows.append((source, row[1], full if os.path.exists(full) else None,
-                     f"video file not found: {full}"))
+                     f"video file not found: {full}", row[0]))
     entries, more = _labelled(rows, classes)
     return entries, problems + more

@@ -44,10 +44,22 @@ from tadax.prepare.encode import FRAME_ENCODING, EncodeOptions
 
 DEFAULT_SHORT_SIDE = {"kinetics": 320, "kinetics-list": 320, "ssv2": 0, "ssv1": 0, "generic": 0}
 PROG = "python -m tadax.prepare"
+# The generic layout records each video's path as its CSV gives it (older versions: the
+# base name); a split prepared the old way is refused on a rerun, naming this.
+GENERIC_FILENAMES = {"filename": "path as in the CSV"}
 
 
 class InputError(Exception):
     """A bad command line or input file; the message (one line) names the argument and why."""
+
+
+class ChangedInputError(InputError):
+    """`--out` holds a split prepared from other inputs or options; `change` says what
+    differs (the message also says what to do)."""
+
+    def __init__(self, message: str, change: str):
+        super().__init__(message)
+        self.change = change
 
 
 @contextlib.contextmanager
@@ -214,6 +226,14 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG):
     return args, beam_args
 
 
+def prepare(argv: Sequence[str]) -> None:
+    """Runs the preparation that the command line `argv` (as `main` takes it) describes, in
+    this process; bad input raises `InputError` (`ChangedInputError` for a split of `--out`
+    prepared from other inputs) instead of ending the process."""
+    args, beam_args = parse_args(argv)
+    _run(args, beam_args)
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     """Runs a preparation; returns 0 (bad videos and annotation lines are skipped and
     reported, never fatal), or 2 after one line on stderr, `PROG: error: ...`, for a bad
@@ -261,14 +281,15 @@ def _run(args, extra_args: List[str]) -> int:
     for (name, entries, problems), (_, path) in zip(read, splits):
         shards = args.shards or max(1, math.ceil(len(entries) / 1000))
         options = dict(layout=args.layout, num_shards=shards, classes=classes,
-                       frame_encoding=FRAME_ENCODING, **dataclasses.asdict(opts))
+                       frame_encoding=FRAME_ENCODING, **dataclasses.asdict(opts),
+                       **GENERIC_FILENAMES if args.layout == "generic" else {})
         files = {f"--split {name}": path, **({"--labels": args.labels} if args.labels else {})}
         fp = fingerprint.compute(entries, files, args.root, options)
         if not args.overwrite:
             try:
                 writer.check_fingerprint(args.out, name, fp)
             except writer.StaleOutputError as e:
-                raise InputError(str(e)) from None
+                raise ChangedInputError(str(e), e.change) from None
         plans.append((name, entries, problems, shards, fp))
     for name, entries, problems, shards, fp in plans:
         writer.record_fingerprint(args.out, name, fp, overwrite=args.overwrite)

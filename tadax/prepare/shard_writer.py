@@ -8,7 +8,6 @@ the frames never pass through another process.
 """
 
 import dataclasses
-import os
 from typing import Iterable, Optional, Tuple
 
 from tadax.prepare import record_bytes
@@ -31,7 +30,7 @@ def write_records(path: str, results: Iterable[Encoded], progress=None) -> dict:
                 continue
             writer.write(record_bytes.sequence_example(
                 enc.frames, label=enc.entry.label, text=enc.entry.text,
-                filename=os.path.basename(enc.entry.path),
+                filename=enc.entry.filename,
                 start_us=enc.start_us, end_us=enc.end_us, fps=enc.fps))
             written += 1
     return {"written": written, "skipped": skipped}

@@ -56,7 +56,12 @@ def _reason_kind(reason: str) -> str:
 
 
 class StaleOutputError(ValueError):
-    """`--out` already holds the split, prepared from other inputs or options."""
+    """`--out` already holds the split, prepared from other inputs or options; `change`
+    says what differs, in a few words."""
+
+    def __init__(self, message: str, change: str):
+        super().__init__(message)
+        self.change = change
 
 
 def _shard_file_names(out_dir: str, name: str) -> List[epath.Path]:
@@ -84,7 +89,7 @@ def check_fingerprint(out_dir: str, name: str, fingerprint: dict) -> None:
     if change:
         raise StaleOutputError(
             f"{out_dir} already holds split {name!r} prepared differently: {change}; "
-            f"write to a new --out, or pass --overwrite to replace split {name!r}")
+            f"write to a new --out, or pass --overwrite to replace split {name!r}", change)
 
 
 def record_fingerprint(out_dir: str, name: str, fingerprint: dict, overwrite: bool) -> None:

@@ -108,7 +108,7 @@ class _VideoFolderBuilder(tfds.core.GeneratorBasedBuilder):
                 "video": [io.BytesIO(jpeg) for jpeg in enc.frames],
                 "label": entry.label,
                 "label_text": entry.text,
-                "filename": os.path.basename(entry.path),
+                "filename": entry.filename,
                 "fps": enc.fps,
                 "num_frames": len(enc.frames),
             }
