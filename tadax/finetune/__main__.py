@@ -19,8 +19,9 @@ import os
 import sys
 
 if __name__ == "__main__":   # before the heavy imports: re-runs itself once (see host_memory)
-    from tadax import host_memory
+    from tadax import host_memory, startup
     host_memory.reexec_with_huge_pages()
+    startup.import_tensorflow_quietly()
 
 from absl import app, flags, logging
 from ml_collections import config_flags
