@@ -75,6 +75,7 @@ NOT_RECIPES = {
     "rules": "the optimizer rules the recipes use",
     "checkpoint": "the evaluation config of a saved checkpoint",
     "quickstart": "the synthetic quick start; the original has no counterpart",
+    "finetune": "a checkpoint's own recipe adapted to the user's videos (tadax.finetune)",
 }
 RECIPES = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py")
                  if p.stem not in NOT_RECIPES)

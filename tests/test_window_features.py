@@ -54,7 +54,7 @@ def setup(tmp_path_factory):
 
 
 def _extract(setup, output, **kwargs):
-    from tadax import window_features
+    from tadax.features import windows as window_features
 
     return window_features.extract_windows(setup["config"], checkpoint=setup["ckpt"],
                                            output=str(output), videos=str(setup["folder"]),

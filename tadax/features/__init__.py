@@ -1,7 +1,7 @@
 """Video embeddings: the backbone features of every video of a prepared split or of a
 folder of video files, written to resumable `.npz` shards; or, with `--window`/`--stride`/
 `--fps`, the features of every window of each video of a folder, one `.npy` per video
-with a JSON index (`tadax/window_features.py`).
+with a JSON index (`tadax/features/windows.py`). The command is `tadax/features/__main__.py`.
 
   python -m tadax.features --config configs/tadaformer_b16.py \
       --checkpoint ckpt/tadaformer_b16_k400 --config.data.data_dir=/data/k400 \
@@ -26,10 +26,6 @@ shards that are missing. `features.json` records the settings; a re-run with
 other settings into the same folder is refused.
 """
 
-if __name__ == "__main__":   # before TensorFlow's first import
-    from tadax import startup
-    startup.import_tensorflow_quietly()
-
 import concurrent.futures
 import dataclasses
 import functools
@@ -48,7 +44,6 @@ from jax.sharding import Mesh
 
 from tadax.data import views as views_lib
 from tadax.progress import Progress
-from tadax.train import cli
 from tadax.train.sharding import BATCH_AXES, batch_sharding
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -348,84 +343,3 @@ def extract(config: ml_collections.ConfigDict, *, checkpoint: str, output: str,
     assembler.finish()
     return {"shards": shards, "written": assembler.written, "num_videos": num_videos,
             "skipped": assembler.num_skipped}
-
-
-def main(argv: Sequence[str]) -> None:
-    from absl import flags
-
-    args = flags.FLAGS
-    if len(argv) > 1:
-        sys.exit(f"unexpected arguments: {argv[1:]}")
-    cli.quiet_output()   # keep Orbax's info lines out of the output
-    cli.initialize_distributed()
-    try:
-        cli.check_config_source(args.checkpoint, sys.argv)
-    except ValueError as e:
-        sys.exit(f"features: {e}")
-    windowed = any(args[name].present for name in ("window", "stride", "fps"))
-    if windowed:
-        if not args.videos:
-            sys.exit("features: --window/--stride/--fps cut the videos of a folder into windows: "
-                     "give the folder with --videos (prepared splits hold clips, not whole videos)")
-        from tadax import window_features
-        try:
-            summary = window_features.extract_windows(
-                args.config, checkpoint=args.checkpoint, output=args.output, videos=args.videos,
-                window=args.window, stride=args.stride, fps=args.fps, use_ema=args.ema,
-                process_index=args.host_index, process_count=args.host_count)
-        except (ValueError, FileNotFoundError, OSError) as e:
-            sys.exit(f"features: {e}")
-        print(f"{args.output}: wrote the windows of {len(summary['written'])} videos "
-              f"({len(summary['skipped'])} unreadable, listed in {window_features.INDEX_FILE}'s "
-              "'skipped'); " + (f"{window_features.INDEX_FILE} lists all {summary['num_videos']}"
-                               if summary["index"] else
-                               f"{window_features.INDEX_FILE} waits for the other hosts' videos"))
-        return
-    split = None if args.videos else (args.split or args.config.eval.test_split)
-    try:
-        summary = extract(args.config, checkpoint=args.checkpoint, output=args.output,
-                          split=split, videos=args.videos, multi_view=not args.single_view,
-                          use_ema=args.ema, process_index=args.host_index,
-                          process_count=args.host_count)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        sys.exit(f"features: {e}")
-    print(f"{args.output}: wrote {len(summary['written'])} shards "
-          f"({summary['skipped']} videos unreadable, listed in the shards' 'skipped')")
-
-
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cli.define_config(
-        cli.default_config(here, sys.argv),
-        "Config (data, eval batch size, features settings; the model too for run "
-        "checkpoints); default: the checkpoint's own (configs/checkpoint.py), as eval.py's.")
-    flags.DEFINE_string("checkpoint", None, "Converted model directory or training run.",
-                        required=True)
-    flags.DEFINE_string("output", None, "Folder of feature shards.", required=True)
-    flags.DEFINE_string("split", None, "Split of the prepared dataset (config.data.data_dir); "
-                        "default: config.eval.test_split.")
-    flags.DEFINE_string("videos", None, "A folder of video files instead of a split.")
-    flags.DEFINE_bool("single_view", False, "The centre view only instead of clips x crops.")
-    flags.DEFINE_bool("ema", False, "Use the EMA weights of a run checkpoint.")
-    flags.DEFINE_integer("window", None, "Features per window: frames per window (at each "
-                         "video's rate, or --fps); default: the span of the recipe's clip "
-                         "(interval sampling). One .npy per video and index.json.")
-    flags.DEFINE_integer("stride", None, "Features per window: frames between window starts; "
-                         "default: a quarter of the window.")
-    flags.DEFINE_float("fps", None, "Features per window: count frames at this rate (videos "
-                       "resampled); default: the recipe's target rate, else each video's own.")
-    flags.DEFINE_integer("host_index", None, "This process's share of the shards "
-                         "(default: jax.process_index()).")
-    flags.DEFINE_integer("host_count", None, "Processes sharing the work "
-                         "(default: jax.process_count()).")
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    cli.exit_on_damaged_run_config(sys.argv)
-    _define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
