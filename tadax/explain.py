@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 
 from tadax.models import layout
+from tadax.paths import write_npz
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -182,8 +183,7 @@ def explain_video(video: str, views: np.ndarray, num_crops: int, model, variable
                      out / "calibration.png")
     arrays = {"probs": probs, "aggregate": aggregate, "alpha_mean": alpha_mean,
               "blocks": np.asarray([p for p, _ in alphas], str)}
-    with (out / "explain.npz").open("wb") as f:
-        np.savez(f, **arrays)
+    write_npz(out / "explain.npz", **arrays)
 
     def top(p):
         return [{"class": int(c), "name": _name(c, class_names, 10 ** 6), "prob": float(p[c])}

@@ -6,11 +6,13 @@ epath dispatches `gs://` to TensorFlow's filesystem when TensorFlow is installed
 
 import contextlib
 import errno
+import io
 import os
 import re
 import tempfile
 from typing import Iterator, Optional, Tuple
 
+import numpy as np
 from etils import epath
 
 
@@ -24,6 +26,15 @@ def user_path(path: "str | os.PathLike") -> epath.Path:
     if is_remote(path):
         return epath.Path(path)
     return epath.Path(path).expanduser().absolute()
+
+
+def write_npz(path: epath.Path, **arrays) -> None:
+    """`np.savez(path, **arrays)` for a local or gs:// `path`: the archive is built in
+    memory and written in one go (zip writing seeks, which a gs:// file being written
+    cannot)."""
+    data = io.BytesIO()
+    np.savez(data, **arrays)
+    path.write_bytes(data.getvalue())
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from etils import epath
 
 from tadax.data import windows as windows_lib
 from tadax.data.video import VideoDecodeError, count_frames
-from tadax.paths import local_copy
+from tadax.paths import local_copy, write_npz
 from tadax.progress import Progress
 
 matplotlib.use("Agg")
@@ -156,8 +156,7 @@ def run_timeline(video: str, spec: windows_lib.WindowSpec, data_cfg,
     out = epath.Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "timeline.json").write_text(json.dumps(doc, indent=1))
-    with (out / "timeline.npz").open("wb") as f:
-        np.savez(f, probs=p, start=s, end=e)
+    write_npz(out / "timeline.npz", probs=p, start=s, end=e)
     title = (f"{epath.Path(video).name}: {len(p)} windows of {spec.window} frames every "
              f"{spec.stride} at {fps:g} fps")
     plot_timeline(p, s, e, segments, class_names, title, out / "timeline.png")

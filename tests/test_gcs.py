@@ -196,3 +196,33 @@ def test_synthetic_cache_on_gcs(gcs, tmp_path):
             f"{name}/_meta/val-00000-of-00002.json"} <= cached
     assert not any("/videos/" in n for n in cached)
     assert not (tmp_path / "gs:").exists()
+
+
+def test_linear_probe_of_videos_on_gcs(gcs, tmp_path):
+    """`python -m tadax.finetune --linear-probe` with the videos and the work directory on
+    gs:// (split, prepared shards, features, classifier, evaluation, report all written
+    there). The local copy the decoder reads holds an older version of one video. Bugs
+    watched: a user path read with os.path / open() (nothing found on gs://, or a local
+    'gs:' folder); np.savez into a gs:// file (zip writing seeks); a stale cached copy that
+    stops the command (a rename onto an existing file) or is used."""
+    import hashlib
+    from test_finetune import CLASSES, PER_CLASS, _checkpoint, _videos
+    env, url = gcs
+    videos, checkpoint = _videos(), _checkpoint()
+    for path in sorted(videos.rglob("*.mp4")):
+        _upload(url, f"mine/{path.relative_to(videos)}", path.read_bytes())
+    digest = hashlib.sha1(f"gs://{BUCKET}/mine".encode()).hexdigest()[:12]
+    stale = tmp_path / "cache" / f"videos_{digest}" / CLASSES[0] / "00.mp4"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an older version")
+    _command(env, tmp_path, "-m", "tadax.finetune", f"--videos=gs://{BUCKET}/mine",
+             f"--checkpoint={checkpoint}", f"--workdir=gs://{BUCKET}/probe", "--linear-probe",
+             f"--config.finetune.cache_dir={tmp_path / 'cache'}")
+    metrics = json.loads(_download(url, "probe/linear_probe/eval/metrics.json"))
+    assert metrics["top1"] >= 75.0, metrics
+    report = _download(url, "probe/linear_probe/report.md").decode()
+    for name in CLASSES:
+        assert f"| {name} | {PER_CLASS - 2} | 2 |" in report, report
+    assert "probe/split/train.csv" in _objects(url, "probe/split/")
+    assert stale.read_bytes() == (videos / CLASSES[0] / "00.mp4").read_bytes()
+    assert not (tmp_path / "gs:").exists() and not (REPO_ROOT / "gs:").exists()

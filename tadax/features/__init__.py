@@ -43,6 +43,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from tadax.data import views as views_lib
+from tadax.paths import write_npz
 from tadax.progress import Progress
 from tadax.train.sharding import BATCH_AXES, batch_sharding
 
@@ -182,8 +183,7 @@ class ShardAssembler:
                 arrays["pre_pool"] = np.stack([self._stack(v, 1) for v in videos])
         final = shard_path(self.output, j, self.count)
         tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex}"
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
+        write_npz(tmp, **arrays)
         tmp.rename(final)
         del self.open[j]
         self.written.append(j)

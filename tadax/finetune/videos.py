@@ -231,7 +231,7 @@ def local_videos(listing: Listing, cache_dir: str) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".tmp")
             tmp.write_bytes(source.read_bytes())
-            tmp.rename(target)
+            tmp.replace(target)      # over a cached copy of an earlier version
             progress.update(i + 1)
         progress.close()
     return str(local)

@@ -22,7 +22,7 @@ from etils import epath
 from tadax import checkpoint_io
 from tadax.errors import ConfigError
 from tadax.finetune import videos
-from tadax.paths import user_path
+from tadax.paths import user_path, write_npz
 from tadax.train import run_config
 
 DATA_DIR, FINETUNE_DIR, PROBE_DIR = "data", "finetune", "linear_probe"
@@ -195,8 +195,7 @@ def run_probe(config: ml_collections.ConfigDict, checkpoint: str, workdir: epath
         probe = linear_probe.train(train["features"], train["label"], len(names), p.l2,
                                    p.folds, p.max_steps, p.tolerance, seed=config.seed)
         tmp = out / "classifier.npz.tmp"
-        with tmp.open("wb") as f:
-            np.savez(f, **probe)
+        write_npz(tmp, **probe)
         tmp.rename(stored)
     n, v, _ = val["features"].shape
     probs = linear_probe.view_probs(val["features"], probe["kernel"], probe["bias"])
