@@ -69,6 +69,9 @@ def _shared_runs_folder() -> tuple:
 
 SHARED_RUNS, _MADE_SHARED_RUNS = _shared_runs_folder()
 
+# The environment as this file leaves it, before any test module (and jax) is imported.
+SESSION_ENVIRONMENT = dict(os.environ)
+
 # Commands that tests share, run once per test session in the background from the moment a
 # collected test asks for them (`background_run(name)`), each in its own folder as cwd:
 # "quickstart" is the README's first command, `python train.py`, exactly as a user types it
@@ -85,7 +88,7 @@ def _start_background(name: str) -> None:
             return
         folder.mkdir()
         command = " ".join(f"'{part}'" for part in BACKGROUND_COMMANDS[name])
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
+        env = dict(SESSION_ENVIRONMENT, JAX_PLATFORMS="cpu",
                    XLA_FLAGS=os.environ["XLA_FLAGS"].replace(FAST_COMPILE, "").strip())
         proc = subprocess.Popen(["bash", "-c", f"{command} > output.txt 2>&1; echo $? > code.tmp; "
                                  "mv code.tmp exit_code"], cwd=folder, start_new_session=True,
@@ -148,6 +151,27 @@ def pytest_unconfigure(config):
             except (ProcessLookupError, ValueError):
                 pass
         shutil.rmtree(SHARED_RUNS, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Every test starts, and leaves, with the session's environment as it was before any
+    test module was imported: a command run in-process (prepare sets TF_CPP_MIN_LOG_LEVEL)
+    or an import (jax sets TF_CPP_MIN_LOG_LEVEL=1 on import) must not change what the
+    commands a test starts inherit; a user's shell has neither, and the tests that look for
+    TensorFlow's INFO lines must see what a user sees."""
+    _reset_environment()
+    yield
+    _reset_environment()
+
+
+def _reset_environment() -> None:
+    """os.environ back to SESSION_ENVIRONMENT (pytest's own PYTEST_CURRENT_TEST kept)."""
+    for key in set(os.environ) - set(SESSION_ENVIRONMENT) - {"PYTEST_CURRENT_TEST"}:
+        del os.environ[key]
+    for key, value in SESSION_ENVIRONMENT.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def strict() -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import background_run
+from test_run_directory import assert_quiet
 
 pytestmark = pytest.mark.background("quickstart")
 
@@ -25,6 +26,9 @@ def run():
 
 
 def test_quick_start_reaches_95_percent_and_writes_its_run_directory(run):
+    """Also: its output has only its own lines. Bug watched: TensorFlow's C++ INFO lines
+    (tf.data's "TFRecordDataset `buffer_size` is unspecified" on every run)."""
+    assert_quiet((run.parent.parent / "output.txt").read_text())
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["val/top1"] >= 95.0 and final["test/top1"] >= 95.0, final
     assert final["step"] == 640
