@@ -79,9 +79,11 @@ def assert_one_line_error(code, out, *parts):
 def test_longer_schedule_resumes_quietly_and_is_recorded(run_copy, tmp_path):
     """`--config.train.epochs` raised on a finished run: it resumes (no warning on the load),
     the change is appended to config_history.jsonl and config.json now says 3 epochs; eval.py
-    on the run loads quietly too. Bugs watched: the state's metadata read through a
-    `Checkpointer` (which warns "Metadata file does not exist" on every load); config.json
-    rewritten without a history entry."""
+    on the run (no --config: it reads the run's) loads quietly too, and its single view of
+    the val split gives the run's last validation accuracy. Bugs watched: the state's
+    metadata read through a `Checkpointer` (which warns "Metadata file does not exist" on
+    every load); config.json rewritten without a history entry; eval.py's single view
+    reading other frames or weights than training's validation."""
     code, out = run_train(run_copy, "--config.train.epochs=3")
     assert code == 0, out
     assert f"resuming at step {STEPS}" in out
@@ -97,7 +99,9 @@ def test_longer_schedule_resumes_quietly_and_is_recorded(run_copy, tmp_path):
         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert_quiet(out.stdout + out.stderr)
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_videos"] == 256
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    final = json.loads((run_copy / "final_metrics.json").read_text())
+    assert metrics["num_videos"] == 256 and metrics["top1"] == pytest.approx(final["val/top1"])
 
 
 def test_changed_architecture_is_refused_before_anything_is_written(run_copy):
