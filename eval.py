@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from tadax import explain, startup, timeline
-from tadax.features import clip_data_config
+from tadax.features.extract import clip_data_config
 from tadax.data import class_list, pipeline, windows
 from tadax.data.video import load_views
 from tadax.errors import ConfigError, RunDirectoryError

@@ -136,7 +136,7 @@ def test_eval_iterator_subset_of_videos(setup):
 
 
 def test_split_features_resume_and_two_hosts(setup, tmp_path):
-    from tadax import features
+    from tadax.features import extract as features
 
     config, out = setup["config"], tmp_path / "one"
     summary = features.extract(config, checkpoint=setup["ckpt"], output=str(out), split="val")
@@ -192,7 +192,7 @@ def test_split_features_resume_and_two_hosts(setup, tmp_path):
 
 
 def test_all_views_and_pre_pool_features(setup, tmp_path):
-    from tadax import features
+    from tadax.features import extract as features
 
     config = setup["config"]
     config.features.update(dict(aggregate="all", pre_pool=True, videos_per_shard=10))
@@ -218,7 +218,7 @@ def test_folder_of_videos_from_the_command_line(setup, tmp_path):
     import sys
 
     from conftest import REPO_ROOT
-    from tadax import features
+    from tadax.features import extract as features
     from tadax.prepare import synthetic
     from tadax.data.video import load_views
 

@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
     as a model directory, and a folder: `long/a.mp4` 37 frames at 8 fps, `b.mp4` 10 frames
     at 25 fps (48x64, shorter than one window), `broken.mp4` not a video."""
     from configs import quickstart
-    from tadax import features
+    from tadax.features import extract as features
     from tadax.checkpoint_io import save_variables
     from tadax.models import build_model
     from tadax.prepare import synthetic
@@ -66,7 +66,7 @@ def _clip_features(setup, path, frame_lists):
     video: the reference, independent of the windows' streaming."""
     from tadax.data.video import decode_video
     from tadax.data.windows import window_clip
-    from tadax.features import clip_data_config
+    from tadax.features.extract import clip_data_config
 
     data_cfg = clip_data_config(setup["config"].data, setup["config"].model)
     frames = decode_video(str(path), short_side=data_cfg.test_scale).frames

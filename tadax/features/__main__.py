@@ -10,7 +10,7 @@ if __name__ == "__main__":   # before TensorFlow's first import
     from tadax import startup
     startup.import_tensorflow_quietly()
 
-from tadax import features  # noqa: E402
+from tadax.features import extract as features  # noqa: E402
 from tadax.features import windows  # noqa: E402
 from tadax.train import cli  # noqa: E402
 

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from tadax import features as features_lib
+from tadax.features import extract as features_lib
 from tadax.data import windows as windows_lib
 from tadax.progress import Progress
 from tadax.train.sharding import batch_sharding

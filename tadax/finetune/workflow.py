@@ -166,7 +166,7 @@ def run_probe(config: ml_collections.ConfigDict, checkpoint: str, workdir: epath
     """Features once (resumable shards), the probe (trained once, kept in classifier.npz),
     its multi-view evaluation and the backbone-plus-probe model; returns the eval folder
     and the choices made."""
-    from tadax import features
+    from tadax.features import extract as features
     from tadax.data import pipeline
     from tadax.finetune import linear_probe
     from tadax.train import evaluation
