@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from test_run_directory import assert_quiet
 from tadax import convert
 from tadax.data import pipeline
 from tadax.models import build_model
@@ -62,10 +63,13 @@ SHRINK = [
 
 
 def _command(*args, timeout=600):
+    """`python ARGS`: must succeed and print only its own lines (no TensorFlow C++ log
+    lines, warnings or tracebacks: the recipes' RandAugment once added an E-line)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     run = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True,
                          text=True, timeout=timeout)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert_quiet(run.stdout + run.stderr)
     return run.stdout
 
 

@@ -80,7 +80,10 @@ def _auto_contrast(x):
 def _equalize(x):
     """PIL ImageOps.equalize per frame and channel."""
     t, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
-    chans = tf.reshape(tf.transpose(tf.cast(x, tf.int32), [0, 3, 1, 2]), [t * 3, h * w])
+    # Transposed as float32, then cast: where TensorFlow's oneDNN transpose takes no int32
+    # (a CPU without the AVX-512 extensions it wants) it logs an E-line into the command's
+    # output ("oneDNN supports DT_INT32 only on platforms with AVX-512").
+    chans = tf.reshape(tf.cast(tf.transpose(x, [0, 3, 1, 2]), tf.int32), [t * 3, h * w])
     hist = tf.math.bincount(chans, minlength=256, maxlength=256, axis=-1)
     last = tf.reduce_max(tf.where(hist > 0, tf.range(256)[None], -1), axis=1, keepdims=True)
     last_count = tf.gather(hist, last, batch_dims=1)
@@ -89,7 +92,7 @@ def _equalize(x):
     lut = tf.clip_by_value((cum + step // 2) // tf.maximum(step, 1), 0, 255)
     mapped = tf.gather(lut, chans, batch_dims=1)
     mapped = tf.where(step > 0, mapped, chans)
-    return tf.cast(tf.transpose(tf.reshape(mapped, [t, 3, h, w]), [0, 2, 3, 1]), tf.float32)
+    return tf.transpose(tf.reshape(tf.cast(mapped, tf.float32), [t, 3, h, w]), [0, 2, 3, 1])
 
 
 def _sharpness(x, factor):
