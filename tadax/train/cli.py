@@ -103,14 +103,25 @@ def _from_orbax(record: py_logging.LogRecord) -> bool:
     return False
 
 
-class _NoOrbaxErrorReports(py_logging.Filter):
+# Orbax's warning when a save waits for the previous one ("... took 1.2 seconds. If this
+# number is high, consider checkpointing less frequently"): with checkpoint.every_steps
+# small it comes at every save, and the step lines' clips/s already show the wait.
+_ORBAX_SAVE_WAIT = "Waiting for previous save to complete"
+
+
+class _NoOrbaxNoise(py_logging.Filter):
     """Orbax logs each failure of its background save threads, traceback included, before
     the failure reaches the main thread, which reports it (once, in one line when it is
     the user's to act on: a full disk, a quota). When a checkpoint read fails, asyncio
-    also logs the gathered reads Orbax abandoned ('exception was never retrieved')."""
+    also logs the gathered reads Orbax abandoned ('exception was never retrieved'). Both
+    are dropped, and Orbax's save-wait warning; other warnings pass."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return not (record.levelno >= py_logging.ERROR and _from_orbax(record))
+        if not _from_orbax(record):
+            return True
+        if record.levelno >= py_logging.ERROR:
+            return False
+        return not record.getMessage().startswith(_ORBAX_SAVE_WAIT)
 
 
 def _abandoned_read(unraisable) -> bool:
@@ -126,12 +137,12 @@ def _abandoned_read(unraisable) -> bool:
 
 def quiet_output() -> None:
     """What a command prints besides its own lines: Python-side logs at warnings and above,
-    without Orbax's reports of errors the command reports itself. When one read of a
+    without Orbax's reports of errors the command reports itself or its save-wait warning. When one read of a
     checkpoint fails, Orbax abandons the others: their complaints ('Exception ignored in
     <coroutine>', 'Event loop is closed' from reads that finish later) are dropped too."""
     logging.set_verbosity(logging.WARNING)
-    logging.get_absl_logger().addFilter(_NoOrbaxErrorReports())
-    py_logging.getLogger("asyncio").addFilter(_NoOrbaxErrorReports())
+    logging.get_absl_logger().addFilter(_NoOrbaxNoise())
+    py_logging.getLogger("asyncio").addFilter(_NoOrbaxNoise())
     default_hook = sys.unraisablehook
     sys.unraisablehook = lambda u: None if _abandoned_read(u) else default_hook(u)
 
