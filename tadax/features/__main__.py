@@ -59,7 +59,6 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cli.define_config(
