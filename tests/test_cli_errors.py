@@ -4,12 +4,12 @@ non-zero exit; fine-tuning recipes refuse to start from scratch unless told to."
 import importlib
 import os
 import re
-import subprocess
 import sys
 
 import ml_collections
 import pytest
 
+import command_server
 from conftest import REPO_ROOT
 from tadax.data import pipeline
 from tadax.data.config import data_config
@@ -20,8 +20,9 @@ RECIPES = sorted(p[:-3] for p in os.listdir(REPO_ROOT / "configs") if p.startswi
 
 
 def run(*cmd):
-    out = subprocess.run([sys.executable, *map(str, cmd)], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = command_server.run([sys.executable, *map(str, cmd)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     return out.returncode, out.stdout + out.stderr
 
 

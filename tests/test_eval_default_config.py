@@ -3,13 +3,13 @@ settings included); a converted release gets its recipe's preprocessing and view
 Kinetics-400 model names its classes without --labels."""
 
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 
 from configs import checkpoint as checkpoint_config, tadaconvnextv2_tiny
+import command_server
 from conftest import REPO_ROOT
 from tadax import checkpoint_io
 from tadax.prepare import synthetic
@@ -64,7 +64,7 @@ def test_video_with_a_converted_k400_model_prints_kinetics_names(tmp_path):
     video = tmp_path / "clip.mp4"
     synthetic.write_mp4(str(video), np.random.default_rng(0).integers(
         0, 255, (20, 48, 64, 3), np.uint8), fps=10)
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"--video={video}",
+    out = command_server.run([sys.executable, str(REPO_ROOT / "eval.py"), f"--video={video}",
                           f"--checkpoint={path}"], cwd=REPO_ROOT, capture_output=True, text=True,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

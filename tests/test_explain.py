@@ -2,13 +2,13 @@
 pictures exist and the plotted values are the ones the model computes."""
 
 import json
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT
 from test_features import random_variables
 from tadax import explain
@@ -57,7 +57,7 @@ def test_explain_from_the_command_line(quickstart):
     cmd = [sys.executable, "eval.py", "--video", str(quickstart["video"]), "--checkpoint",
            str(root / "ckpt"), "--explain", str(out), "--labels", str(root / "classes.txt"),
            "--config", "configs/quickstart.py"]
-    run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run = command_server.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     for name in ("scores.png", "calibration.png"):
         assert (out / name).stat().st_size > 10_000, name

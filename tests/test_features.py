@@ -214,9 +214,9 @@ def test_all_views_and_pre_pool_features(setup, tmp_path):
 def test_folder_of_videos_from_the_command_line(setup, tmp_path):
     """`python -m tadax.features --videos DIR`: every decodable file (any depth, sorted),
     the unreadable one listed as skipped, features = direct model calls on its views."""
-    import subprocess
     import sys
 
+    import command_server
     from conftest import REPO_ROOT
     from tadax.features import extract as features
     from tadax.prepare import synthetic
@@ -234,7 +234,7 @@ def test_folder_of_videos_from_the_command_line(setup, tmp_path):
            "--config=configs/quickstart.py", "--videos", str(folder), "--output", str(out),
            "--config.eval.batch_size=4",
            "--config.features.videos_per_shard=2"]
-    run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run = command_server.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "b/broken.mp4" in run.stderr and "wrote 2 shards (1 videos unreadable" in run.stdout
     _, shards = load_shards(out)

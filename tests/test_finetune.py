@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT, shared_run
 
 CLASSES = ("growing", "moving left to right", "moving right to left", "shrinking")
@@ -38,9 +39,9 @@ PRETRAIN_CLIPS, PRETRAIN_STEPS, PRETRAIN_BATCH = 512, 150, 32
 
 def _start(*args):
     """`python -m tadax.finetune ARGS`, started (its output: `_finish`)."""
-    return subprocess.Popen([sys.executable, "-m", "tadax.finetune", *map(str, args)],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return command_server.popen([sys.executable, "-m", "tadax.finetune", *map(str, args)],
+                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 def _write_videos(root):

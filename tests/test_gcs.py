@@ -23,6 +23,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT, fixtures_dir, require
 from test_train import TINY
 
@@ -80,9 +81,9 @@ def _committed_steps(url):
 def _command(env, cwd, *args, wait=True):
     """Runs `python ARGS` from `cwd` (where a mangled 'gs:' folder would appear)."""
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, *args], cwd=cwd,
-                            env=dict(os.environ, **env, JAX_PLATFORMS="cpu", PYTHONPATH=path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = command_server.popen([sys.executable, *args], cwd=cwd,
+                                env=dict(os.environ, **env, JAX_PLATFORMS="cpu", PYTHONPATH=path),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=300)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+import command_server
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ABSL_PROGRAMS = {("train.py",): "configs/quickstart.py", ("eval.py",): "configs/quickstart.py",
@@ -78,9 +80,9 @@ PYTHON_BLOCKS = [(f"{doc.relative_to(REPO)}:{line}", text) for doc in DOCS
 def absl_flags():
     """{program: set of flag names} from one `--helpfull` run of each absl program, the
     runs side by side."""
-    env = {**os.environ, "TADAX_HUGE_PAGES": "0", "JAX_PLATFORMS": "cpu"}
-    runs = {prog: subprocess.Popen([sys.executable, *prog, "--helpfull"], cwd=REPO, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    runs = {prog: command_server.popen([sys.executable, *prog, "--helpfull"], cwd=REPO, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for prog in ABSL_PROGRAMS}
     names = {}
     for prog, run in runs.items():

@@ -18,6 +18,7 @@ import time
 import pytest
 from etils import epath
 
+import command_server
 from conftest import REPO_ROOT, xla_flags
 from tadax.errors import RunDirectoryError
 from test_train import STEPS, TINY, free_port, reference, run_train  # noqa: F401 (fixture)
@@ -93,7 +94,7 @@ def test_longer_schedule_resumes_quietly_and_is_recorded(run_copy, tmp_path):
     assert [(h["resumed_at_step"], h["changes"]) for h in history] == [
         (STEPS, {"train.epochs": {"was": 2.0, "now": 3.0}})]
     assert json.loads((run_copy / "config.json").read_text())["train"]["epochs"] == 3.0
-    out = subprocess.run(
+    out = command_server.run(
         [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={run_copy}", "--single_view",
          f"--output={tmp_path / 'eval'}"], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -163,7 +164,7 @@ def test_a_config_json_that_is_not_json_is_one_line_for_train_and_eval(run_copy)
     (run_copy / "config.json").write_text('{"name": "quickstart", "model": {')
     code, out = run_train(run_copy)
     assert_one_line_error(code, out, f"{run_copy / 'config.json'} is not valid JSON")
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={run_copy}"],
+    out = command_server.run([sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={run_copy}"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert_one_line_error(out.returncode, out.stdout + out.stderr,
@@ -481,7 +482,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path):
     SIGINT left to Python until training starts (a KeyboardInterrupt traceback from
     wherever the import was)."""
     workdir = tmp_path / "run"
-    proc = run_train(workdir, wait=False)
+    proc = run_train(workdir, wait=False, fresh_interpreter=True)
     maps = f"/proc/{proc.pid}/maps"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

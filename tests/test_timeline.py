@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT, background_run
 
 pytestmark = pytest.mark.background("quickstart")
@@ -54,8 +55,8 @@ def quickstart(tmp_path_factory):
 
 
 def _eval(*args):
-    return subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return command_server.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300)
 
 
 def test_timeline_changes_class_where_the_motion_does(quickstart, tmp_path):

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT, shared_run, xla_flags
 from eval_reports import assert_same_report
 from tadax.prepare import synthetic
@@ -36,12 +37,16 @@ TINY = [
 ]
 
 
-def run_train(workdir, *extra, devices=1, env_extra=None, wait=True):
+def run_train(workdir, *extra, devices=1, env_extra=None, wait=True, fresh_interpreter=False):
+    """`python train.py` on the tiny model: (exit code, output), or the process if not
+    `wait`. Through the command server (tests/command_server.py) unless
+    `fresh_interpreter` (what start-up does is under test)."""
     env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
                JAX_PLATFORMS="cpu", **(env_extra or {}))
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), f"--workdir={workdir}", *TINY, *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    start = subprocess.Popen if fresh_interpreter else command_server.popen
+    proc = start(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT, text=True)
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=300)
@@ -185,8 +190,8 @@ def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
     test_run_directory.py::test_longer_schedule_resumes_quietly_and_is_recorded.)"""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     base = [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}"]
-    out = subprocess.run(base + [f"--output={tmp_path / 'multi'}"], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = command_server.run(base + [f"--output={tmp_path / 'multi'}"], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "host 0/1 evaluates videos 0-255 from 4 shard files" in out.stdout
     multi = json.loads((tmp_path / "multi" / "metrics.json").read_text())
@@ -199,7 +204,7 @@ def test_eval_cli_on_the_run_matches_its_validation(reference, tmp_path):
     # Two processes: each reads the 2 shard files of its half of the 256 videos, and the
     # report they write is the one-process report.
     port = free_port()
-    procs = [subprocess.Popen(
+    procs = [command_server.popen(
         base + [f"--output={tmp_path / 'two'}", "--distributed",
                 f"--coordinator_address=localhost:{port}", "--num_processes=2",
                 f"--process_id={i}"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -220,7 +225,7 @@ def test_eval_cli_classifies_one_video_file(reference, tmp_path):
     subprocess.run([sys.executable, str(REPO_ROOT / "data" / "synthetic.py"), f"--out={tmp_path}",
                     "--train=0", "--val=1"], check=True, capture_output=True, cwd=REPO_ROOT)
     video = next((tmp_path / "videos" / "val").glob("*.mp4"))
-    out = subprocess.run(
+    out = command_server.run(
         [sys.executable, str(REPO_ROOT / "eval.py"), f"--checkpoint={reference}",
          f"--video={video}", f"--labels={tmp_path / 'classes.txt'}"],
         cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,

@@ -3,12 +3,12 @@ window counts and times on videos of known length and rate, each window's featur
 to the features of the same frames as one clip, the index, resuming, and bad input."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT
 from test_features import random_variables
 
@@ -169,14 +169,14 @@ def test_command_line_progress_and_one_line_errors(setup, tmp_path):
     (shards written instead), a traceback for a flag mistake."""
     base = [sys.executable, "-m", "tadax.features", "--checkpoint", setup["ckpt"],
             "--config=configs/quickstart.py", "--config.eval.batch_size=4"]
-    run = subprocess.run(base + ["--videos", str(setup["folder"]), "--output", str(tmp_path / "o"),
+    run = command_server.run(base + ["--videos", str(setup["folder"]), "--output", str(tmp_path / "o"),
                                  "--window", "16", "--stride", "4"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "3/3 videos" in run.stderr and "videos/s" in run.stderr and "ETA 0:00:00" in run.stderr
     assert "wrote the windows of 2 videos (1 unreadable" in run.stdout
     assert (tmp_path / "o" / "long" / "a.npy").exists() and not list((tmp_path / "o").glob("*.npz"))
-    bad = subprocess.run(base + ["--output", str(tmp_path / "bad"), "--split", "val",
+    bad = command_server.run(base + ["--output", str(tmp_path / "bad"), "--split", "val",
                                  "--window", "16"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "give the folder with --videos" in bad.stderr, bad.stderr
