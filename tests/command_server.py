@@ -16,8 +16,8 @@ What it cannot reproduce it execs for real: a command whose environment changes 
 interpreter, its allocator or TensorFlow read while starting (PYTHON* other than
 PYTHONPATH and PYTHONUNBUFFERED, LD_*, GLIBC_TUNABLES, MALLOC_*, TF_*, OMP_*, OPENBLAS_*,
 MKL_*, or a JAX_* variable removed). Start-up itself is not under test here: the tests of
-it start commands with `subprocess` (tests/test_journey.py checks every command's output for
-TensorFlow's start-up lines; tests/test_startup.py, tests/test_quick_start.py,
+it start commands with `subprocess` (test_readme.py's `absl_flags`: every entry point in a
+fresh interpreter prints nothing on stderr; tests/test_startup.py, tests/test_quick_start.py,
 test_run_directory.py::test_ctrl_c_while_starting_is_one_line). `TADAX_TEST_EXEC=1` runs
 every command with `subprocess` instead: the same tests pass either way.
 

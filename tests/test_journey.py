@@ -19,7 +19,6 @@ export that drops or renames a parameter.
 import copy
 import json
 import os
-import subprocess
 import sys
 from collections import OrderedDict
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import command_server
 from conftest import REPO_ROOT
 from test_run_directory import assert_quiet
 from tadax import convert
@@ -64,10 +64,12 @@ SHRINK = [
 
 def _command(*args, timeout=600):
     """`python ARGS`: must succeed and print only its own lines (no TensorFlow C++ log
-    lines, warnings or tracebacks: the recipes' RandAugment once added an E-line)."""
+    lines, warnings or tracebacks: the recipes' RandAugment once added an E-line). Run
+    through tests/command_server.py; what each entry point prints while it imports is
+    checked in fresh interpreters by test_readme.py's `absl_flags`."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    run = command_server.run([sys.executable, *args], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert_quiet(run.stdout + run.stderr)
     return run.stdout

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import pytest
 
-import command_server
-
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ABSL_PROGRAMS = {("train.py",): "configs/quickstart.py", ("eval.py",): "configs/quickstart.py",
@@ -79,16 +77,21 @@ PYTHON_BLOCKS = [(f"{doc.relative_to(REPO)}:{line}", text) for doc in DOCS
 @pytest.fixture(scope="module")
 def absl_flags():
     """{program: set of flag names} from one `--helpfull` run of each absl program, the
-    runs side by side."""
+    runs side by side, each in a fresh interpreter: the help on stdout, nothing on stderr.
+    This is where every entry point's own start-up is checked for TensorFlow's lines while
+    it loads (other tests start commands through tests/command_server.py, which has
+    TensorFlow imported already). Bug watched: a package `__init__` importing TensorFlow
+    before the entry point's quiet import (`python -m tadax.features` printed its lines)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    runs = {prog: command_server.popen([sys.executable, *prog, "--helpfull"], cwd=REPO, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = {prog: subprocess.Popen([sys.executable, *prog, "--helpfull"], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for prog in ABSL_PROGRAMS}
     names = {}
     for prog, run in runs.items():
-        out = run.communicate(timeout=300)[0]
+        out, err = run.communicate(timeout=300)
         names[prog] = set(re.findall(r"^\s+--(?:\[no\])?([\w.-]+):", out, re.M))
-        assert "config" in names[prog], f"{' '.join(prog)} --helpfull:\n{out[-3000:]}"
+        assert "config" in names[prog], f"{' '.join(prog)} --helpfull:\n{out[-3000:]}{err}"
+        assert err == "", f"{' '.join(prog)} --helpfull printed on stderr:\n{err}"
     return names
 
 
