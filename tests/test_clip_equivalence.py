@@ -7,6 +7,7 @@ TAdaFormer branches add nothing, and the centre-tap tubelet kernel with
 temporal stride 2 makes token frame j see input frame 2j alone.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,8 +51,8 @@ def test_tadaformer_on_clip_weights_equals_clip_per_frame(hf_clip, tmp_path):
     model = build_model(cfg)
 
     video = np.random.default_rng(0).normal(size=(2, 8, IMAGE, IMAGE, 3)).astype(np.float32)
-    _, state = model.apply(variables, jnp.asarray(video), method="features",
-                           mutable=["intermediates"])
+    _, state = jax.jit(lambda v, x: model.apply(v, x, method="features",
+                                                mutable=["intermediates"]))(variables, video)
     tokens = state["intermediates"]["backbone"]["frame_class_tokens"][0]  # (B, T/2, W)
     ln_post = variables["params"]["backbone"]["ln_post"]
     mean = tokens.mean(-1, keepdims=True)
@@ -68,5 +69,5 @@ def test_tadaformer_on_clip_weights_equals_clip_per_frame(hf_clip, tmp_path):
     with torch.no_grad():
         hidden = model_hf(pixel_values=torch.from_numpy(frames)).last_hidden_state[:, 0]
         pooled = model_hf.post_layernorm(hidden.reshape(2, -1, WIDTH).mean(1)).numpy()
-    features = model.apply(variables, jnp.asarray(video), method="features")
+    features = jax.jit(lambda v, x: model.apply(v, x, method="features"))(variables, video)
     np.testing.assert_allclose(features, pooled, atol=1e-4, rtol=0)

@@ -227,11 +227,11 @@ def test_heads_that_no_weight_shows_come_from_the_settings_file(tmp_path, capsys
     weights = tmp_path / "four_heads.safetensors"
     save_file({k: np.ascontiguousarray(v)
                for k, v in mapping.flax_to_torch(jax.device_get(variables)).items()}, str(weights))
-    want = model.apply(variables, video)
+    want = jax.jit(model.apply)(variables, video)
 
     def logits(out):
         loaded, saved = checkpoint_io.load_variables(str(out))
-        return saved, build_model(saved).apply(loaded, video)
+        return saved, jax.jit(build_model(saved).apply)(loaded, video)
 
     assert _convert("zoo", "--input", weights, "--output", tmp_path / "guessed") == 0
     notes = capsys.readouterr().err.splitlines()

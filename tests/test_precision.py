@@ -294,12 +294,12 @@ def _block_update(block_of_dtype, x, init_args, small):
     input in float64, with parameters from `block_of_dtype(float32)` whose leaves matching
     `small` (the branch's last layer) scaled by 1e-4."""
     f32, bf16 = block_of_dtype(jnp.float32), block_of_dtype(jnp.bfloat16)
-    variables = f32.init(jax.random.PRNGKey(0), x, *init_args)
+    variables = jax.jit(lambda key, x: f32.init(key, x, *init_args))(jax.random.PRNGKey(0), x)
     variables = jax.tree_util.tree_map_with_path(
         lambda path, v: v * 1e-4 if small(jax.tree_util.keystr(path)) else v, variables)
     updates = []
     for block in (f32, bf16):
-        out = block.apply(variables, x, *init_args)
+        out = jax.jit(lambda v, x: block.apply(v, x, *init_args))(variables, x)
         assert out.dtype == jnp.float32
         updates.append(np.asarray(out, np.float64) - np.asarray(x, np.float64))
     return updates
@@ -332,8 +332,9 @@ def test_small_block_updates_survive_a_bfloat16_model(family):
     if family == "tadaconvnextv2":
         block = TAdaConvNeXtV2Block(32, 2, (3, 3), 16, 1e-6, "fast", "shifted",
                                     dtype=jnp.bfloat16)
-        variables = block.init(jax.random.PRNGKey(0), x, 0.0, False)
-        assert block.apply(variables, x.astype(jnp.bfloat16), 0.0, False).dtype == jnp.float32
+        variables = jax.jit(lambda key, x: block.init(key, x, 0.0, False))(jax.random.PRNGKey(0), x)
+        out = jax.jit(lambda v, x: block.apply(v, x, 0.0, False))(variables, x.astype(jnp.bfloat16))
+        assert out.dtype == jnp.float32
 
 
 def test_train_with_cudnn_attention_on_a_cpu_stops_with_one_line(tmp_path):

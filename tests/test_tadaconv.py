@@ -74,13 +74,14 @@ def test_implementations_agree_inside_a_trained_model_with_gradients():
     convs = {impl: TAdaConv2dV2(16, (3, 3), (1, 1), groups=16, cal_dim="cout", internal_rf=True,
                                 internal_temp_aggr=True, rf_ratio=2, rf_head_dim=4, impl=impl)
              for impl in ("fast", "vmap")}
-    variables = convs["fast"].init(jax.random.PRNGKey(0), x, False)
+    variables = jax.jit(convs["fast"].init, static_argnums=2)(jax.random.PRNGKey(0), x, False)
 
     def loss(params, impl):
         y, _ = convs[impl].apply(dict(variables, params=params), x, True, mutable=["batch_stats"])
         return jnp.sum(jnp.sin(y))
 
-    values = {impl: jax.value_and_grad(loss)(variables["params"], impl) for impl in convs}
+    values = {impl: jax.jit(jax.value_and_grad(loss), static_argnums=1)(variables["params"], impl)
+              for impl in convs}
     np.testing.assert_allclose(values["fast"][0], values["vmap"][0], rtol=1e-5)
     for g_fast, g_vmap in zip(jax.tree_util.tree_leaves(values["fast"][1]),
                               jax.tree_util.tree_leaves(values["vmap"][1])):
