@@ -19,6 +19,8 @@ from pathlib import Path
 import filelock
 import pytest
 
+from tadax import startup
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,6 +73,10 @@ SHARED_RUNS, _MADE_SHARED_RUNS = _shared_runs_folder()
 
 # The environment as this file leaves it, before any test module (and jax) is imported.
 SESSION_ENVIRONMENT = dict(os.environ)
+
+# TensorFlow as the commands import it (without Keras 3, which it would otherwise load for
+# the first test module that imports it: ~1.2 CPU-s in every test process).
+startup.import_tensorflow_quietly()
 
 # Commands that tests share, run once per test session in the background from the moment a
 # collected test asks for them (`background_run(name)`), each in its own folder as cwd:
