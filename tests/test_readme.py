@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_run
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ABSL_PROGRAMS = {("train.py",): "configs/quickstart.py", ("eval.py",): "configs/quickstart.py",
@@ -74,21 +76,32 @@ PYTHON_BLOCKS = [(f"{doc.relative_to(REPO)}:{line}", text) for doc in DOCS
                  for line, text in _blocks(doc, ("python",))]
 
 
+def _run_helpfull(folder: Path) -> None:
+    """Runs every absl program with `--helpfull`, side by side, each in a fresh interpreter;
+    writes program i's stdout and stderr to `i.out`, `i.err` in `folder`."""
+    folder.mkdir()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    runs = [subprocess.Popen([sys.executable, *prog, "--helpfull"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for prog in ABSL_PROGRAMS]
+    for i, run in enumerate(runs):
+        out, err = run.communicate(timeout=300)
+        (folder / f"{i}.out").write_text(out)
+        (folder / f"{i}.err").write_text(err)
+
+
 @pytest.fixture(scope="module")
 def absl_flags():
-    """{program: set of flag names} from one `--helpfull` run of each absl program, the
-    runs side by side, each in a fresh interpreter: the help on stdout, nothing on stderr.
-    This is where every entry point's own start-up is checked for TensorFlow's lines while
-    it loads (other tests start commands through tests/command_server.py, which has
-    TensorFlow imported already). Bug watched: a package `__init__` importing TensorFlow
-    before the entry point's quiet import (`python -m tadax.features` printed its lines)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    runs = {prog: subprocess.Popen([sys.executable, *prog, "--helpfull"], cwd=REPO, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for prog in ABSL_PROGRAMS}
+    """{program: set of flag names} from one `--helpfull` run of each absl program, in fresh
+    interpreters, once per test session: the help on stdout, nothing on stderr. This is
+    where every entry point's own start-up is checked for TensorFlow's lines while it loads
+    (other tests start commands through tests/command_server.py, which has TensorFlow
+    imported already). Bug watched: a package `__init__` importing TensorFlow before the
+    entry point's quiet import (`python -m tadax.features` printed its lines)."""
+    folder = shared_run("readme_helpfull", _run_helpfull)
     names = {}
-    for prog, run in runs.items():
-        out, err = run.communicate(timeout=300)
+    for i, prog in enumerate(ABSL_PROGRAMS):
+        out, err = (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text()
         names[prog] = set(re.findall(r"^\s+--(?:\[no\])?([\w.-]+):", out, re.M))
         assert "config" in names[prog], f"{' '.join(prog)} --helpfull:\n{out[-3000:]}{err}"
         assert err == "", f"{' '.join(prog)} --helpfull printed on stderr:\n{err}"
