@@ -2,9 +2,9 @@
 dependencies fail; without CI they skip with a reason that names what is missing."""
 
 import os
-import subprocess
 import sys
 
+import command_server
 from conftest import REPO_ROOT
 
 # Tests that need the shared fixtures (parity, torch reader) or the manifests.
@@ -18,9 +18,9 @@ def run_pytest(tmp_path, ci, *args, pythonpath=None):
                JAX_PLATFORMS="cpu")
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = command_server.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p",
+                              "no:cacheprovider", *args], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
     return out.returncode, out.stdout + out.stderr
 
 
