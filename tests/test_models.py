@@ -157,8 +157,8 @@ def test_patch_conv_is_nn_conv(shape, kernel, stride, pad, bias, dtype):
     ref = nn.Conv(7, kernel, strides=(stride, kernel[1], kernel[2]),
                   padding=(pad, (0, 0), (0, 0)), use_bias=bias,
                   kernel_init=ours.kernel_init, bias_init=ours.bias_init, dtype=jnp.float32)
-    params = ours.init(jax.random.PRNGKey(1), x)
-    ref_params = ref.init(jax.random.PRNGKey(1), x)
+    params = jax.jit(ours.init)(jax.random.PRNGKey(1), x)
+    ref_params = jax.jit(ref.init)(jax.random.PRNGKey(1), x)
     assert jax.tree.structure(params) == jax.tree.structure(ref_params)
     assert all(np.array_equal(a, b)
                for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
@@ -167,9 +167,10 @@ def test_patch_conv_is_nn_conv(shape, kernel, stride, pad, bias, dtype):
         y = module.apply(p, x)
         return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
 
-    (_, y), grads = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ours, params, x)
-    (_, y_ref), grads_ref = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
-        ref, params, x)
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(1, 2), has_aux=True),
+                             static_argnums=0)
+    (_, y), grads = value_and_grad(ours, params, x)
+    (_, y_ref), grads_ref = value_and_grad(ref, params, x)
     assert y.shape == y_ref.shape and y.dtype == dtype
     tol = 1e-5 if dtype == jnp.float32 else 1e-2
     for a, b in zip([y] + jax.tree.leaves(grads), [y_ref] + jax.tree.leaves(grads_ref)):

@@ -1,5 +1,6 @@
 """The two TAdaConv implementations and the two depthwise-conv implementations agree."""
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -54,13 +55,15 @@ def test_fast_and_vmapped_agree_with_the_definition(shape, cal_dim, use_bias):
     for impl in ("fast", "vmap"):
         conv = TAdaConv2dV2(c_out, ksize, padding, groups=groups, use_bias=use_bias,
                             cal_dim=cal_dim, impl=impl)
-        variables = conv.init(jax.random.PRNGKey(0), x, False, alpha=(alpha, beta))
+        variables = jax.jit(lambda key, x, conv=conv: conv.init(key, x, False, alpha=(alpha, beta)))(
+            jax.random.PRNGKey(0), x)
         params = dict(variables["params"])
         if use_bias:
             params["bias"] = rng.normal(size=(c_out,)).astype(np.float32)
         outs[impl] = (conv, params)
     params = outs["fast"][1]
-    results = {impl: np.asarray(conv.apply({"params": params}, x, False, alpha=(alpha, beta)))
+    results = {impl: np.asarray(jax.jit(
+        lambda p, x, conv=conv: conv.apply({"params": p}, x, False, alpha=(alpha, beta)))(params, x))
                for impl, (conv, _) in outs.items()}
     want = _reference_tadaconv(x, np.asarray(params["kernel"]), params.get("bias"),
                                alpha, beta, cal_dim, groups, padding)
@@ -115,8 +118,8 @@ def test_fast_and_vmapped_agree_at_model_widths(where, shape, ksize, internal):
     convs = {impl: TAdaConv2dV2(c, (ksize, ksize), (ksize // 2, ksize // 2), groups=c,
                                 use_bias=True, cal_dim="cout", impl=impl, **options)
              for impl in ("fast", "vmap")}
-    variables = _randomised(convs["fast"].init(jax.random.PRNGKey(0), x[:, :, :8, :8], False,
-                                               alpha=alpha), seed=c)
+    init = jax.jit(lambda key, x: convs["fast"].init(key, x, False, alpha=alpha))
+    variables = _randomised(init(jax.random.PRNGKey(0), x[:, :, :8, :8]), seed=c)
     out = {impl: np.asarray(jax.jit(lambda v, x: conv.apply(v, x, False, alpha=alpha))(variables, x))
            for impl, conv in convs.items()}
     scale = float(np.abs(out["vmap"]).max())
@@ -131,12 +134,14 @@ def test_depthwise_shifted_sum_equals_lax_conv(kernel, channels, multiplier, pad
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 9, 11, channels))
     k = jax.random.normal(jax.random.PRNGKey(3), (kernel, kernel, 1, channels * multiplier))
 
+    @functools.partial(jax.jit, static_argnums=0)
     def run(impl, x, k):
         return grouped_conv2d(x, k, pad, groups=channels, depthwise_impl=impl)
 
     np.testing.assert_allclose(run("shifted", x, k), run("lax", x, k), atol=1e-5, rtol=1e-5)
     cot = jax.random.normal(jax.random.PRNGKey(4), run("lax", x, k).shape)
-    grads = {impl: jax.grad(lambda x, k: jnp.vdot(run(impl, x, k), cot), argnums=(0, 1))(x, k)
+    grads = {impl: jax.jit(jax.grad(lambda x, k, impl=impl: jnp.vdot(run(impl, x, k), cot),
+                                    argnums=(0, 1)))(x, k)
              for impl in ("shifted", "lax")}
     for a, b in zip(grads["shifted"], grads["lax"]):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
@@ -180,7 +185,7 @@ def test_route_func_head_order():
     """The routing attention reads and writes its heads in the original's channel order."""
     x = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 3, 3, 32))
     rf = RouteFunc(32, 2, (3, 3), head_dim=4, with_bias_cal=True, zero_init_cal=False)
-    variables = rf.init(jax.random.PRNGKey(0), x)
+    variables = jax.jit(rf.init)(jax.random.PRNGKey(0), x)
     seen = {}
 
     def capture(next_fun, args, kwargs, context):
@@ -203,8 +208,8 @@ def test_route_func_identity_start():
     """A fresh zero-init routing function is the identity calibration."""
     x = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 3, 3, 8))
     rf = RouteFunc(8, 2, (3, 3), head_dim=2, with_bias_cal=True, zero_init_cal=True)
-    variables = rf.init(jax.random.PRNGKey(0), x)
-    alpha, beta = rf.apply(variables, x)
+    variables = jax.jit(rf.init)(jax.random.PRNGKey(0), x)
+    alpha, beta = jax.jit(rf.apply)(variables, x)
     np.testing.assert_array_equal(alpha, np.ones((2, 6, 8)))
     np.testing.assert_array_equal(beta, np.ones((2, 6, 8)))
     with pytest.raises(ValueError, match="multiple of head_dim"):
