@@ -121,16 +121,18 @@ def test_accumulation_carries_batch_statistics_through_the_micro_batches():
     stats, grad_sum = start["batch_stats"], None
     for i in range(4):
         g, stats = grad_fn(start["params"], stats, batch["video"][i::4], batch["label"][i::4])
-        grad_sum = g if grad_sum is None else jax.tree_util.tree_map(jnp.add, grad_sum, g)
+        g = jax.device_get(g)
+        grad_sum = g if grad_sum is None else jax.tree_util.tree_map(np.add, grad_sum, g)
     # Not carrying them would leave only the last micro-batch's update: far from it.
     _, last_only = grad_fn(start["params"], start["batch_stats"], batch["video"][3::4],
                            batch["label"][3::4])
 
     for got, want in zip(*(jax.tree_util.tree_leaves(t) for t in (new["batch_stats"], stats))):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+    stats, last_only = jax.device_get((stats, last_only))
     assert max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(last_only))) > 1e-3
-    for got, p0, g in zip(*(jax.tree_util.tree_leaves(t) for t in
+    for got, p0, g in zip(*(jax.tree_util.tree_leaves(jax.device_get(t)) for t in
                             (new["params"], start["params"], grad_sum))):
         np.testing.assert_allclose(got, p0 - 0.1 * g / 4, atol=1e-6, rtol=1e-5)
 

@@ -31,6 +31,24 @@ class LayoutError(ValueError):
     """A tree whose blocks are neither completely unrolled nor stacked."""
 
 
+def _all_jax_arrays(tree: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(leaves) and all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
+@jax.jit
+def _stack_arrays(blocks: List[Any]) -> Any:
+    """The blocks' trees of JAX arrays stacked in one program (not one per leaf)."""
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *blocks)
+
+
+@jax.jit
+def _unstack_arrays(group: Any) -> List[Any]:
+    """A stacked group of JAX arrays split into its blocks' trees in one program."""
+    count = jax.tree_util.tree_leaves(group)[0].shape[0]
+    return [jax.tree_util.tree_map(lambda leaf: leaf[i], group) for i in range(count)]
+
+
 def _stack_leaves(*leaves):
     first = leaves[0]
     if isinstance(first, jax.ShapeDtypeStruct):
@@ -59,7 +77,9 @@ def _stack_backbone(backbone: Mapping) -> Dict:
             raise LayoutError(f"backbone holds both {name} and {name}_<i>")
         if sorted(blocks) != list(range(len(blocks))):
             raise LayoutError(f"backbone/{name}_<i>: blocks {sorted(blocks)} are not 0..n-1")
-        out[name] = jax.tree_util.tree_map(_stack_leaves, *[blocks[i] for i in range(len(blocks))])
+        ordered = [blocks[i] for i in range(len(blocks))]
+        out[name] = (_stack_arrays(ordered) if _all_jax_arrays(ordered)
+                     else jax.tree_util.tree_map(_stack_leaves, *ordered))
     return out
 
 
@@ -72,8 +92,12 @@ def _unstack_backbone(backbone: Mapping) -> Dict:
         sizes = {int(leaf.shape[0]) for leaf in jax.tree_util.tree_leaves(value)}
         if len(sizes) != 1:
             raise LayoutError(f"backbone/{key}: leading axes {sorted(sizes)} differ")
-        for i in range(sizes.pop()):
-            out[f"{key}_{i}"] = jax.tree_util.tree_map(lambda leaf: _unstack_leaf(leaf, i), value)
+        count = sizes.pop()
+        blocks = (_unstack_arrays(value) if _all_jax_arrays(value) else
+                  [jax.tree_util.tree_map(lambda leaf, i=i: _unstack_leaf(leaf, i), value)
+                   for i in range(count)])
+        for i, block in enumerate(blocks):
+            out[f"{key}_{i}"] = block
     return out
 
 
