@@ -270,15 +270,17 @@ def run_prepare(args) -> str:
 
 def run_against(args, overrides) -> str:
     original.check_checkout(args.against_original)
+    for name in args.models:
+        if name not in original.SETTINGS_FILES:
+            raise BenchError(f"--models {name}: no settings file of the original to compare; "
+                             f"comparable: {', '.join(original.SETTINGS_FILES)}")
+    original.import_original(args.against_original)   # a missing package: before any timing
     threads = against.torch_threads()
     print(f"original: {args.against_original}; torch on the CPU with {threads} threads "
           f"(the cores JAX uses)", flush=True)
     print(against.matmul_rates_line(against.matmul_rates()), flush=True)
     rows = []
     for name in args.models:
-        if name not in original.SETTINGS_FILES:
-            raise BenchError(f"--models {name}: no settings file of the original to compare; "
-                             f"comparable: {', '.join(original.SETTINGS_FILES)}")
         _progress(f"{name}: building both models, checking they agree, timing")
         rows += against.compare(args.against_original, name, original.SETTINGS_FILES[name], {},
                                 overrides, args.batch, args.rounds, args.runs, args.tolerance)
