@@ -191,13 +191,18 @@ def test_xla_attention_is_the_default_computation():
     float32 rounding (its heads-major layout is only faster on XLA:CPU)."""
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 17, 64))
     layer = SpatialAttention(num_heads=4, attention_impl="xla")
-    params = layer.init(jax.random.PRNGKey(1), x)
-    got = layer.apply(params, x)
+    params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)
+    got = jax.jit(layer.apply)(params, x)
     n, length, width = x.shape
-    qkv = x @ params["params"]["in_proj"]["kernel"] + params["params"]["in_proj"]["bias"]
-    q, k, v = jnp.split(qkv.reshape(n, length, 12, 16), 3, axis=2)
-    out = jax.nn.dot_product_attention(q, k, v).reshape(n, length, width)
-    want = out @ params["params"]["out_proj"]["kernel"] + params["params"]["out_proj"]["bias"]
+
+    @jax.jit
+    def reference(p, x):
+        qkv = x @ p["in_proj"]["kernel"] + p["in_proj"]["bias"]
+        q, k, v = jnp.split(qkv.reshape(n, length, 12, 16), 3, axis=2)
+        out = jax.nn.dot_product_attention(q, k, v).reshape(n, length, width)
+        return out @ p["out_proj"]["kernel"] + p["out_proj"]["bias"]
+
+    want = reference(params["params"], x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert default_model_config("tadaformer_b16").attention_impl == "xla"
 
@@ -214,7 +219,7 @@ def test_xla_attention_gradient_joins_q_k_v_by_concatenation():
         return jax.nn.dot_product_attention(q, k, v).reshape(2, 9, 32)
 
     def gradient(fn):
-        return lambda packed: jax.vjp(fn, packed)[1](cotangent)[0]
+        return jax.jit(lambda packed: jax.vjp(fn, packed)[1](cotangent)[0])
 
     ours = gradient(lambda packed: heads_major_attention(packed, 4))
     np.testing.assert_allclose(ours(qkv), gradient(reference)(qkv), rtol=1e-5, atol=1e-6)
@@ -232,7 +237,7 @@ def test_xla_attention_keeps_one_logits_sized_array_per_layer_for_the_backward(d
     softmax's gradient is `jax.nn.softmax`'s."""
     logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 7, 11)) * 4
     cotangent = jax.random.normal(jax.random.PRNGKey(1), logits.shape)
-    grads = [jax.vjp(fn, logits)[1](cotangent)[0]
+    grads = [jax.jit(lambda x, fn=fn: jax.vjp(fn, x)[1](cotangent)[0])(logits)
              for fn in (lambda x: softmax_last_axis(x, jnp.float32),
                         lambda x: jax.nn.softmax(x, axis=-1))]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
