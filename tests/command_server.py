@@ -22,8 +22,8 @@ test_run_directory.py::test_ctrl_c_while_starting_is_one_line). `TADAX_TEST_EXEC
 every command with `subprocess` instead: the same tests pass either way.
 
 Client API, the subset of `subprocess` the tests use: `popen(args, cwd=, env=, stdout=,
-stderr=, text=)` (pid, poll, wait, communicate, send_signal, kill, terminate, returncode,
-stdout/stderr pipes) and `run(args, cwd=, env=, capture_output=, text=, timeout=, check=)`.
+stderr=, text=)` (pid, poll, wait, communicate, send_signal, kill, returncode,
+stdout/stderr pipes) and `run(args, cwd=, env=, capture_output=, text=, timeout=)`.
 """
 
 import atexit
@@ -360,9 +360,6 @@ class Popen:
     def kill(self):
         self.send_signal(signal.SIGKILL)
 
-    def terminate(self):
-        self.send_signal(signal.SIGTERM)
-
 
 def popen(args, **kwargs):
     """`Popen` through the server; `subprocess.Popen` for other commands (`python -c`) and
@@ -372,7 +369,7 @@ def popen(args, **kwargs):
     return Popen(args, **kwargs)
 
 
-def run(args, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False):
+def run(args, cwd=None, env=None, capture_output=False, text=False, timeout=None):
     """`subprocess.run` for a Python command, through the server."""
     pipe = subprocess.PIPE if capture_output else None
     proc = popen(args, cwd=cwd, env=env, stdout=pipe, stderr=pipe, text=text)
@@ -382,10 +379,7 @@ def run(args, cwd=None, env=None, capture_output=False, text=False, timeout=None
         proc.kill()
         proc.wait()
         raise
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    if check:
-        done.check_returncode()
-    return done
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 if __name__ == "__main__":
