@@ -73,9 +73,12 @@ def _differs_at_start_up(env: dict, base: dict) -> bool:
 
 def _apply_jax_settings(env: dict, base: dict) -> bool:
     """jax reads JAX_* variables once, when it is imported: sets those that differ from the
-    server's. False where one cannot be parsed the way jax parses it."""
+    server's. False (the command is then exec'd) where one cannot be parsed the way jax
+    parses it, or where this jax keeps its settings elsewhere."""
     import jax
-    holders = jax.config._value_holders  # pylint: disable=protected-access
+    holders = getattr(jax.config, "_value_holders", None)   # private: may move in a jax upgrade
+    if holders is None:
+        return False
     for key, text in env.items():
         if not key.startswith("JAX_") or base.get(key) == text or key.lower() not in holders:
             continue
