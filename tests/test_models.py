@@ -23,10 +23,15 @@ def _init(cfg, seed=0):
     return model, init(jax.random.PRNGKey(seed)), video
 
 
-@pytest.mark.parametrize("arch,frames", [("tadaformer_b16", 16), ("tadaformer_l14", 32),
-                                         ("tadaformer_l14", 64), ("tadaconvnextv2_base", 16)])
-def test_zoo_models_shapes(arch, frames):
-    cfg = default_model_config(arch, num_frames=frames, num_classes=174)
+@pytest.mark.parametrize("arch,frames,options", [
+    ("tadaformer_b16", 16, {}),
+    ("tadaformer_l14", 32, dict(scan_layers=True)),
+    ("tadaformer_l14", 64, dict(scan_layers=True)),
+    ("tadaconvnextv2_base", 16, dict(scan_layers=True, depthwise_impl="lax"))])
+def test_zoo_models_shapes(arch, frames, options):
+    """The released sizes build and classify at 224 px, in the layouts and depthwise
+    convolution an accelerator run uses (scanned: one block traced per group)."""
+    cfg = default_model_config(arch, num_frames=frames, num_classes=174, **options)
     model = build_model(cfg)
     video = jax.ShapeDtypeStruct((2, frames, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init({"params": jax.random.PRNGKey(0)}, x), video)
