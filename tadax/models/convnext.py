@@ -111,8 +111,10 @@ class TAdaConvNeXtV2Backbone(nn.Module):
             stage_rates = rates[start:start + depth]
             start += depth
             if self.scan_layers:
+                # A block returns the float32 residual stream; a scan's carry keeps one
+                # dtype. Its input is read only through casts, so float32 in is the same.
                 x = scan_blocks(block_cls(*fields, dtype=self.dtype, name=f"stages_{stage}"),
-                                x, stage_rates, train)
+                                x.astype(jnp.float32), stage_rates, train)
                 continue
             for j in range(depth):
                 x = block_cls(*fields, dtype=self.dtype, name=f"stages_{stage}_{j}")(
