@@ -77,7 +77,7 @@ def _pretrain(folder):
                       for i, c in enumerate(labels)])
     clips = ((clips - 255 * np.float32(recipe.data.mean)) / (255 * np.float32(recipe.data.std))
              ).astype(np.float32)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))
     params, stats = variables["params"], variables["batch_stats"]
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, PRETRAIN_STEPS),
                      weight_decay=0.05)
