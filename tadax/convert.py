@@ -33,7 +33,7 @@ import argparse
 import ast
 import io
 import sys
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -121,12 +121,25 @@ def init_shapes(model_cfg: ml_collections.ConfigDict):
     return layout.to_layout(shapes, model_cfg.scan_layers)
 
 
-def init_variables(model_cfg: ml_collections.ConfigDict, seed: int):
-    """Freshly initialised variables (numpy), the original's initialisation."""
+def init_variables(model_cfg: ml_collections.ConfigDict, seed: int,
+                   skip: Collection[Tuple[str, ...]] = ()) -> Dict[Tuple[str, ...], np.ndarray]:
+    """Freshly initialised variables (numpy), the original's initialisation, as
+    `{path tuple: array}` without the paths in `skip`.
+
+    The skipped variables are dropped inside the compiled program, so XLA never builds
+    their random draws (most of the compile time); the others get the values a full
+    initialisation gives them (Flax draws each parameter from its own path's key).
+    """
     model = build_model(model_cfg)
     video = jnp.zeros((1, model_cfg.num_frames, model_cfg.image_size, model_cfg.image_size, 3))
-    variables = jax.jit(lambda k: model.init({"params": k}, video))(jax.random.PRNGKey(seed))
-    return jax.tree_util.tree_map(np.asarray, variables)
+    skip = set(skip)
+
+    def kept(key):
+        flat = mapping.flatten(model.init({"params": key}, video))
+        return {"/".join(path): value for path, value in flat.items() if path not in skip}
+
+    values = jax.jit(kept)(jax.random.PRNGKey(seed))
+    return {tuple(name.split("/")): np.asarray(value) for name, value in values.items()}
 
 
 def convert_zoo(state_dict: Mapping[str, np.ndarray], model_cfg: ml_collections.ConfigDict,
@@ -178,8 +191,9 @@ def convert_pretrained(kind: str, state_dict: Mapping[str, np.ndarray],
     """
     loaded, dropped, fresh = map_pretrained(kind, state_dict, model_cfg, source,
                                             init_shapes(model_cfg))
-    merged = mapping.flatten(init_variables(model_cfg, seed))
-    merged.update(mapping.flatten(loaded))
+    flat_loaded = mapping.flatten(loaded)
+    merged = init_variables(model_cfg, seed, skip=flat_loaded)
+    merged.update(flat_loaded)
     return mapping.unflatten(merged), dropped, fresh
 
 
