@@ -375,6 +375,18 @@ def test_pieces_cover_each_shard_in_order():
     assert len({p.path for p in pieces}) == 5 and all(p.path.endswith(".t.tmp") for p in pieces)
 
 
+def test_default_workers_one_per_core_and_per_32_videos(monkeypatch):
+    """Without --workers a split gets a process per core, but none whose start-up (the
+    command's imports, seconds of CPU) outweighs its videos: small splits are decoded in
+    the main process. Catches: a pool spawned for a handful of videos (a fine-tune of 40
+    videos paid 4 start-ups), the cap ignoring the cores."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert [cli.default_workers(n) for n in (0, 8, 31, 32, 64, 127, 128, 10_000)] == \
+        [1, 1, 1, 1, 2, 3, 4, 4]
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert cli.default_workers(10_000) == 1
+
+
 def _gradient_clip(width: int, height: int, frames: int = 12) -> np.ndarray:
     """(F, H, W, 3): red and green ramps, a blue ripple moving right, a red disc moving right."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

@@ -47,6 +47,15 @@ PROG = "python -m tadax.prepare"
 # The generic layout records each video's path as its CSV gives it (older versions: the
 # base name); a split prepared the old way is refused on a rerun, naming this.
 GENERIC_FILENAMES = {"filename": "path as in the CSV"}
+# A worker process starts by importing the command's main module and TensorFlow: up to
+# ~3 CPU-s (under `python -m tadax.finetune`), the work of a dozen or more short clips, so
+# a split gets one process per this many videos at most (fewer: decoded in this process).
+VIDEOS_PER_WORKER = 32
+
+
+def default_workers(num_videos: int) -> int:
+    """Decoding processes for a split of `num_videos` when --workers is not given."""
+    return max(1, min(os.cpu_count() or 1, num_videos // VIDEOS_PER_WORKER))
 
 
 class InputError(Exception):
@@ -125,7 +134,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=_number(int, 1, "an integer in 1..100", 100),
                    default=90)
     p.add_argument("--workers", type=_number(int, 1, "an integer >= 1"),
-                   default=os.cpu_count() or 1, help="decoding processes")
+                   help="decoding processes (default: one per core, but at most one per "
+                   f"{VIDEOS_PER_WORKER} videos of a split)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true",
                    help="show TensorFlow's start-up log lines (hidden by default)")
@@ -294,7 +304,8 @@ def _run(args, extra_args: List[str]) -> int:
     for name, entries, problems, shards, fp in plans:
         writer.record_fingerprint(args.out, name, fp, overwrite=args.overwrite)
         summary = writer.prepare_split(entries, problems, out_dir=args.out, name=name,
-                                       num_shards=shards, opts=opts, workers=args.workers,
+                                       num_shards=shards, opts=opts,
+                                       workers=args.workers or default_workers(len(entries)),
                                        quiet=args.quiet, beam_args=beam_args)
         unlabelled = bool(entries) and all(e.label == annotations.UNLABELLED for e in entries)
         print(writer.format_summary(summary)
