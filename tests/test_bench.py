@@ -160,11 +160,12 @@ def test_op_alone_on_a_small_shape():
     assert all(float(r[3]) > 0 for r in rows)
 
 
-TINY = ["--models", "tadaformer_tiny", "--rounds", "1", "--runs", "1"]
+TINY = ["--models", "tadaformer_tiny", "--rounds", "1", "--runs", "1", "--set", "model.depth=1"]
 
 
 def test_eval_mode_runs_the_eval_step(capsys):
-    assert bench.main(["--mode", "eval", "--rounds", "2", *TINY[:2], "--runs", "1"]) == 0
+    assert bench.main(["--mode", "eval", "--rounds", "2", *TINY[:2], "--runs", "1",
+                       "--set", "model.depth=1"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1] == host_cpu.host_cpu_line()
     rows = _table_rows(out)
@@ -207,7 +208,8 @@ def test_group_key_folds_indices_and_names_the_pass():
 
 def test_profile_mode_accounts_for_the_step(capsys, tmp_path):
     assert bench.main(["--mode", "profile", "--models", "tadaformer_tiny", "--runs", "1",
-                       "--top", "1000", "--trace-dir", str(tmp_path)]) == 0
+                       "--top", "1000", "--trace-dir", str(tmp_path),
+                       "--set", "model.depth=1"]) == 0
     rows = _table_rows(capsys.readouterr().out)
     assert rows[0][:2] == ["tadaformer_tiny", "all ops"]
     total = float(rows[0][2])
