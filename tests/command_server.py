@@ -27,6 +27,7 @@ stdout/stderr pipes) and `run(args, cwd=, env=, capture_output=, text=, timeout=
 """
 
 import atexit
+import gc
 import io
 import json
 import locale
@@ -219,6 +220,9 @@ def serve(path: str) -> None:
     import jax  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
     import optax  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
     import orbax.checkpoint  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+    # The imports' objects live as long as any command: out of the collector's view, full
+    # collections in the commands scan only what the command made (as in conftest).
+    gc.freeze()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(64)

@@ -6,6 +6,7 @@ suite runs on a laptop. Under `CI=true` every skip is a failure instead, so
 a CI run cannot pass by skipping.
 """
 
+import gc
 import json
 import os
 import shutil
@@ -144,6 +145,13 @@ def pytest_collection_modifyitems(config, items):
             wanted.update(marker.args)
     for name in sorted(wanted):
         _start_background(name)
+
+
+def pytest_collection_finish(session):
+    """Moves everything imported so far (TensorFlow, torch, jax: millions of objects that
+    live as long as the process) out of the garbage collector's view, so that its full
+    collections during the tests and pytest's at the end scan only what the tests made."""
+    gc.freeze()
 
 
 def pytest_configure(config):
